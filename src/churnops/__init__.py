@@ -1,0 +1,1 @@
+"""churnops: MLOps for customer-churn prediction."""

@@ -1,0 +1,267 @@
+"""The `churnops` command line: one Typer app, each command a thin call into `pipelines`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from churnops.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="churnops",
+    help=(
+        "MLOps for customer-churn prediction.\n\n"
+        "Typical first steps: `churnops simulate` writes a simulated shop into the sources, "
+        "`churnops ingest` loads them into the raw lake, `churnops status` shows the workspace. "
+        "`churnops run` does all of it."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML settings file (default: $CHURNOPS_CONFIG, then ./churnops.yaml if present).",
+        show_default=False,
+    ),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _parse_day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {option} must be a date like 2025-01-31, got {value!r}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Publish up to this day (YYYY-MM-DD, inclusive). Default: the horizon's end."),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(help="Also append new orders to the Redis stream at this URL (redis://host:port/db)."),
+    ] = None,
+) -> None:
+    """Simulate the shop and write it into the sources (SQL customers, CSV products, daily order files).
+
+    Deterministic for a seed: advancing day by day with --until gives the same data as
+    jumping straight to the end. Configure size, horizon and drift scenarios under
+    `simulation:` in the YAML file.
+    """
+    from churnops.pipelines.simulate import SimulationError
+    from churnops.pipelines.simulate import simulate as run_simulation
+
+    settings = _settings(config)
+    target = _parse_day(until, "--until")
+    started = time.perf_counter()
+    with console.status(f"simulating {settings.simulation.customers:,} customers ..."):
+        try:
+            report = run_simulation(settings, target, stream_url=stream)
+        except SimulationError as exc:
+            raise _fail(str(exc)) from exc
+    span = f"{report.since} .. {report.until}" if report.since else f"up to {report.until}"
+    console.print(
+        f"published {span}: {report.customers_upserted:,} customers upserted, "
+        f"{report.orders_written:,} orders in {report.order_files:,} daily files"
+        + (f", {report.stream_entries:,} stream entries" if stream else "")
+        + f" ({time.perf_counter() - started:.1f}s)"
+    )
+
+
+@app.command("serve-orders-api")
+def serve_orders_api(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8085,
+) -> None:
+    """Serve the simulated orders published so far as a paginated JSON API (GET /orders).
+
+    Point an `http` source at http://HOST:PORT/orders with `watermark: ordered_at`.
+    """
+    from churnops.pipelines.simulate import SimulationError, orders_api
+
+    settings = _settings(config)
+    try:
+        api = orders_api(settings, host, port)
+    except SimulationError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"serving {len(api.records):,} orders at {api.url} (Ctrl-C stops)")
+    try:
+        api.server.serve_forever()
+    except KeyboardInterrupt:
+        api.server.server_close()
+
+
+@app.command()
+def ingest(
+    config: ConfigOption = None,
+    date_: Annotated[
+        str | None,
+        typer.Option("--date", help="Logical ingest date (YYYY-MM-DD); its partition is written or replaced. Default: today."),
+    ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Ingest only this source (repeatable). Default: all enabled."),
+    ] = None,
+) -> None:
+    """Load every enabled source into the raw lake, validating and quarantining bad rows.
+
+    Exit status 1 when a batch is rejected (missing required column, too many bad rows, a
+    volume drop); the message says which source and why, and nothing of it is published.
+    """
+    from churnops.pipelines.ingest import IngestError, SourceReport
+    from churnops.pipelines.ingest import ingest as run_ingest
+    from churnops.runlog import WorkspaceBusy
+
+    settings = _settings(config)
+    day = _parse_day(date_, "--date") or datetime.now().date()
+    table = Table(title=f"ingest {day}")
+    for col in ("source", "table", "status", "read", "accepted", "quarantined", "seconds"):
+        table.add_column(col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left")
+
+    def show(report: SourceReport) -> None:
+        console.print(
+            f"  {report.source}: {report.status}, {report.rows_read:,} read, "
+            f"{report.rows_quarantined:,} quarantined ({report.seconds:.1f}s)"
+        )
+        table.add_row(
+            report.source, report.table, report.status, f"{report.rows_read:,}",
+            f"{report.rows_accepted:,}", f"{report.rows_quarantined:,}", f"{report.seconds:.1f}",
+        )
+
+    try:
+        reports = run_ingest(settings, day, only=source, on_source=show)
+    except (IngestError, WorkspaceBusy) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(table)
+    for report in reports:
+        if report.reasons:
+            reasons = ", ".join(f"{k}: {v:,}" for k, v in report.reasons.items())
+            console.print(f"  quarantine reasons for {report.source}: {reasons}")
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Show what is in the workspace: sources, raw partitions, row counts, last runs."""
+    from churnops.pipelines.status import workspace_status
+
+    settings = _settings(config)
+    state = workspace_status(settings)
+    console.print(f"workspace [bold]{state.workspace}[/bold], lake {state.lake_uri}")
+    console.print(f"simulated sources published up to: {state.simulated_until or 'nothing yet'}")
+    sources = Table(title="sources")
+    for col in ("name", "kind", "table", "enabled"):
+        sources.add_column(col)
+    for s in state.sources:
+        sources.add_row(s["name"], s["kind"], s["table"], "yes" if s["enabled"] else "no")
+    console.print(sources)
+    raw = Table(title="raw lake")
+    for col in ("table", "partitions", "rows", "quarantined", "first", "last", "sources"):
+        raw.add_column(col)
+    for t in state.tables:
+        raw.add_row(
+            t.table, str(t.partitions), f"{t.rows:,}", f"{t.quarantined:,}",
+            t.first_date or "", t.last_date or "", ", ".join(t.sources),
+        )
+    console.print(raw if state.tables else "raw lake: empty (run `churnops ingest`)")
+    if state.runs:
+        runs = Table(title="last runs")
+        for col in ("logged at", "command", "date", "status"):
+            runs.add_column(col)
+        for r in state.runs:
+            runs.add_row(r.get("logged_at", ""), r.get("command", ""), r.get("ingest_date", r.get("date", "")), r.get("status", ""))
+        console.print(runs)
+    else:
+        console.print("no runs yet")
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    date_: Annotated[
+        str | None,
+        typer.Option("--date", help="Logical date of the run. Default: the simulation's last published day, else today."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline that exists so far on embedded defaults.
+
+    Today that is: simulate the shop (if its sources are not written yet), ingest every
+    source into the raw lake, and show the workspace status.
+    """
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.ingest import ingest as run_ingest
+    from churnops.pipelines.simulate import SimulationPaths, published_until
+    from churnops.pipelines.simulate import simulate as run_simulation
+
+    settings = _settings(config)
+    paths = SimulationPaths.from_settings(settings)
+    _, until = published_until(paths.sources_dir)
+    if until is None:
+        console.rule("simulate")
+        with console.status(f"simulating {settings.simulation.customers:,} customers ..."):
+            report = run_simulation(settings)
+        console.print(f"published {report.orders_written:,} orders up to {report.until}")
+        until = report.until
+    day = _parse_day(date_, "--date") or until
+    console.rule(f"ingest {day}")
+    try:
+        reports = run_ingest(
+            settings, day, on_source=lambda r: console.print(f"  {r.source}: {r.status}, {r.rows_read:,} rows read, {r.rows_quarantined:,} quarantined")
+        )
+    except IngestError as exc:
+        raise _fail(str(exc)) from exc
+    console.rule("status")
+    del reports
+    status(config)
+
+
+def main() -> None:
+    """Entry point of the `churnops` script."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)

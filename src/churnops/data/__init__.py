@@ -1,0 +1,1 @@
+"""Data: source readers, the raw-table contract, validation, the raw lake and the simulated shop."""

@@ -1,0 +1,270 @@
+"""The raw lake: Parquet partitioned by table and ingest date, committed through a manifest.
+
+Layout under the lake URI (a local directory or s3://bucket/prefix, through fsspec)::
+
+    raw/<table>/ingest_date=<YYYY-MM-DD>/_manifest.json
+    raw/<table>/ingest_date=<YYYY-MM-DD>/part-<uuid>.parquet
+    raw/<table>/ingest_date=<YYYY-MM-DD>/_quarantine/quarantine-<uuid>.parquet
+
+Data files are written first under fresh names that no manifest references; the manifest is
+then replaced in one atomic step (rename on a local disk, a single PUT on object storage). A
+reader sees only files a manifest lists, so a writer killed at any moment leaves the previous
+state intact, and the next commit of the partition removes the unreferenced files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+QUARANTINE_DIR = "_quarantine"
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """One committed Parquet file: where it is, what it holds, and its content hash."""
+
+    path: str
+    rows: int
+    sha256: str
+    schema: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one source contributed to a partition in one run."""
+
+    source: str
+    data: PartFile
+    quarantine: PartFile | None
+    rows_read: int
+    watermark: dict[str, Any] = field(default_factory=dict)
+    written_at: str = ""
+
+    @property
+    def rows_quarantined(self) -> int:
+        """Rows of the batch that went to quarantine."""
+        return self.quarantine.rows if self.quarantine else 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The committed content of one (table, ingest date) partition."""
+
+    table: str
+    ingest_date: str
+    parts: list[Part]
+    committed_at: str
+
+    @property
+    def rows(self) -> int:
+        """Accepted rows over all parts."""
+        return sum(p.data.rows for p in self.parts)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the partition's content: the sorted content hashes of its data files."""
+        digest = hashlib.sha256()
+        for sha in sorted(p.data.sha256 for p in self.parts):
+            digest.update(sha.encode())
+        return digest.hexdigest()
+
+    def to_json(self) -> str:
+        """The manifest as stored, with the derived row count and hash for readers."""
+        body = asdict(self)
+        body["rows"] = self.rows
+        body["sha256"] = self.sha256
+        return json.dumps(body, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse a stored manifest."""
+        body = json.loads(text)
+        parts = [
+            Part(
+                source=p["source"],
+                data=PartFile(**p["data"]),
+                quarantine=PartFile(**p["quarantine"]) if p["quarantine"] else None,
+                rows_read=p["rows_read"],
+                watermark=p.get("watermark", {}),
+                written_at=p.get("written_at", ""),
+            )
+            for p in body["parts"]
+        ]
+        return cls(body["table"], body["ingest_date"], parts, body["committed_at"])
+
+
+class RawLake:
+    """Read and atomically publish raw partitions, locally or on object storage."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self._local = "file" in _protocols(self.fs)
+
+    def partition_dir(self, table: str, ingest_date: date) -> str:
+        """Directory of one partition (inside the filesystem, without protocol)."""
+        return f"{self.root}/raw/{table}/ingest_date={ingest_date.isoformat()}"
+
+    def tables(self) -> list[str]:
+        """Tables that have at least one directory in the lake."""
+        base = f"{self.root}/raw"
+        if not self.fs.exists(base):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
+
+    def manifests(self, table: str) -> list[Manifest]:
+        """Committed partitions of `table`, oldest ingest date first."""
+        pattern = f"{self.root}/raw/{table}/ingest_date=*/{MANIFEST}"
+        paths = sorted(self.fs.glob(pattern))
+        return [Manifest.from_json(self.fs.cat_file(p).decode()) for p in paths]
+
+    def manifest(self, table: str, ingest_date: date) -> Manifest | None:
+        """The committed manifest of one partition, if any."""
+        path = f"{self.partition_dir(table, ingest_date)}/{MANIFEST}"
+        if not self.fs.exists(path):
+            return None
+        return Manifest.from_json(self.fs.cat_file(path).decode())
+
+    def write_file(self, table: str, ingest_date: date, frame: pd.DataFrame, *, quarantine: bool) -> PartFile:
+        """Write a frame as a new, not yet committed Parquet file in the partition.
+
+        Args:
+            table: Raw table.
+            ingest_date: The partition's date.
+            frame: Rows to write (index dropped).
+            quarantine: Write into the partition's quarantine folder.
+
+        Returns:
+            The file's location, row count, schema and sha256 of its bytes.
+        """
+        folder = self.partition_dir(table, ingest_date)
+        if quarantine:
+            folder = f"{folder}/{QUARANTINE_DIR}"
+        name = f"{'quarantine' if quarantine else 'part'}-{uuid.uuid4().hex}.parquet"
+        path = f"{folder}/{name}"
+        table_arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        buffer = io.BytesIO()
+        pq.write_table(table_arrow, buffer, compression="zstd")
+        payload = buffer.getvalue()
+        self._write_bytes(path, payload)
+        schema = [[f.name, str(f.type)] for f in table_arrow.schema]
+        return PartFile(path=path, rows=len(frame), sha256=hashlib.sha256(payload).hexdigest(), schema=schema)
+
+    def commit(self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None) -> Manifest:
+        """Publish parts in one atomic step and remove files no manifest references.
+
+        Args:
+            table: Raw table.
+            ingest_date: The partition's date.
+            parts: New parts, their files already written by `write_file`.
+            replace_source: If given, that source's existing parts in the partition are
+                replaced (a rerun of a batch source); otherwise parts are added (a stream).
+
+        Returns:
+            The manifest now in force.
+        """
+        current = self.manifest(table, ingest_date)
+        kept = [p for p in (current.parts if current else []) if p.source != replace_source]
+        manifest = Manifest(
+            table=table,
+            ingest_date=ingest_date.isoformat(),
+            parts=kept + parts,
+            committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        path = f"{self.partition_dir(table, ingest_date)}/{MANIFEST}"
+        self._write_bytes(path, manifest.to_json().encode())
+        self._remove_unreferenced(table, ingest_date, manifest)
+        return manifest
+
+    def data_files(self, table: str) -> list[str]:
+        """Committed data files of `table` as full URIs, oldest partition first."""
+        return [self._full(p.data.path) for m in self.manifests(table) for p in m.parts]
+
+    def quarantine_files(self, table: str) -> list[str]:
+        """Committed quarantine files of `table` as full URIs."""
+        return [
+            self._full(p.quarantine.path)
+            for m in self.manifests(table)
+            for p in m.parts
+            if p.quarantine is not None
+        ]
+
+    def read(self, table: str, columns: list[str] | None = None, *, quarantine: bool = False) -> pd.DataFrame:
+        """All committed rows of a table (or its quarantine) as one frame."""
+        files = self.quarantine_files(table) if quarantine else self.data_files(table)
+        if not files:
+            return pd.DataFrame(columns=columns or [])
+        tables = [pq.read_table(p.split("://", 1)[-1], columns=columns, filesystem=self.fs) for p in files]
+        return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+    def read_column(self, table: str, column: str, exclude: Iterable[str] = ()) -> pa.ChunkedArray:
+        """One column over all committed data files, skipping the paths in `exclude`."""
+        skip = set(exclude)
+        arrays: list[pa.ChunkedArray] = []
+        for m in self.manifests(table):
+            for p in m.parts:
+                if p.data.path in skip or column not in {name for name, _ in p.data.schema}:
+                    continue
+                arrays.append(pq.read_table(p.data.path, columns=[column], filesystem=self.fs)[column])
+        if not arrays:
+            return pa.chunked_array([], type=pa.null())
+        return pa.chunked_array([c for a in arrays for c in a.chunks])
+
+    def _full(self, path: str) -> str:
+        if self._local:
+            return path
+        protocol = _protocols(self.fs)[0]
+        return f"{protocol}://{path}"
+
+    def _write_bytes(self, path: str, payload: bytes) -> None:
+        if self._local:
+            _write_local_atomic(path, payload)
+        else:
+            self.fs.pipe_file(path, payload)
+
+    def _remove_unreferenced(self, table: str, ingest_date: date, manifest: Manifest) -> None:
+        folder = self.partition_dir(table, ingest_date)
+        referenced = {p.data.path for p in manifest.parts}
+        referenced |= {p.quarantine.path for p in manifest.parts if p.quarantine}
+        for path in self.fs.find(folder):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".parquet") and path not in referenced:
+                self.fs.rm_file(path)
+            elif ".tmp-" in name:
+                self.fs.rm_file(path)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _write_local_atomic(path: str, payload: bytes) -> None:
+    """Write to a temp name, fsync, rename over the target, fsync the directory."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,134 @@
+"""Map a source's own columns onto the contract and parse its values into contract types.
+
+Parsing never drops a row: a value that cannot be parsed becomes null, and validation then
+quarantines the row with the reason (see `validation.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from churnops.data.contracts import TableContract
+
+
+class MissingColumnError(ValueError):
+    """A required contract column is absent from a source batch."""
+
+
+def map_columns(
+    raw: pd.DataFrame, contract: TableContract, columns: Mapping[str, str], source: str
+) -> pd.DataFrame:
+    """Select and rename a source batch's columns to the contract's names.
+
+    Args:
+        raw: The batch as read, in the source's own column names.
+        contract: The raw table it feeds.
+        columns: Contract column -> source column; unmapped contract columns are looked up
+            under their own name.
+        source: Source name, for error messages.
+
+    Returns:
+        A frame with the contract columns the source has (optional ones may be missing),
+        still holding the source's raw values, and the same index as `raw`.
+
+    Raises:
+        MissingColumnError: A required column is absent.
+    """
+    unknown = sorted(set(columns) - set(contract.columns))
+    if unknown:
+        raise MissingColumnError(
+            f"source {source!r}: mapping names columns not in the {contract.name} contract: "
+            f"{', '.join(unknown)} (contract: {', '.join(contract.columns)})"
+        )
+    picked: dict[str, pd.Series] = {}
+    missing: list[str] = []
+    for name in contract.columns:
+        source_col = columns.get(name, name)
+        if source_col in raw.columns:
+            picked[name] = raw[source_col]
+        elif name in contract.required:
+            missing.append(f"{name} (looked for {source_col!r})")
+    if missing:
+        raise MissingColumnError(
+            f"source {source!r}: required column(s) missing for table {contract.name}: "
+            f"{', '.join(missing)}; the batch has: {', '.join(map(str, raw.columns)) or 'none'}"
+        )
+    return pd.DataFrame(picked, index=raw.index)
+
+
+def parse_timestamps(values: pd.Series, fmt: str | None = None) -> pd.Series:
+    """Parse to naive UTC timestamps; unparseable values become NaT.
+
+    Args:
+        values: Strings, numbers or timestamps.
+        fmt: A strptime format, `epoch_s`, `epoch_ms`, or None for ISO 8601.
+
+    Returns:
+        A `datetime64[us]` series, timezone-aware inputs converted to UTC.
+    """
+    if fmt in ("epoch_s", "epoch_ms"):
+        numbers = pd.to_numeric(values, errors="coerce")
+        parsed = pd.to_datetime(numbers, unit="s" if fmt == "epoch_s" else "ms", errors="coerce")
+    elif pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        text = values.astype("string").str.strip()
+        parsed = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.astype("datetime64[us]")
+
+
+def parse_integers(values: pd.Series) -> pd.Series:
+    """Parse whole numbers to nullable Int64; fractions and text become null."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("Int64")
+    numbers = pd.to_numeric(values, errors="coerce")
+    whole = numbers.where(np.isfinite(numbers) & (numbers == np.round(numbers)))
+    return whole.astype("Int64")
+
+
+def parse_floats(values: pd.Series) -> pd.Series:
+    """Parse to float64; text becomes NaN."""
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def parse_strings(values: pd.Series) -> pd.Series:
+    """Strip whitespace; empty strings become null. Integral floats lose their '.0'."""
+    if pd.api.types.is_float_dtype(values):
+        as_int = values.where(values == np.round(values)).astype("Int64")
+        values = as_int.astype("string").where(as_int.notna(), values.astype("string"))
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def parse_batch(
+    mapped: pd.DataFrame, contract: TableContract, date_formats: Mapping[str, str]
+) -> pd.DataFrame:
+    """Parse every mapped column into its contract type.
+
+    Args:
+        mapped: Output of `map_columns`.
+        contract: The raw table's contract.
+        date_formats: Contract column -> format for `parse_timestamps`.
+
+    Returns:
+        A new frame with contract dtypes; unparseable values are null.
+    """
+    parsed: dict[str, pd.Series] = {}
+    for name, kind in contract.columns.items():
+        if name not in mapped.columns:
+            continue
+        col = mapped[name]
+        if kind == "timestamp":
+            parsed[name] = parse_timestamps(col, date_formats.get(name))
+        elif kind == "int":
+            parsed[name] = parse_integers(col)
+        elif kind == "float":
+            parsed[name] = parse_floats(col)
+        else:
+            parsed[name] = parse_strings(col)
+    return pd.DataFrame(parsed, index=mapped.index)

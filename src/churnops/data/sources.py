@@ -1,0 +1,370 @@
+"""Readers for the four source kinds: SQL, files, HTTP JSON API and Redis stream.
+
+Each reader returns a `Batch` in the source's own column names plus the watermark that
+identifies what it read, so a rerun of the same ingest date reads the same range again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import fsspec
+import httpx
+import pandas as pd
+
+from churnops.settings import FileSource, HttpSource, Source, SqlSource, StreamSource
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """A source could not be read; the message names the source and the cause."""
+
+
+@dataclass(frozen=True)
+class ReadState:
+    """What earlier runs read from a source, as recorded in the lake's manifests.
+
+    Attributes:
+        low: Watermark after which this run starts (the high mark before its ingest date).
+        cap: Watermark this run must not pass (the low mark of a later ingest date), so a
+            rerun of an earlier date reads exactly its own range again.
+        files_elsewhere: Files already ingested under other ingest dates.
+        stream_last_id: Highest stream entry id already in the lake.
+    """
+
+    low: Any = None
+    cap: Any = None
+    files_elsewhere: frozenset[str] = frozenset()
+    stream_last_id: str | None = None
+
+
+@dataclass
+class Batch:
+    """Rows read from a source, what identifies them, and what to do once they are durable."""
+
+    frame: pd.DataFrame
+    watermark: dict[str, Any] = field(default_factory=dict)
+    on_committed: Callable[[], None] | None = None
+
+
+def read_source(source: Source, state: ReadState) -> Batch:
+    """Read the next batch from any configured source.
+
+    Args:
+        source: The source's settings.
+        state: What earlier runs read (see `ReadState`).
+
+    Returns:
+        The batch, with raw values in the source's own column names.
+    """
+    if isinstance(source, SqlSource):
+        return read_sql(source, state)
+    if isinstance(source, FileSource):
+        return read_files(source, state)
+    if isinstance(source, HttpSource):
+        return read_http(source, state)
+    return read_stream(source, state)
+
+
+def encode_mark(value: Any) -> Any:
+    """A watermark value as stored in a manifest (JSON)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp | datetime | date):
+        return {"datetime": pd.Timestamp(value).isoformat()}
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def decode_mark(value: Any) -> Any:
+    """The inverse of `encode_mark`."""
+    if isinstance(value, dict) and "datetime" in value:
+        return pd.Timestamp(value["datetime"]).to_pydatetime()
+    return value
+
+
+# --- SQL ---------------------------------------------------------------------------------
+
+
+def read_sql(source: SqlSource, state: ReadState) -> Batch:
+    """Read a table or query through SQLAlchemy, incrementally by the watermark column."""
+    import sqlalchemy as sa
+
+    base = source.query or f"SELECT * FROM {_quote_ident(source.source_table or '')}"
+    try:
+        engine = sa.create_engine(source.url)
+        with engine.connect() as conn:
+            if source.watermark is None:
+                frame = _read_sql_chunks(conn, sa.text(base), {}, source.chunk_size)
+                return Batch(frame, {"mode": "snapshot"})
+            wm = _quote_ident(source.watermark)
+            high = conn.execute(sa.text(f"SELECT MAX({wm}) FROM ({base}) AS q")).scalar()
+            if high is None:
+                mark = {"mode": "incremental", "column": source.watermark}
+                mark |= {"low": encode_mark(state.low), "high": encode_mark(state.low)}
+                return Batch(pd.DataFrame(), mark)
+            if state.cap is not None and _after(high, state.cap):
+                high = state.cap
+            where = [f"{wm} <= :high"]
+            params: dict[str, Any] = {"high": high}
+            if state.low is not None:
+                where.append(f"{wm} > :low")
+                params["low"] = _like(state.low, high)
+            sql = sa.text(f"SELECT * FROM ({base}) AS q WHERE {' AND '.join(where)} ORDER BY {wm}")
+            frame = _read_sql_chunks(conn, sql, params, source.chunk_size)
+        engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(f"source {source.name!r}: SQL read failed: {exc}") from exc
+    mark = {"mode": "incremental", "column": source.watermark}
+    mark |= {"low": encode_mark(state.low), "high": encode_mark(high)}
+    return Batch(frame, mark)
+
+
+def _read_sql_chunks(conn: Any, sql: Any, params: dict[str, Any], chunk_size: int) -> pd.DataFrame:
+    chunks = list(pd.read_sql(sql, conn, params=params, chunksize=chunk_size))
+    if not chunks:
+        return pd.DataFrame()
+    return pd.concat(chunks, ignore_index=True)
+
+
+def _quote_ident(name: str) -> str:
+    if not name.replace("_", "").replace(".", "").isalnum():
+        raise SourceError(f"not a plain SQL identifier: {name!r}")
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+def _after(value: Any, other: Any) -> bool:
+    return bool(_like(value, other) > _like(other, value))
+
+
+def _like(value: Any, reference: Any) -> Any:
+    """Convert a stored watermark to the type the database returns, for comparison."""
+    if isinstance(reference, datetime) and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    if isinstance(reference, str) and isinstance(value, datetime):
+        return value.isoformat(sep=" ") if " " in reference else value.isoformat()
+    return value
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def read_files(source: FileSource, state: ReadState) -> Batch:
+    """Read CSV, Parquet or JSONL files matched by a path or glob, local or remote."""
+    try:
+        fs, _ = fsspec.core.url_to_fs(source.path, **source.storage_options)
+        matched = sorted(fs.glob(fs._strip_protocol(source.path)))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"source {source.name!r}: cannot list {source.path}: {exc}") from exc
+    if source.mode == "incremental":
+        matched = [p for p in matched if p not in state.files_elsewhere]
+    frames = []
+    for path in matched:
+        frames.append(_read_one_file(fs, path, source))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Batch(frame, {"mode": source.mode, "files": matched})
+
+
+def _read_one_file(fs: fsspec.AbstractFileSystem, path: str, source: FileSource) -> pd.DataFrame:
+    fmt = source.format or _format_from_suffix(path)
+    try:
+        with fs.open(path, "rb") as handle:
+            if fmt == "parquet":
+                return pd.read_parquet(handle)
+            if fmt == "jsonl":
+                return pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
+            return _read_csv_as_text(handle, source.csv_delimiter)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"source {source.name!r}: cannot read {path} as {fmt}: {exc}") from exc
+
+
+def _read_csv_as_text(handle: Any, delimiter: str) -> pd.DataFrame:
+    """Read every CSV column as text so parsing, not the reader, decides what is valid."""
+    import csv
+    import io
+
+    import pyarrow.csv as pacsv
+
+    first = handle.readline().decode("utf-8-sig")
+    handle.seek(0)
+    names = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
+    table = pacsv.read_csv(
+        handle,
+        parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: "string" for n in names}, strings_can_be_null=True
+        ),
+    )
+    return table.to_pandas()
+
+
+def _format_from_suffix(path: str) -> str:
+    lowered = path.lower()
+    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv")):
+        if lowered.endswith(suffix) or lowered.endswith(suffix + ".gz"):
+            return fmt
+    raise SourceError(f"cannot tell the format of {path}; set `format` on the source")
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def read_http(source: HttpSource, state: ReadState) -> Batch:
+    """Read every page of a JSON API, with timeouts, retries and exponential backoff."""
+    params: dict[str, Any] = {source.page_size_param: source.page_size}
+    if source.watermark and state.low is not None:
+        params[source.watermark_param] = state.low
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    page = 1
+    with httpx.Client(timeout=source.timeout_s, headers=source.headers) as client:
+        while True:
+            query = dict(params)
+            if source.pagination == "cursor" and cursor is not None:
+                query[source.cursor_param] = cursor
+            elif source.pagination == "page":
+                query[source.page_param] = page
+            body = _get_json(client, source, query)
+            page_items = _dig(body, source.items_field, source)
+            items.extend(page_items)
+            if source.pagination == "none":
+                break
+            if source.pagination == "page":
+                if not page_items:
+                    break
+                page += 1
+                continue
+            cursor = body.get(source.next_cursor_field) if isinstance(body, dict) else None
+            if not cursor:
+                break
+    frame = pd.DataFrame.from_records(items) if items else pd.DataFrame()
+    mark: dict[str, Any] = {"mode": "incremental" if source.watermark else "snapshot"}
+    if source.watermark:
+        if not frame.empty and source.watermark in frame.columns:
+            if state.cap is not None:
+                frame = frame[frame[source.watermark] <= state.cap].reset_index(drop=True)
+        high = frame[source.watermark].max() if not frame.empty and source.watermark in frame.columns else state.low
+        mark.update({"column": source.watermark, "low": state.low, "high": encode_mark(high)})
+    return Batch(frame, mark)
+
+
+def _get_json(client: httpx.Client, source: HttpSource, params: dict[str, Any]) -> Any:
+    last_error = ""
+    for attempt in range(source.retries + 1):
+        try:
+            response = client.get(source.url, params=params)
+            if response.status_code in RETRY_STATUS:
+                last_error = f"HTTP {response.status_code}"
+            elif response.status_code >= 400:
+                raise SourceError(
+                    f"source {source.name!r}: GET {source.url} answered HTTP "
+                    f"{response.status_code}: {response.text[:200]}"
+                )
+            else:
+                return response.json()
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"source {source.name!r}: {source.url} did not return JSON: {exc}") from exc
+        if attempt < source.retries:
+            delay = source.backoff_s * (2**attempt)
+            log.warning("source %s: %s; retry %d in %.1fs", source.name, last_error, attempt + 1, delay)
+            time.sleep(delay)
+    raise SourceError(
+        f"source {source.name!r}: GET {source.url} failed after {source.retries + 1} attempts: {last_error}"
+    )
+
+
+def _dig(body: Any, dotted: str, source: HttpSource) -> list[dict[str, Any]]:
+    node = body
+    for part in dotted.split(".") if dotted else []:
+        if not isinstance(node, dict) or part not in node:
+            raise SourceError(f"source {source.name!r}: response has no field {dotted!r}")
+        node = node[part]
+    if not isinstance(node, list):
+        raise SourceError(f"source {source.name!r}: field {dotted!r} is not a list")
+    return node
+
+
+# --- Redis stream ------------------------------------------------------------------------
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """Sort key of a Redis stream entry id ('<ms>-<seq>')."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def read_stream(source: StreamSource, state: ReadState) -> Batch:
+    """Read pending then new entries through a consumer group; ack only once committed.
+
+    Entries at or below the highest id already in the lake were committed by an earlier run
+    that died before acknowledging them: they are acknowledged and not read again.
+    """
+    import redis
+
+    client = redis.Redis.from_url(source.url, decode_responses=True)
+    try:
+        try:
+            client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        records: list[dict[str, str]] = []
+        fresh_ids: list[str] = []
+        stale_ids: list[str] = []
+        last_key = stream_id_key(state.stream_last_id) if state.stream_last_id else None
+        for start in ("0", ">"):
+            while len(fresh_ids) < source.max_messages:
+                count = min(source.batch_size, source.max_messages - len(fresh_ids))
+                reply = client.xreadgroup(
+                    source.group, source.consumer, {source.stream: start}, count=count,
+                    block=source.block_ms if start == ">" else None,
+                )
+                entries = reply[0][1] if reply else []
+                entries = [(i, f) for i, f in entries if f is not None]
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    if last_key is not None and stream_id_key(entry_id) <= last_key:
+                        stale_ids.append(entry_id)
+                    else:
+                        fresh_ids.append(entry_id)
+                        records.append(fields)
+                if start == "0":
+                    # pending entries are re-read from after the last one returned
+                    start = entries[-1][0]
+    except redis.RedisError as exc:
+        raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
+    finally:
+        client.close()
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    mark = {
+        "stream": source.stream,
+        "group": source.group,
+        "first_id": fresh_ids[0] if fresh_ids else None,
+        "last_id": fresh_ids[-1] if fresh_ids else None,
+        "entries": len(fresh_ids),
+    }
+
+    def acknowledge() -> None:
+        ids = stale_ids + fresh_ids
+        ack = redis.Redis.from_url(source.url, decode_responses=True)
+        try:
+            for i in range(0, len(ids), 10_000):
+                ack.xack(source.stream, source.group, *ids[i : i + 10_000])
+        finally:
+            ack.close()
+
+    return Batch(frame, mark, on_committed=acknowledge if (fresh_ids or stale_ids) else None)

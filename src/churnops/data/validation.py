@@ -1,0 +1,174 @@
+"""Row-level validation of raw batches with pandera; bad rows go to quarantine with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from churnops.data.contracts import TableContract
+
+QUARANTINE_COLUMNS = ["source", "row_number", "reason", "source_row"]
+
+
+class BatchRejected(RuntimeError):
+    """A batch broke a batch-level rule; nothing of it is published."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """A batch split into accepted and quarantined rows: rows_read = accepted + quarantined."""
+
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame
+    rows_read: int
+
+    @property
+    def bad_share(self) -> float:
+        """Share of the batch that went to quarantine."""
+        return len(self.quarantined) / self.rows_read if self.rows_read else 0.0
+
+    def reason_counts(self) -> dict[str, int]:
+        """How many quarantined rows carry each reason (a row may carry several)."""
+        if self.quarantined.empty:
+            return {}
+        reasons = self.quarantined["reason"].str.split("; ").explode()
+        return {str(k): int(v) for k, v in reasons.value_counts().items()}
+
+
+def raw_schema(
+    contract: TableContract,
+    known_customers: np.ndarray | None = None,
+    existing_keys: np.ndarray | None = None,
+) -> pa.DataFrameSchema:
+    """The pandera schema a parsed raw batch must satisfy, row by row.
+
+    Args:
+        contract: The raw table.
+        known_customers: customer_ids an order may reference; None skips that check (no
+            customers source is configured, so customers are derived from orders).
+        existing_keys: Keys already in the lake; a batch repeating one is quarantined.
+
+    Returns:
+        A schema whose check names are the quarantine reasons.
+    """
+    key = contract.key
+    checks: dict[str, list[pa.Check]] = {name: [] for name in contract.columns}
+    checks[key].append(
+        pa.Check(lambda s: ~s.duplicated(keep="first"), name=f"duplicate {key}", ignore_na=True)
+    )
+    if existing_keys is not None and len(existing_keys):
+        keys = existing_keys
+        checks[key].append(
+            pa.Check(lambda s: ~s.isin(keys), name=f"{key} already in the lake", ignore_na=True)
+        )
+    if contract.name == "orders":
+        checks["total_amount"].append(pa.Check.ge(0, name="negative total_amount"))
+        if known_customers is not None:
+            known = known_customers
+            checks["customer_id"].append(
+                pa.Check(lambda s: s.isin(known), name="unknown customer_id", ignore_na=True)
+            )
+    dtypes = {"int": "Int64", "string": "string", "timestamp": "datetime64[us]", "float": "float64"}
+    columns = {
+        name: pa.Column(
+            dtypes[kind],
+            checks=checks[name],
+            nullable=name not in contract.required,
+            required=name in contract.required,
+        )
+        for name, kind in contract.columns.items()
+    }
+    return pa.DataFrameSchema(columns, name=f"raw_{contract.name}", strict=False, coerce=False)
+
+
+def validate_batch(
+    parsed: pd.DataFrame,
+    mapped: pd.DataFrame,
+    raw: pd.DataFrame,
+    contract: TableContract,
+    source: str,
+    known_customers: np.ndarray | None = None,
+    existing_keys: np.ndarray | None = None,
+) -> ValidationResult:
+    """Split a parsed batch into accepted rows and quarantined rows with reasons.
+
+    Args:
+        parsed: The batch in contract names and types (`mapping.parse_batch`).
+        mapped: The batch in contract names with its raw values (`mapping.map_columns`), to
+            tell a null value from an unparseable one.
+        raw: The same batch as read, for the quarantine's copy of the source row.
+        contract: The raw table.
+        source: Source name, stored with each quarantined row.
+        known_customers: See `raw_schema`.
+        existing_keys: See `raw_schema`.
+
+    Returns:
+        The split; `accepted` keeps the contract dtypes.
+    """
+    schema = raw_schema(contract, known_customers, existing_keys)
+    reasons = pd.Series(dtype="object")
+    try:
+        schema.validate(parsed, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        reasons = _row_reasons(exc.failure_cases, parsed, mapped)
+    bad_index = reasons.index
+    accepted = parsed.drop(index=bad_index)
+    quarantined = _quarantine_frame(raw, bad_index, reasons, source)
+    result = ValidationResult(accepted=accepted, quarantined=quarantined, rows_read=len(parsed))
+    if len(result.accepted) + len(result.quarantined) != result.rows_read:
+        raise AssertionError("rows read != rows accepted + rows quarantined")
+    return result
+
+
+def _row_reasons(failures: pd.DataFrame, parsed: pd.DataFrame, mapped: pd.DataFrame) -> pd.Series:
+    whole_column = failures[failures["index"].isna()]
+    if not whole_column.empty:
+        first = whole_column.iloc[0]
+        raise BatchRejected(
+            f"column {first['column']!r} failed {first['check']!r} as a whole "
+            f"(got {first['failure_case']!r}); the parser should have produced the contract type"
+        )
+    rows = failures.assign(index=failures["index"].astype(parsed.index.dtype))
+    labels: list[str] = []
+    for column, check, index in zip(rows["column"], rows["check"], rows["index"], strict=True):
+        if check == "not_nullable":
+            labels.append(_null_reason(str(column), mapped.at[index, column]))
+        else:
+            labels.append(str(check))
+    rows = rows.assign(reason=labels)
+    return rows.groupby("index", sort=True)["reason"].agg(lambda r: "; ".join(dict.fromkeys(r)))
+
+
+def _null_reason(column: str, raw_value: object) -> str:
+    if raw_value is None or (isinstance(raw_value, float) and np.isnan(raw_value)):
+        return f"null {column}"
+    if raw_value is pd.NA or raw_value is pd.NaT or str(raw_value).strip() == "":
+        return f"null {column}"
+    return f"unparseable {column}"
+
+
+def _quarantine_frame(
+    raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series, source: str
+) -> pd.DataFrame:
+    if len(bad_index) == 0:
+        return pd.DataFrame(
+            {
+                "source": pd.Series(dtype="string"),
+                "row_number": pd.Series(dtype="int64"),
+                "reason": pd.Series(dtype="string"),
+                "source_row": pd.Series(dtype="string"),
+            }
+        )
+    as_json = raw.loc[bad_index].to_json(orient="records", lines=True, date_format="iso", default_handler=str)
+    positions = raw.index.get_indexer(bad_index)
+    return pd.DataFrame(
+        {
+            "source": pd.Series([source] * len(bad_index), dtype="string"),
+            "row_number": positions.astype("int64"),
+            "reason": reasons.to_numpy().astype(str),
+            "source_row": as_json.splitlines(),
+        }
+    ).astype({"reason": "string", "source_row": "string"})

@@ -1,0 +1,70 @@
+"""What the workspace holds: sources, raw partitions, row counts, last runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from churnops.pipelines.ingest import make_lake
+from churnops.pipelines.simulate import SimulationPaths, published_until
+from churnops.runlog import read_runs
+from churnops.settings import Settings
+
+
+@dataclass
+class TableStatus:
+    """Committed content of one raw table."""
+
+    table: str
+    partitions: int
+    rows: int
+    quarantined: int
+    first_date: str | None
+    last_date: str | None
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkspaceStatus:
+    """Everything `churnops status` shows."""
+
+    workspace: str
+    lake_uri: str
+    sources: list[dict[str, Any]]
+    simulated_until: str | None
+    tables: list[TableStatus]
+    runs: list[dict[str, Any]]
+
+
+def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
+    """Collect the workspace's state without changing anything."""
+    lake = make_lake(settings)
+    tables = []
+    for table in lake.tables():
+        manifests = lake.manifests(table)
+        if not manifests:
+            continue
+        tables.append(
+            TableStatus(
+                table=table,
+                partitions=len(manifests),
+                rows=sum(m.rows for m in manifests),
+                quarantined=sum(p.rows_quarantined for m in manifests for p in m.parts),
+                first_date=manifests[0].ingest_date,
+                last_date=manifests[-1].ingest_date,
+                sources=sorted({p.source for m in manifests for p in m.parts}),
+            )
+        )
+    _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
+    sources = [
+        {"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled}
+        for s in settings.sources
+    ]
+    return WorkspaceStatus(
+        workspace=str(settings.workspace),
+        lake_uri=settings.lake_uri,
+        sources=sources,
+        simulated_until=until.isoformat() if until else None,
+        tables=tables,
+        runs=read_runs(settings.workspace, last_runs),
+    )

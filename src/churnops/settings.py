@@ -1,0 +1,336 @@
+"""The one typed settings object, loaded from YAML plus environment variables.
+
+`load_settings()` builds it; nothing here runs at import time. Keys are documented in
+README.md ("Configuration"); a wrong key or type is reported with its dotted path and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+TableName = Literal["orders", "customers", "products"]
+FileFormat = Literal["csv", "parquet", "jsonl"]
+
+DEFAULT_CONFIG_FILE = "churnops.yaml"
+WORKSPACE_PLACEHOLDER = "{workspace}"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DriftScenario(_Strict):
+    """A named change injected into the simulated business from `start` on."""
+
+    kind: Literal["price_shift", "new_segment", "concept_drift"]
+    start: date
+    magnitude: float = Field(
+        0.3,
+        description="price_shift: relative price change; new_segment: share of new signups in "
+        "the segment; concept_drift: strength of the new churn driver.",
+    )
+
+
+class SimulationSettings(_Strict):
+    """The simulated business written by `churnops simulate`."""
+
+    seed: int = 7
+    customers: int = Field(20_000, gt=0)
+    start: date = date(2024, 1, 1)
+    end: date = date(2025, 12, 31)
+    categories: int = Field(50, gt=0)
+    products: int = Field(2_000, gt=0)
+    orders_per_customer: float = Field(10.0, gt=0, description="Target mean orders per customer.")
+    orders_file_format: FileFormat = "csv"
+    scenarios: list[DriftScenario] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> SimulationSettings:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    table: TableName
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Contract column -> the source's own column name."
+    )
+    date_formats: dict[str, str] = Field(
+        default_factory=dict,
+        description="Contract column -> strptime format, or 'epoch_s' / 'epoch_ms'. "
+        "Default: ISO 8601.",
+    )
+    enabled: bool = True
+
+
+class SqlSource(_SourceBase):
+    """A table or query in any SQLAlchemy database."""
+
+    kind: Literal["sql"]
+    url: str
+    source_table: str | None = None
+    query: str | None = None
+    watermark: str | None = Field(None, description="Source column for incremental reads.")
+    chunk_size: int = Field(200_000, gt=0)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.source_table is None) == (self.query is None):
+            raise ValueError("give exactly one of source_table or query")
+        return self
+
+
+class FileSource(_SourceBase):
+    """CSV, Parquet or JSONL files: a path or glob, local or s3://."""
+
+    kind: Literal["file"]
+    path: str
+    format: FileFormat | None = Field(None, description="Default: from the file suffix.")
+    mode: Literal["incremental", "snapshot"] = Field(
+        "incremental",
+        description="incremental: each file is ingested once; snapshot: every run reads all.",
+    )
+    csv_delimiter: str = ","
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpSource(_SourceBase):
+    """A paginated JSON API."""
+
+    kind: Literal["http"]
+    url: str
+    items_field: str = "data"
+    pagination: Literal["cursor", "page", "none"] = "cursor"
+    next_cursor_field: str = "next_cursor"
+    cursor_param: str = "cursor"
+    page_param: str = "page"
+    page_size_param: str = "limit"
+    page_size: int = Field(1000, gt=0)
+    watermark: str | None = Field(None, description="Item field used for incremental reads.")
+    watermark_param: str = "since"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(5, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+
+
+class StreamSource(_SourceBase):
+    """A Redis stream read through a consumer group."""
+
+    kind: Literal["stream"]
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = "churnops:orders"
+    group: str = "churnops-ingest"
+    consumer: str = "ingest"
+    batch_size: int = Field(10_000, gt=0)
+    max_messages: int = Field(10_000_000, gt=0, description="Upper bound read in one run.")
+    block_ms: int = Field(200, ge=0)
+
+
+Source = Annotated[SqlSource | FileSource | HttpSource | StreamSource, Field(discriminator="kind")]
+
+
+def default_sources() -> list[Source]:
+    """The sources `churnops simulate` writes, in the simulator's own column names."""
+    return [
+        SqlSource(
+            kind="sql",
+            name="shop_customers",
+            table="customers",
+            url="sqlite:///{workspace}/sources/shop.db",
+            source_table="customers",
+            watermark="updated_at",
+            columns={"customer_id": "id", "created_at": "signup_ts", "status": "account_status"},
+        ),
+        FileSource(
+            kind="file",
+            name="catalog",
+            table="products",
+            path="{workspace}/sources/products.csv",
+            mode="snapshot",
+            columns={"product_id": "sku", "category": "category_name"},
+        ),
+        FileSource(
+            kind="file",
+            name="order_files",
+            table="orders",
+            path="{workspace}/sources/orders/orders-*.csv",
+            columns={
+                "order_id": "order_ref",
+                "customer_id": "customer",
+                "order_date": "ordered_at",
+                "total_amount": "amount",
+                "product_id": "sku",
+                "category": "category",
+            },
+        ),
+    ]
+
+
+class IngestSettings(_Strict):
+    """Quality limits applied to every ingested batch."""
+
+    max_bad_share: float = Field(0.01, ge=0, le=1)
+    max_volume_drop: float | None = Field(0.5, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """Everything churnops reads from configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHURNOPS_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    workspace: Path = Path(".churnops")
+    lake_uri: str = "{workspace}/lake"
+    lake_storage_options: dict[str, Any] = Field(default_factory=dict)
+    simulation: SimulationSettings = Field(default_factory=SimulationSettings)  # type: ignore[arg-type]
+    sources: list[Source] = Field(default_factory=default_sources)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges the YAML file and CHURNOPS_* variables itself, so that the
+        # environment wins over the file and unknown keys from either are reported.
+        return (init_settings,)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[Source]) -> list[Source]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return sources
+
+    @model_validator(mode="after")
+    def _expand_workspace(self) -> Settings:
+        ws = str(self.workspace)
+        self.lake_uri = self.lake_uri.replace(WORKSPACE_PLACEHOLDER, ws)
+        for src in self.sources:
+            for attr in ("url", "path"):
+                value = getattr(src, attr, None)
+                if isinstance(value, str):
+                    setattr(src, attr, value.replace(WORKSPACE_PLACEHOLDER, ws))
+        return self
+
+    def enabled_sources(self, table: str | None = None) -> list[Source]:
+        """Enabled sources, customers first so orders can be checked against them."""
+        order = {"customers": 0, "products": 1, "orders": 2}
+        chosen = [s for s in self.sources if s.enabled and (table is None or s.table == table)]
+        return sorted(chosen, key=lambda s: order[s.table])
+
+    def source(self, name: str) -> Source:
+        """The source named `name`."""
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources)
+        raise ConfigError(f"no source named {name!r}; configured: {known}")
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def resolve_config_path(config: Path | None) -> Path | None:
+    """The YAML file to read: `config`, else $CHURNOPS_CONFIG, else ./churnops.yaml if present."""
+    if config is not None:
+        if not config.exists():
+            raise ConfigError(f"config file not found: {config}")
+        return config
+    env = os.environ.get("CHURNOPS_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path} (from CHURNOPS_CONFIG)")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a YAML file, environment variables and explicit overrides.
+
+    Precedence, highest first: `overrides`, `CHURNOPS_*` environment variables (nested keys
+    joined by `__`, e.g. `CHURNOPS_INGEST__MAX_BAD_SHARE=0.05`), the YAML file, defaults.
+
+    Args:
+        config: Path of the YAML file; default $CHURNOPS_CONFIG, then ./churnops.yaml.
+        **overrides: Top-level keys that win over every other source.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: The file is unreadable or a key or value is wrong.
+    """
+    path = resolve_config_path(config)
+    data: dict[str, Any] = {}
+    origin = "defaults and environment"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        data = loaded
+        origin = f"{path} (or CHURNOPS_* environment variables)"
+    merged = _deep_merge(_deep_merge(data, _env_values()), overrides)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from exc
+
+
+def _env_values() -> dict[str, Any]:
+    """CHURNOPS_* variables as a nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for key, raw in os.environ.items():
+        if not key.startswith("CHURNOPS_") or key == "CHURNOPS_CONFIG":
+            continue
+        path = key[len("CHURNOPS_") :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
