@@ -141,7 +141,10 @@ def ingest(
     config: ConfigOption = None,
     date_: Annotated[
         str | None,
-        typer.Option("--date", help="Logical ingest date (YYYY-MM-DD); its partition is written or replaced. Default: today."),
+        typer.Option(
+            "--date",
+            help="Logical ingest date (YYYY-MM-DD); its partition is written or replaced. Default: today.",
+        ),
     ] = None,
     source: Annotated[
         list[str] | None,
@@ -155,13 +158,15 @@ def ingest(
     """
     from churnops.pipelines.ingest import IngestError, SourceReport
     from churnops.pipelines.ingest import ingest as run_ingest
-    from churnops.runlog import WorkspaceBusy
+    from churnops.runlog import WorkspaceBusyError
 
     settings = _settings(config)
     day = _parse_day(date_, "--date") or datetime.now().date()
     table = Table(title=f"ingest {day}")
     for col in ("source", "table", "status", "read", "accepted", "quarantined", "seconds"):
-        table.add_column(col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left")
+        table.add_column(
+            col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left"
+        )
 
     def show(report: SourceReport) -> None:
         console.print(
@@ -169,13 +174,18 @@ def ingest(
             f"{report.rows_quarantined:,} quarantined ({report.seconds:.1f}s)"
         )
         table.add_row(
-            report.source, report.table, report.status, f"{report.rows_read:,}",
-            f"{report.rows_accepted:,}", f"{report.rows_quarantined:,}", f"{report.seconds:.1f}",
+            report.source,
+            report.table,
+            report.status,
+            f"{report.rows_read:,}",
+            f"{report.rows_accepted:,}",
+            f"{report.rows_quarantined:,}",
+            f"{report.seconds:.1f}",
         )
 
     try:
         reports = run_ingest(settings, day, only=source, on_source=show)
-    except (IngestError, WorkspaceBusy) as exc:
+    except (IngestError, WorkspaceBusyError) as exc:
         raise _fail(str(exc)) from exc
     console.print(table)
     for report in reports:
@@ -204,8 +214,13 @@ def status(config: ConfigOption = None) -> None:
         raw.add_column(col)
     for t in state.tables:
         raw.add_row(
-            t.table, str(t.partitions), f"{t.rows:,}", f"{t.quarantined:,}",
-            t.first_date or "", t.last_date or "", ", ".join(t.sources),
+            t.table,
+            str(t.partitions),
+            f"{t.rows:,}",
+            f"{t.quarantined:,}",
+            t.first_date or "",
+            t.last_date or "",
+            ", ".join(t.sources),
         )
     console.print(raw if state.tables else "raw lake: empty (run `churnops ingest`)")
     if state.runs:
@@ -213,7 +228,12 @@ def status(config: ConfigOption = None) -> None:
         for col in ("logged at", "command", "date", "status"):
             runs.add_column(col)
         for r in state.runs:
-            runs.add_row(r.get("logged_at", ""), r.get("command", ""), r.get("ingest_date", r.get("date", "")), r.get("status", ""))
+            runs.add_row(
+                r.get("logged_at", ""),
+                r.get("command", ""),
+                r.get("ingest_date", r.get("date", "")),
+                r.get("status", ""),
+            )
         console.print(runs)
     else:
         console.print("no runs yet")
@@ -224,7 +244,10 @@ def run(
     config: ConfigOption = None,
     date_: Annotated[
         str | None,
-        typer.Option("--date", help="Logical date of the run. Default: the simulation's last published day, else today."),
+        typer.Option(
+            "--date",
+            help="Logical date of the run. Default: the simulation's last published day, else today.",
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline that exists so far on embedded defaults.
@@ -250,7 +273,11 @@ def run(
     console.rule(f"ingest {day}")
     try:
         reports = run_ingest(
-            settings, day, on_source=lambda r: console.print(f"  {r.source}: {r.status}, {r.rows_read:,} rows read, {r.rows_quarantined:,} quarantined")
+            settings,
+            day,
+            on_source=lambda r: console.print(
+                f"  {r.source}: {r.status}, {r.rows_read:,} rows read, {r.rows_quarantined:,} quarantined"
+            ),
         )
     except IngestError as exc:
         raise _fail(str(exc)) from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-class WorkspaceBusy(RuntimeError):
+class WorkspaceBusyError(RuntimeError):
     """Another churnops process holds the workspace lock."""
 
 
@@ -49,7 +49,7 @@ def workspace_lock(workspace: Path, name: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise WorkspaceBusy(f"another `churnops {name}` is running on {workspace}") from exc
+            raise WorkspaceBusyError(f"another `churnops {name}` is running on {workspace}") from exc
         try:
             yield
         finally:

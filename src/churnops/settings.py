@@ -70,8 +70,7 @@ class _SourceBase(_Strict):
     )
     date_formats: dict[str, str] = Field(
         default_factory=dict,
-        description="Contract column -> strptime format, or 'epoch_s' / 'epoch_ms'. "
-        "Default: ISO 8601.",
+        description="Contract column -> strptime format, or 'epoch_s' / 'epoch_ms'. Default: ISO 8601.",
     )
     enabled: bool = True
 
@@ -197,9 +196,9 @@ class Settings(BaseSettings):
     workspace: Path = Path(".churnops")
     lake_uri: str = "{workspace}/lake"
     lake_storage_options: dict[str, Any] = Field(default_factory=dict)
-    simulation: SimulationSettings = Field(default_factory=SimulationSettings)  # type: ignore[arg-type]
+    simulation: SimulationSettings = Field(default_factory=SimulationSettings)
     sources: list[Source] = Field(default_factory=default_sources)
-    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @classmethod
     def settings_customise_sources(

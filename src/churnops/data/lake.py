@@ -164,7 +164,9 @@ class RawLake:
         schema = [[f.name, str(f.type)] for f in table_arrow.schema]
         return PartFile(path=path, rows=len(frame), sha256=hashlib.sha256(payload).hexdigest(), schema=schema)
 
-    def commit(self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None) -> Manifest:
+    def commit(
+        self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None
+    ) -> Manifest:
         """Publish parts in one atomic step and remove files no manifest references.
 
         Args:
@@ -242,9 +244,7 @@ class RawLake:
         referenced |= {p.quarantine.path for p in manifest.parts if p.quarantine}
         for path in self.fs.find(folder):
             name = path.rsplit("/", 1)[-1]
-            if name.endswith(".parquet") and path not in referenced:
-                self.fs.rm_file(path)
-            elif ".tmp-" in name:
+            if (name.endswith(".parquet") and path not in referenced) or ".tmp-" in name:
                 self.fs.rm_file(path)
 
 

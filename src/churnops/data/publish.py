@@ -153,7 +153,11 @@ def _upsert_customers(database_url: str, customers: pd.DataFrame) -> int:
     rows = [
         {"id": int(i), "signup_ts": s.to_pydatetime(), "account_status": st, "updated_at": u.to_pydatetime()}
         for i, s, st, u in zip(
-            customers["id"], customers["signup_ts"], customers["account_status"], customers["updated_at"], strict=True
+            customers["id"],
+            customers["signup_ts"],
+            customers["account_status"],
+            customers["updated_at"],
+            strict=True,
         )
     ]
     with engine.begin() as conn:
@@ -227,10 +231,10 @@ class OrdersApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 api.handle(self)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self.server = ThreadingHTTPServer((host, port), Handler)
@@ -240,7 +244,7 @@ class OrdersApi:
     def url(self) -> str:
         """Base URL of the orders endpoint."""
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/orders"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}/orders"
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         """Answer one GET."""
@@ -261,7 +265,9 @@ class OrdersApi:
         if start == 0 and "since" in query:
             import bisect
 
-            start = bisect.bisect_right(self.stamps, pd.Timestamp(query["since"][0]).strftime("%Y-%m-%dT%H:%M:%S"))
+            start = bisect.bisect_right(
+                self.stamps, pd.Timestamp(query["since"][0]).strftime("%Y-%m-%dT%H:%M:%S")
+            )
         page = self.records[start : start + limit]
         nxt = start + limit if start + limit < len(self.records) else None
         self._send(request, 200, {"data": page, "next_cursor": str(nxt) if nxt is not None else None})

@@ -48,8 +48,11 @@ class Lives:
     """Spells of activity; a customer who comes back has two."""
 
     owner: np.ndarray
+    kind: np.ndarray  # 0: first spell, 1: comeback spell, 2: the new segment's extra buying
+    rate: np.ndarray
     start: np.ndarray
-    churn: np.ndarray
+    churn: np.ndarray  # the latent churn time that shapes the pre-churn cool-down
+    leave: np.ndarray  # when buying actually stops (earlier under concept drift)
     cooling: np.ndarray
     pause_start: np.ndarray
     pause_end: np.ndarray
@@ -69,7 +72,9 @@ def seasonality(days: np.ndarray, start: date) -> np.ndarray:
     stamps = pd.Timestamp(start) + pd.to_timedelta(days, unit="D")
     doy = stamps.dayofyear.to_numpy()
     yearly = 1.0 + 0.15 * np.sin(2 * np.pi * (doy - 80) / 365.25)
-    holiday = np.where((stamps.month == 11) & (stamps.day >= 20) | (stamps.month == 12) & (stamps.day <= 24), 1.35, 1.0)
+    holiday = np.where(
+        (stamps.month == 11) & (stamps.day >= 20) | (stamps.month == 12) & (stamps.day <= 24), 1.35, 1.0
+    )
     weekly = np.where(stamps.dayofweek.to_numpy() >= 5, 1.1, 0.95)
     return yearly * holiday * weekly
 
@@ -96,17 +101,19 @@ def simulate_business(config: SimulationSettings) -> World:
     signup = np.where(early, rng.uniform(0, 30, n), rng.uniform(0, horizon * 0.92, n))
     segment = np.zeros(n, dtype=np.int8)
     new_segment = _scenario(config.scenarios, "new_segment")
+    # Scenario draws come from their own streams so that adding a scenario leaves the world
+    # before its start day exactly as it was.
+    scenario_rng = np.random.default_rng([config.seed, 1])
     if new_segment is not None:
         seg_start = _day_index(new_segment.start, config.start)
-        joins = (signup >= seg_start) & (rng.random(n) < new_segment.magnitude)
+        joins = (signup >= seg_start) & (scenario_rng.random(n) < new_segment.magnitude)
         segment[joins] = 1
 
     engagement = rng.lognormal(0.0, 0.75, n)
     spend = rng.lognormal(0.0, 0.45, n)
     satisfaction = rng.normal(0.0, 1.0, n)  # unobserved: keeps churn from being certain
     rate = BASE_RATE_PER_DAY * engagement * (config.orders_per_customer / 10.0)
-    rate = np.where(segment == 1, rate * 2.2, rate)
-    spend = np.where(segment == 1, spend * 0.55, spend)
+    spend = np.where(segment == 1, spend * 0.35, spend)
 
     # Churn: engaged, satisfied customers stay longer; segment 1 churns fast.
     mean_life = 380.0 * np.power(engagement, 0.6) * np.exp(0.45 * satisfaction)
@@ -116,40 +123,51 @@ def simulate_business(config: SimulationSettings) -> World:
     abrupt = rng.random(n) < 0.4
     cooling_days[abrupt] = 0.0
 
+    # Quiet is a signal, not a certainty: some customers take a break, and some who left
+    # come back months later for a second spell. (All per-customer draws are made here, in a
+    # fixed order and size, so a scenario changes nothing before its start day.)
+    pauses = rng.random(n) < 0.45
+    pause_start = np.where(pauses, signup + rng.uniform(20, 500, n), np.inf)
+    pause_end = pause_start + rng.uniform(40, 150, n)
+    comeback = rng.random(n) < 0.4
+    comeback_gap = rng.uniform(45, 240, n)
+    second_length = rng.exponential(mean_life * 0.6)
+
+    leave = churn.copy()
     concept = _scenario(config.scenarios, "concept_drift")
     if concept is not None:
         c_start = _day_index(concept.start, config.start)
         alive = churn > c_start
         # After the change, price-sensitive (high-spend) customers leave, without warning.
-        hazard_scale = np.exp(concept.magnitude * 3.0 * (np.log(spend) - 0.0))
-        redraw = c_start + rng.exponential(mean_life / np.maximum(hazard_scale, 0.05))
+        concept_rng = np.random.default_rng([config.seed, 2])
+        hazard_scale = np.exp(concept.magnitude * 4.0 * np.log(spend) / 0.45)
         start_point = np.maximum(signup, c_start)
-        redraw = np.maximum(redraw, start_point + rng.exponential(20.0, n))
-        churn = np.where(alive, np.minimum(churn, redraw), churn)
-        cooling_days = np.where(alive, 0.0, cooling_days)
+        redraw = start_point + concept_rng.exponential(mean_life / np.maximum(hazard_scale, 0.05))
+        leave = np.where(alive, np.minimum(churn, redraw), churn)
 
-    # Quiet is a signal, not a certainty: some customers take a break, and some who left
-    # come back months later for a second spell.
-    pauses = rng.random(n) < 0.45
-    pause_start = np.where(pauses, signup + rng.uniform(20, 500, n), np.inf)
-    comeback = rng.random(n) < 0.4
-    second_start = churn + rng.uniform(45, 240, n)
+    second_start = leave + comeback_gap
     second = comeback & (second_start < horizon)
     idx = np.flatnonzero(second)
-    second_end = second_start[idx] + rng.exponential(mean_life[idx] * 0.6)
+    second_end = second_start[idx] + second_length[idx]
+    # The new segment buys 2.2x as often: an extra spell at 1.2x the base rate, appended last
+    # so the draws of everyone else stay put.
+    seg = np.flatnonzero(segment == 1)
     lives = Lives(
-        owner=np.concatenate([np.arange(n), idx]),
-        start=np.concatenate([signup, second_start[idx]]),
-        churn=np.concatenate([churn, second_end]),
-        cooling=np.concatenate([cooling_days, cooling_days[idx]]),
-        pause_start=np.concatenate([pause_start, np.full(len(idx), np.inf)]),
-        pause_end=np.concatenate([pause_start + rng.uniform(40, 150, n), np.full(len(idx), np.inf)]),
+        owner=np.concatenate([np.arange(n), idx, seg]),
+        kind=np.concatenate([np.zeros(n, np.int64), np.ones(len(idx), np.int64), np.full(len(seg), 2)]),
+        rate=np.concatenate([rate, rate[idx], rate[seg] * 1.2]),
+        start=np.concatenate([signup, second_start[idx], signup[seg]]),
+        churn=np.concatenate([churn, second_end, churn[seg]]),
+        leave=np.concatenate([leave, second_end, leave[seg]]),
+        cooling=np.concatenate([cooling_days, cooling_days[idx], cooling_days[seg]]),
+        pause_start=np.concatenate([pause_start, np.full(len(idx), np.inf), pause_start[seg]]),
+        pause_end=np.concatenate([pause_end, np.full(len(idx), np.inf), pause_end[seg]]),
     )
-    churn = churn.copy()
+    churn = leave.copy()
     churn[idx] = second_end
 
     taste = _category_taste(rng, config, segment)
-    orders = _orders(rng, config, horizon, lives, rate, spend, taste, products)
+    orders = _orders(config, horizon, lives, spend, taste, products)
 
     churn_at = np.where(churn < horizon, churn, np.nan)
     closes = (~np.isnan(churn_at)) & (rng.random(n) < 0.5)
@@ -170,7 +188,7 @@ def simulate_business(config: SimulationSettings) -> World:
 
 def _to_ts(base: pd.Timestamp, days: np.ndarray) -> pd.Series:
     seconds = np.round(days * DAY_S)
-    return (base + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us]")
+    return pd.Series(base + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us]")
 
 
 def _products(rng: np.random.Generator, config: SimulationSettings) -> pd.DataFrame:
@@ -200,22 +218,49 @@ def _category_taste(rng: np.random.Generator, config: SimulationSettings, segmen
     return np.where(segment[:, None] == 1, tail, favourites)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective scramble of 64-bit integers."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_uniform(seed: int, purpose: int, *keys: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) numbers that depend only on (seed, purpose, keys), not on position.
+
+    A customer's draws stay the same whatever happens to other customers, so a scenario that
+    changes some customers from some day on leaves everything else exactly as it was.
+    """
+    with np.errstate(over="ignore"):
+        z = _mix(np.full(len(keys[0]), np.uint64(seed) * _GOLDEN + np.uint64(purpose), dtype=np.uint64))
+        for key in keys:
+            z = _mix(z ^ (key.astype(np.uint64) * _GOLDEN))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def _orders(
-    rng: np.random.Generator,
     config: SimulationSettings,
     horizon: float,
     lives: Lives,
-    rate: np.ndarray,
     spend: np.ndarray,
     taste: np.ndarray,
     products: pd.DataFrame,
 ) -> pd.DataFrame:
+    from scipy import special, stats
+
+    seed = config.seed
     end_active = np.minimum(lives.churn, horizon)
     duration = np.maximum(end_active - lives.start, 0.0)
-    candidates = rng.poisson(rate[lives.owner] * duration * SEASON_MAX)
+    u_count = keyed_uniform(seed, 1, lives.owner, lives.kind)
+    candidates = stats.poisson.ppf(u_count, lives.rate * duration * SEASON_MAX).astype(np.int64)
     life = np.repeat(np.arange(len(lives.owner)), candidates)
-    owner = lives.owner[life]
-    t = lives.start[life] + rng.random(len(life)) * duration[life]
+    offsets = np.cumsum(candidates) - candidates
+    k = np.arange(len(life)) - offsets[life]  # the candidate's number within its spell
+    owner, kind = lives.owner[life], lives.kind[life]
+    t = lives.start[life] + keyed_uniform(seed, 2, owner, kind, k) * duration[life]
     # Thinning: keep a candidate with the seasonal demand and the pre-churn cooling factor.
     until_churn = lives.churn[life] - t
     cool = lives.cooling[life]
@@ -223,27 +268,33 @@ def _orders(
         ramp = np.where(cool > 0, np.clip(until_churn / cool, 0.0, 1.0), 1.0)
     cooling = COOLING_FLOOR + (1 - COOLING_FLOOR) * ramp
     paused = (t >= lives.pause_start[life]) & (t < lives.pause_end[life])
-    keep = (rng.random(len(t)) * SEASON_MAX < seasonality(t, config.start) * cooling) & ~paused
-    owner, t = owner[keep], t[keep]
-    order_by_time = np.argsort(t, kind="stable")
-    owner, t = owner[order_by_time], t[order_by_time]
+    demand = keyed_uniform(seed, 3, owner, kind, k) * SEASON_MAX < seasonality(t, config.start) * cooling
+    keep = demand & ~paused & (t < lives.leave[life])
+    owner, kind, k, t = owner[keep], kind[keep], k[keep], t[keep]
+    order_by_time = np.lexsort((k, kind, owner, t))
+    owner, kind, k, t = owner[order_by_time], kind[order_by_time], k[order_by_time], t[order_by_time]
     m = len(t)
 
+    def draw(purpose: int) -> np.ndarray:
+        return keyed_uniform(seed, purpose, owner, kind, k)
+
     # What was bought: a favourite category mostly, sometimes anything.
-    slot = rng.choice(3, size=m, p=[0.55, 0.3, 0.15])
+    slot = np.searchsorted([0.55, 0.85], draw(4), side="right")
     category = taste[owner, slot]
-    wander = rng.random(m) < 0.2
-    category[wander] = rng.integers(0, config.categories, wander.sum())
+    wander = draw(5) < 0.2
+    anything = np.minimum((draw(6) * config.categories).astype(np.int64), config.categories - 1)
+    category[wander] = anything[wander]
     codes = products["category"].str.slice(4).astype(int).to_numpy()
     first = np.searchsorted(codes, np.arange(config.categories), side="left")
     count = np.searchsorted(codes, np.arange(config.categories), side="right") - first
     count = np.maximum(count, 1)
-    pick = first[category] + np.floor(rng.random(m) ** 1.5 * count[category]).astype(np.int64)
+    pick = first[category] + np.floor(draw(7) ** 1.5 * count[category]).astype(np.int64)
     pick = np.minimum(pick, len(products) - 1)
 
-    quantity = 1 + rng.poisson(0.35, m)
+    quantity = 1 + stats.poisson.ppf(draw(8), 0.35).astype(np.int64)
     price = products["list_price"].to_numpy()[pick]
-    amount = price * quantity * np.sqrt(spend[owner]) * rng.lognormal(0, 0.1, m)
+    noise = np.exp(0.1 * special.ndtri(np.clip(draw(9), 1e-12, 1 - 1e-12)))
+    amount = price * quantity * np.sqrt(spend[owner]) * noise
     shift = _scenario(config.scenarios, "price_shift")
     if shift is not None:
         amount = np.where(t >= _day_index(shift.start, config.start), amount * (1 + shift.magnitude), amount)

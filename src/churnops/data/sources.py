@@ -200,7 +200,7 @@ def _read_csv_as_text(handle: Any, delimiter: str) -> pd.DataFrame:
         handle,
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: "string" for n in names}, strings_can_be_null=True
+            column_types=dict.fromkeys(names, "string"), strings_can_be_null=True
         ),
     )
     return table.to_pandas()
@@ -251,10 +251,13 @@ def read_http(source: HttpSource, state: ReadState) -> Batch:
     frame = pd.DataFrame.from_records(items) if items else pd.DataFrame()
     mark: dict[str, Any] = {"mode": "incremental" if source.watermark else "snapshot"}
     if source.watermark:
-        if not frame.empty and source.watermark in frame.columns:
-            if state.cap is not None:
-                frame = frame[frame[source.watermark] <= state.cap].reset_index(drop=True)
-        high = frame[source.watermark].max() if not frame.empty and source.watermark in frame.columns else state.low
+        if not frame.empty and source.watermark in frame.columns and state.cap is not None:
+            frame = frame[frame[source.watermark] <= state.cap].reset_index(drop=True)
+        high = (
+            frame[source.watermark].max()
+            if not frame.empty and source.watermark in frame.columns
+            else state.low
+        )
         mark.update({"column": source.watermark, "low": state.low, "high": encode_mark(high)})
     return Batch(frame, mark)
 
@@ -328,8 +331,11 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         for start in ("0", ">"):
             while len(fresh_ids) < source.max_messages:
                 count = min(source.batch_size, source.max_messages - len(fresh_ids))
-                reply = client.xreadgroup(
-                    source.group, source.consumer, {source.stream: start}, count=count,
+                reply: Any = client.xreadgroup(
+                    source.group,
+                    source.consumer,
+                    {source.stream: start},
+                    count=count,
                     block=source.block_ms if start == ">" else None,
                 )
                 entries = reply[0][1] if reply else []

@@ -13,7 +13,7 @@ from churnops.data.contracts import TableContract
 QUARANTINE_COLUMNS = ["source", "row_number", "reason", "source_row"]
 
 
-class BatchRejected(RuntimeError):
+class BatchRejectedError(RuntimeError):
     """A batch broke a batch-level rule; nothing of it is published."""
 
 
@@ -65,7 +65,9 @@ def raw_schema(
             pa.Check(lambda s: ~s.isin(keys), name=f"{key} already in the lake", ignore_na=True)
         )
     if contract.name == "orders":
-        checks["total_amount"].append(pa.Check.ge(0, name="negative total_amount"))
+        checks["total_amount"].append(
+            pa.Check(lambda s: s >= 0, name="negative total_amount", ignore_na=True)
+        )
         if known_customers is not None:
             known = known_customers
             checks["customer_id"].append(
@@ -127,7 +129,7 @@ def _row_reasons(failures: pd.DataFrame, parsed: pd.DataFrame, mapped: pd.DataFr
     whole_column = failures[failures["index"].isna()]
     if not whole_column.empty:
         first = whole_column.iloc[0]
-        raise BatchRejected(
+        raise BatchRejectedError(
             f"column {first['column']!r} failed {first['check']!r} as a whole "
             f"(got {first['failure_case']!r}); the parser should have produced the contract type"
         )

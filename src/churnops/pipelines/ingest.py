@@ -16,7 +16,7 @@ from churnops.data.contracts import CONTRACTS, TableContract
 from churnops.data.lake import Part, RawLake
 from churnops.data.mapping import map_columns, parse_batch
 from churnops.data.sources import ReadState, SourceError, decode_mark, read_source, stream_id_key
-from churnops.data.validation import BatchRejected, ValidationResult, validate_batch
+from churnops.data.validation import BatchRejectedError, ValidationResult, validate_batch
 from churnops.runlog import append_run, workspace_lock
 from churnops.settings import FileSource, IngestSettings, Settings, Source, StreamSource
 
@@ -86,7 +86,7 @@ def ingest(
                 report = ingest_source(
                     source, lake, ingest_date, settings.ingest, check_customers=has_customer_source
                 )
-            except (IngestError, SourceError, BatchRejected) as exc:
+            except (IngestError, SourceError, BatchRejectedError) as exc:
                 report = SourceReport(source.name, source.table, "failed", message=str(exc))
                 reports.append(report)
                 _log_run(settings, ingest_date, reports, "failed")
@@ -217,7 +217,13 @@ def ingest_source(
     if raw.empty:
         report.status = "empty"
     report.seconds = time.perf_counter() - started
-    log.info("%s: %d read, %d accepted, %d quarantined", where, report.rows_read, report.rows_accepted, report.rows_quarantined)
+    log.info(
+        "%s: %d read, %d accepted, %d quarantined",
+        where,
+        report.rows_read,
+        report.rows_accepted,
+        report.rows_quarantined,
+    )
     return report
 
 

@@ -74,9 +74,7 @@ def published_until(sources_dir: Path) -> tuple[str | None, date | None]:
     return state["config_hash"], date.fromisoformat(state["until"])
 
 
-def simulate(
-    settings: Settings, until: date | None = None, stream_url: str | None = None
-) -> PublishReport:
+def simulate(settings: Settings, until: date | None = None, stream_url: str | None = None) -> PublishReport:
     """Advance the simulated business to `until` (default: the end of its horizon).
 
     Args:

@@ -57,8 +57,7 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         )
     _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
     sources = [
-        {"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled}
-        for s in settings.sources
+        {"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled} for s in settings.sources
     ]
     return WorkspaceStatus(
         workspace=str(settings.workspace),

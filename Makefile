@@ -1,0 +1,49 @@
+# churnops — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help setup run test lint typecheck unit bench services clean
+
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(TOOLS)/bin/uv:
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+setup: $(VENV)/.installed ## Create .venv and install the locked dependencies (all extras).
+
+run: setup ## Simulate a shop and run the whole pipeline on embedded defaults (workspace ./.churnops).
+	$(BIN)/churnops run
+
+services: ## Install the servers the integration tests start (PostgreSQL, Redis) if missing.
+	bash scripts/install-services.sh
+
+lint: setup ## ruff (lint + format check).
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup ## mypy on the package.
+	$(BIN)/mypy src
+
+unit: setup ## Only the fast unit tests.
+	$(BIN)/pytest -q tests/unit
+
+test: setup services lint typecheck ## Lint, type-check and run the whole test suite.
+	$(BIN)/pytest -q
+
+bench: setup ## Run the benchmarks in bench/ (BENCH_ORDERS sets the size; default 10M orders).
+	$(BIN)/python bench/run_all.py
+
+clean: ## Remove the workspace and caches (keeps .venv).
+	rm -rf .churnops .pytest_cache .mypy_cache .ruff_cache .hypothesis

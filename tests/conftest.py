@@ -1,0 +1,59 @@
+"""Shared fixtures: a small simulated shop in a temp workspace, and real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from churnops.settings import Settings, load_settings
+from tests import servers
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CHURNOPS_* variable from the caller's shell leaks into a test."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CHURNOPS_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a small shop (300 customers, four months) in a temp workspace."""
+    return load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        simulation={"customers": 300, "start": "2024-01-01", "end": "2024-04-30", "products": 200, "seed": 3},
+    )
+
+
+@pytest.fixture
+def simulated(settings: Settings) -> Settings:
+    """The small shop published into its sources up to its last day."""
+    from churnops.pipelines.simulate import simulate
+
+    simulate(settings, date(2024, 4, 30))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with servers.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, object]]:
+    with servers.s3_server() as options:
+        yield options
