@@ -26,7 +26,8 @@ def test_world_is_consistent() -> None:
     """Orders fall inside the horizon, after signup, before churn; ids are unique; 50 categories."""
     w = simulate_business(SimulationSettings(**SMALL, seed=4))
     o, c = w.orders, w.customers.set_index("customer_id")
-    assert o["order_id"].is_unique and o["order_date"].is_monotonic_increasing
+    assert o["order_id"].is_unique
+    assert o["order_date"].is_monotonic_increasing
     assert o["order_date"].min() >= pd.Timestamp("2024-01-01")
     assert o["order_date"].max() < pd.Timestamp("2025-01-01")
     assert (o["order_date"] >= c.loc[o["customer_id"], "created_at"].to_numpy()).all()

@@ -81,6 +81,7 @@ def publish_until(
     database_url: str,
     until: date,
     since: date | None,
+    start: date,
     orders_format: str = "csv",
     stream_url: str | None = None,
     stream_name: str = "churnops:orders",
@@ -93,6 +94,7 @@ def publish_until(
         database_url: SQLAlchemy URL of the shop database (customers).
         until: Last day to publish, inclusive.
         since: Last day already published, or None for a first publication.
+        start: First day of the business (a first publication writes a file per day from it).
         orders_format: csv, parquet or jsonl for the daily order files.
         stream_url: If given, also append the orders to this Redis stream.
         stream_name: Stream key.
@@ -110,7 +112,7 @@ def publish_until(
         world.products.rename(columns={"product_id": "sku", "category": "category_name"}),
         sources_dir / "products.csv",
     )
-    first_day = (since + timedelta(days=1)) if since else world.orders["order_date"].min().date()
+    first_day = (since + timedelta(days=1)) if since else start
     orders = _orders_between(world.orders, first_day, until)
     files = _write_daily_orders(orders, sources_dir / "orders", first_day, until, orders_format)
     entries = publish_stream(orders, stream_url, stream_name) if stream_url else 0

@@ -328,18 +328,18 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         fresh_ids: list[str] = []
         stale_ids: list[str] = []
         last_key = stream_id_key(state.stream_last_id) if state.stream_last_id else None
-        for start in ("0", ">"):
+        for phase in ("pending", "new"):
+            cursor = "0" if phase == "pending" else ">"
             while len(fresh_ids) < source.max_messages:
                 count = min(source.batch_size, source.max_messages - len(fresh_ids))
                 reply: Any = client.xreadgroup(
                     source.group,
                     source.consumer,
-                    {source.stream: start},
+                    {source.stream: cursor},
                     count=count,
-                    block=source.block_ms if start == ">" else None,
+                    block=source.block_ms if phase == "new" else None,
                 )
-                entries = reply[0][1] if reply else []
-                entries = [(i, f) for i, f in entries if f is not None]
+                entries = [(i, f) for i, f in (reply[0][1] if reply else []) if f is not None]
                 if not entries:
                     break
                 for entry_id, fields in entries:
@@ -348,9 +348,9 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
                     else:
                         fresh_ids.append(entry_id)
                         records.append(fields)
-                if start == "0":
+                if phase == "pending":
                     # pending entries are re-read from after the last one returned
-                    start = entries[-1][0]
+                    cursor = entries[-1][0]
     except redis.RedisError as exc:
         raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
     finally:

@@ -112,6 +112,7 @@ def simulate(settings: Settings, until: date | None = None, stream_url: str | No
         paths.database_url,
         until=target,
         since=since,
+        start=config.start,
         orders_format=config.orders_file_format,
         stream_url=stream_url,
     )
