@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from churnops.settings import ConfigError, Settings, load_settings
 
@@ -45,7 +46,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        _print_error(str(exc))
         raise typer.Exit(2) from exc
 
 
@@ -55,12 +56,17 @@ def _parse_day(value: str | None, option: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {option} must be a date like 2025-01-31, got {value!r}")
+        _print_error(f"{option} must be a date like 2025-01-31, got {value!r}")
         raise typer.Exit(2) from exc
 
 
+def _print_error(message: str) -> None:
+    # Text, not markup: messages quote source rows, which may hold square brackets.
+    err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
+    _print_error(message)
     return typer.Exit(code)
 
 

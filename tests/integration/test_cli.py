@@ -1,0 +1,87 @@
+"""The CLI: help that teaches, clear errors with exit codes, and the commands end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from churnops.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "churnops.yaml"
+    cfg.write_text(
+        f"workspace: {tmp_path / 'ws'}\n"
+        "simulation:\n  customers: 300\n  start: 2024-01-01\n  end: 2024-03-31\n  products: 100\n"
+    )
+    return cfg
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("simulate", "ingest", "status", "run", "serve-orders-api"):
+        assert command in result.output
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "churnops", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "churn" in out.stdout
+
+
+def test_simulate_ingest_status_day_by_day(tmp_path: Path) -> None:
+    cfg = str(_config(tmp_path))
+    sim = runner.invoke(app, ["simulate", "-c", cfg, "--until", "2024-03-01"])
+    assert sim.exit_code == 0, sim.output
+    assert "published up to 2024-03-01" in sim.output
+    assert runner.invoke(app, ["ingest", "-c", cfg, "--date", "2024-03-01"]).exit_code == 0
+    nxt = runner.invoke(app, ["simulate", "-c", cfg, "--until", "2024-03-02"])
+    assert "published 2024-03-01 .. 2024-03-02" in nxt.output
+    ing = runner.invoke(app, ["ingest", "-c", cfg, "--date", "2024-03-02"])
+    assert ing.exit_code == 0, ing.output
+    assert "order_files" in ing.output
+    status = runner.invoke(app, ["status", "-c", cfg])
+    assert status.exit_code == 0
+    assert "orders" in status.output
+    assert "2024-03-02" in status.output
+    back = runner.invoke(app, ["simulate", "-c", cfg, "--until", "2024-02-01"])
+    assert back.exit_code == 1
+    assert "only moves forward" in back.output
+
+
+def test_run_does_the_whole_existing_pipeline(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "-c", str(_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "raw lake" in result.output
+    assert (tmp_path / "ws" / "lake" / "raw" / "orders").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "--date", "31/12/2024"], "--date must be a date like"),
+        (["simulate", "--until", "2030-01-01"], "outside the simulation"),
+        (["ingest", "--source", "nope", "--date", "2024-01-01"], "unknown source(s): nope"),
+    ],
+)
+def test_bad_arguments_get_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, [*args, "-c", str(_config(tmp_path))])
+    assert result.exit_code in (1, 2)
+    assert message in result.output
+
+
+def test_bad_config_key_names_key_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("ingest:\n  max_bad_shar: 0.5\n")
+    result = runner.invoke(app, ["status", "-c", str(cfg)])
+    assert result.exit_code == 2
+    assert "ingest.max_bad_shar: unknown key" in result.output
+    assert "bad.yaml" in result.output
