@@ -82,3 +82,11 @@ def test_workspace_placeholder_expands_in_source_paths(tmp_path: Path) -> None:
     assert source.path == f"{tmp_path}/in/*.csv"
     with pytest.raises(ConfigError, match="no source named 'g'"):
         s.source("g")
+
+
+def test_the_example_config_file_loads() -> None:
+    """The shipped example stays valid as settings evolve."""
+    example = Path(__file__).parents[2] / "churnops.example.yaml"
+    s = load_settings(example)
+    assert [src.name for src in s.sources] == ["shop_customers", "catalog", "order_files"]
+    assert s.simulation.scenarios[0].kind == "price_shift"

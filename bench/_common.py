@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmarks: timing, peak memory of a child process, reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `code` in a fresh Python; it prints one JSON line. Adds wall time and peak RSS."""
+    peak = "\nimport resource as _r, json as _j\nprint(_j.dumps({'peak_kb': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))\n"
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code + peak],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-2])
+    result["peak_rss_mb"] = json.loads(lines[-1])["peak_kb"] / 1024
+    result["process_wall_s"] = wall
+    return result
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Print the figures and keep them in bench/results/<name>.json."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
+    print(f"== {name}")
+    for key, value in figures.items():
+        print(f"  {key}: {value:,.2f}" if isinstance(value, float) else f"  {key}: {value}")
