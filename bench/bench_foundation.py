@@ -33,7 +33,8 @@ GENERATE = (
 from churnops.data.simulation import simulate_business
 t = time.perf_counter()
 world = simulate_business(settings.simulation)
-print(json.dumps({{"seconds": time.perf_counter() - t, "orders": len(world.orders), "customers": len(world.customers)}}))
+seconds = time.perf_counter() - t
+print(json.dumps({{"seconds": seconds, "orders": len(world.orders), "customers": len(world.customers)}}))
 """
 )
 
@@ -43,7 +44,9 @@ PUBLISH = (
 from churnops.pipelines.simulate import simulate
 t = time.perf_counter()
 r = simulate(settings)
-print(json.dumps({{"seconds": time.perf_counter() - t, "orders": r.orders_written, "customers": r.customers_upserted, "files": r.order_files}}))
+seconds = time.perf_counter() - t
+print(json.dumps({{"seconds": seconds, "orders": r.orders_written,
+                  "customers": r.customers_upserted, "files": r.order_files}}))
 """
 )
 
