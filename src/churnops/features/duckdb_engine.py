@@ -1,0 +1,101 @@
+"""The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from churnops.features.sql import DUCKDB, features_from_buckets_sql
+
+
+def connect_features(
+    orders: Sequence[str] | pd.DataFrame,
+    customers: pd.DataFrame,
+    snapshots: Sequence[datetime],
+    windows: tuple[int, ...],
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> tuple[Any, str, set[str]]:
+    """A DuckDB connection with the inputs registered, and the feature query to run on it.
+
+    Args:
+        orders: Parquet paths (the raw lake's committed files) or a frame in contract names.
+        customers: customer_id and created_at of every known customer.
+        snapshots: Snapshot times; features use orders strictly before each.
+        windows: Trailing windows in days.
+        threads: DuckDB threads (default: all cores).
+        memory_limit: DuckDB memory limit, e.g. "4GB" (default: DuckDB's).
+
+    Returns:
+        The connection, the SELECT to run, and the optional order columns present.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
+    if isinstance(orders, pd.DataFrame):
+        con.register("orders_input", orders)
+        source = "orders_input"
+    else:
+        files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in orders)
+        source = f"read_parquet([{files}], union_by_name = true)"
+    columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    has_product, has_category = "product_id" in columns, "category" in columns
+    optional = [c for c in ("product_id", "category") if c in columns]
+    picked = ", ".join(["customer_id", "order_date", "total_amount", *optional])
+    con.execute(
+        f"CREATE TEMP VIEW orders AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
+        f"CAST(order_date AS TIMESTAMP) AS order_date, CAST(total_amount AS DOUBLE) AS total_amount"
+        f"{''.join(', ' + c for c in optional)} FROM (SELECT {picked} FROM {source})"
+    )
+    con.register("customers_input", customers[["customer_id", "created_at"]])
+    con.execute(
+        "CREATE TEMP TABLE customers AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
+        "CAST(created_at AS TIMESTAMP) AS created_at FROM customers_input"
+    )
+    snaps = pd.DataFrame({"as_of": pd.to_datetime(sorted(set(snapshots))).astype("datetime64[us]")})
+    con.register("snapshots_input", snaps)
+    con.execute("CREATE TEMP TABLE snapshots AS SELECT CAST(as_of AS TIMESTAMP) AS as_of FROM snapshots_input ORDER BY 1")
+    con.execute(
+        "CREATE TEMP VIEW bucketed AS SELECT o.*, s.as_of FROM orders AS o ASOF JOIN snapshots AS s ON o.order_date < s.as_of"
+    )
+    for w in windows:
+        edge = DUCKDB.minus_days.format(ts="as_of", days=int(w))
+        con.execute(
+            f"CREATE TEMP VIEW window_bucketed_{w} AS SELECT o.customer_id, o.total_amount, s.as_of "
+            f"FROM orders AS o ASOF JOIN (SELECT as_of, {edge} AS edge FROM snapshots) AS s ON o.order_date < s.edge"
+        )
+    query = features_from_buckets_sql(DUCKDB, windows, has_product, has_category)
+    return con, query, set(optional)
+
+
+def compute_features(
+    orders: Sequence[str] | pd.DataFrame,
+    customers: pd.DataFrame,
+    snapshots: Sequence[datetime],
+    windows: tuple[int, ...],
+) -> pd.DataFrame:
+    """All features for all snapshots as one frame (for tests and small data).
+
+    Args:
+        orders: Parquet paths or a frame in contract names.
+        customers: customer_id and created_at.
+        snapshots: Snapshot times.
+        windows: Trailing windows in days.
+
+    Returns:
+        One row per (customer known at the snapshot, snapshot), sorted by both.
+    """
+    con, query, _ = connect_features(orders, customers, snapshots, windows)
+    try:
+        frame = con.execute(f"{query} ORDER BY event_timestamp, customer_id").fetchdf()
+    finally:
+        con.close()
+    return frame

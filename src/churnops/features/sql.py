@@ -1,0 +1,153 @@
+"""Customer features as SQL, for many snapshots in one pass over the orders.
+
+Instead of recomputing every aggregate for every snapshot, each order is assigned once to its
+*bucket*: the first snapshot strictly after it. Aggregates per (customer, bucket) are then
+summed cumulatively over the snapshots, so a snapshot's features cover exactly the orders
+strictly before it. Trailing windows use a second bucket per window (the first snapshot whose
+window start lies after the order); the window count is the difference of two cumulative
+counts. Distinct products and categories count each (customer, product) pair once, in the
+bucket of its first order. The work is one scan of the orders plus the output grid, whatever
+the number of snapshots.
+
+The standard deviation uses sums of squares shifted by the customer's first order amount, which
+keeps full float64 precision (identical amounts give exactly 0) and depends on nothing after
+the snapshot: a customer with orders before a snapshot has their first order before it too.
+
+The bucket assignment is engine-specific (DuckDB's ASOF join; a sorted-array lookup in Spark);
+everything after it is plain SQL that both engines run. Inputs are the relations
+`orders(customer_id, order_date, total_amount[, product_id][, category])`,
+`customers(customer_id, created_at)` and `snapshots(as_of)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few expressions that differ between engines."""
+
+    micros: str  # micros since epoch of a timestamp: format with {x}
+    minus_days: str  # timestamp minus whole days: format with {ts} and {days}
+    pair: str  # an ordered pair, comparable lexicographically: format with {a} and {b}
+
+
+DUCKDB = Dialect(micros="epoch_us({x})", minus_days="({ts} - INTERVAL ({days}) DAY)", pair="ROW({a}, {b})")
+SPARK = Dialect(
+    micros="unix_micros({x})", minus_days="({ts} - make_interval(0, 0, 0, {days}, 0, 0, 0))", pair="struct({a}, {b})"
+)
+
+DAY_US = 86_400_000_000
+
+
+def _days_between(dialect: Dialect, later: str, earlier: str) -> str:
+    """Whole days elapsed (floor), like pandas' Timedelta.days."""
+    return f"CAST(FLOOR(({dialect.micros.format(x=later)} - {dialect.micros.format(x=earlier)}) / {DAY_US}) AS BIGINT)"
+
+
+def features_from_buckets_sql(
+    dialect: Dialect, windows: tuple[int, ...], has_product: bool, has_category: bool
+) -> str:
+    """The feature query over `bucketed` and `window_bucketed_<w>` relations.
+
+    Args:
+        dialect: Engine-specific expressions.
+        windows: Trailing windows in days.
+        has_product: The orders carry product_id.
+        has_category: The orders carry category.
+
+    Returns:
+        A SELECT producing customer_id, event_timestamp and every feature column.
+    """
+    window_ctes = []
+    window_joins = []
+    window_cum = []
+    window_cols = []
+    for w in windows:
+        window_ctes.append(
+            f"""wagg_{w} AS (
+    SELECT customer_id, as_of, COUNT(*) AS n, SUM(total_amount) AS amt
+    FROM window_bucketed_{w} GROUP BY customer_id, as_of
+)"""
+        )
+        window_joins.append(f"LEFT JOIN wagg_{w} ON wagg_{w}.customer_id = g.customer_id AND wagg_{w}.as_of = g.as_of")
+        window_cum.append(f"SUM(COALESCE(wagg_{w}.n, 0)) OVER w AS before_n_{w}")
+        window_cum.append(f"SUM(COALESCE(wagg_{w}.amt, 0)) OVER w AS before_amt_{w}")
+        window_cols.append(f"CAST(n - before_n_{w} AS BIGINT) AS orders_last_{w}d")
+        window_cols.append(f"CAST(total - before_amt_{w} AS DOUBLE) AS spend_last_{w}d")
+    distinct_ctes = []
+    distinct_joins = []
+    distinct_cum = []
+    distinct_cols = []
+    for flag, column, name in ((has_product, "product_id", "unique_products"), (has_category, "category", "unique_categories")):
+        if not flag:
+            continue
+        distinct_ctes.append(
+            f"""first_{column} AS (
+    SELECT customer_id, as_of, COUNT(*) AS n FROM (
+        SELECT customer_id, {column}, MIN(as_of) AS as_of
+        FROM bucketed WHERE {column} IS NOT NULL GROUP BY customer_id, {column}
+    ) AS firsts GROUP BY customer_id, as_of
+)"""
+        )
+        distinct_joins.append(
+            f"LEFT JOIN first_{column} ON first_{column}.customer_id = g.customer_id AND first_{column}.as_of = g.as_of"
+        )
+        distinct_cum.append(f"SUM(COALESCE(first_{column}.n, 0)) OVER w AS {name}")
+        distinct_cols.append(f"CAST({name} AS BIGINT) AS {name}")
+    ctes = ",\n".join(
+        [
+            f"""shift AS (
+    SELECT customer_id, MIN_BY(total_amount, {dialect.pair.format(a="order_date", b="total_amount")}) AS k
+    FROM bucketed GROUP BY customer_id
+)""",
+            """agg AS (
+    SELECT b.customer_id, b.as_of, COUNT(*) AS n, SUM(b.total_amount) AS total,
+           SUM(b.total_amount - s.k) AS s1, SUM((b.total_amount - s.k) * (b.total_amount - s.k)) AS s2,
+           MIN(b.total_amount) AS mn, MAX(b.total_amount) AS mx,
+           MIN(b.order_date) AS first_at, MAX(b.order_date) AS last_at
+    FROM bucketed AS b JOIN shift AS s ON s.customer_id = b.customer_id
+    GROUP BY b.customer_id, b.as_of
+)""",
+            """grid AS (
+    SELECT c.customer_id, s.as_of FROM customers AS c JOIN snapshots AS s ON c.created_at < s.as_of
+)""",
+            *window_ctes,
+            *distinct_ctes,
+            f"""running AS (
+    SELECT g.customer_id, g.as_of,
+           SUM(COALESCE(agg.n, 0)) OVER w AS n,
+           SUM(COALESCE(agg.total, 0)) OVER w AS total,
+           SUM(agg.s1) OVER w AS s1,
+           SUM(agg.s2) OVER w AS s2,
+           MIN(agg.mn) OVER w AS mn,
+           MAX(agg.mx) OVER w AS mx,
+           MIN(agg.first_at) OVER w AS first_at,
+           MAX(agg.last_at) OVER w AS last_at
+           {"".join(", " + c for c in window_cum + distinct_cum)}
+    FROM grid AS g
+    LEFT JOIN agg ON agg.customer_id = g.customer_id AND agg.as_of = g.as_of
+    {" ".join(window_joins + distinct_joins)}
+    WINDOW w AS (PARTITION BY g.customer_id ORDER BY g.as_of ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)""",
+        ]
+    )
+    variance = "GREATEST((s2 - s1 * s1 / n) / (n - 1), 0.0)"
+    lifetime = _days_between(dialect, "last_at", "first_at")
+    columns = [
+        "customer_id",
+        "as_of AS event_timestamp",
+        f"CASE WHEN n > 0 THEN {_days_between(dialect, 'as_of', 'last_at')} END AS recency",
+        "CAST(n AS BIGINT) AS frequency",
+        "CAST(total AS DOUBLE) AS monetary",
+        "CASE WHEN n > 0 THEN total / n END AS avg_order_value",
+        "mx AS max_order_value",
+        "mn AS min_order_value",
+        f"CASE WHEN n = 1 THEN 0.0 WHEN n > 1 THEN SQRT({variance}) END AS std_order_value",
+        f"CASE WHEN n > 0 THEN {lifetime} END AS customer_lifetime_days",
+        f"CASE WHEN n > 0 THEN {lifetime} / CAST(GREATEST(n, 1) AS DOUBLE) END AS avg_days_between_orders",
+        *distinct_cols,
+        *window_cols,
+    ]
+    return f"WITH {ctes}\nSELECT {', '.join(columns)} FROM running"

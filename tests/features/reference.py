@@ -1,0 +1,77 @@
+"""The design document's reference implementation, kept as the oracle for the engines.
+
+A pandas groupby per snapshot. It fills 0 where a customer has no orders before the snapshot
+and for the standard deviation of a single order; the project's engines use nulls for the
+non-count features of such customers (see churnops.features.definitions), so `to_project`
+maps the reference onto that convention before comparing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def reference_features(orders: pd.DataFrame, customers: pd.DataFrame, as_of: pd.Timestamp, windows=(7, 30, 90)) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    past = orders[orders["order_date"] < as_of]
+    g = past.groupby("customer_id")
+    features = pd.DataFrame(
+        {
+            "recency": (as_of - g["order_date"].max()).dt.days,
+            "frequency": g.size(),
+            "monetary": g["total_amount"].sum(),
+            "avg_order_value": g["total_amount"].mean(),
+            "max_order_value": g["total_amount"].max(),
+            "min_order_value": g["total_amount"].min(),
+            "std_order_value": g["total_amount"].std(),
+            "customer_lifetime_days": (g["order_date"].max() - g["order_date"].min()).dt.days,
+        }
+    )
+    features["avg_days_between_orders"] = features["customer_lifetime_days"] / features["frequency"].clip(lower=1)
+    for days in windows:
+        recent = past[past["order_date"] >= as_of - pd.Timedelta(days=days)].groupby("customer_id")
+        features[f"orders_last_{days}d"] = recent.size()
+        features[f"spend_last_{days}d"] = recent["total_amount"].sum()
+    if "product_id" in past:
+        features["unique_products"] = g["product_id"].nunique()
+    if "category" in past:
+        features["unique_categories"] = g["category"].nunique()
+    known = customers.loc[customers["created_at"] < as_of, "customer_id"]
+    features = features.reindex(known.to_numpy()).fillna(0)
+    features.index.name = "customer_id"
+    return features.reset_index()
+
+
+NULL_WHEN_NO_ORDERS = [
+    "recency",
+    "avg_order_value",
+    "max_order_value",
+    "min_order_value",
+    "std_order_value",
+    "customer_lifetime_days",
+    "avg_days_between_orders",
+]
+
+
+def to_project(reference: pd.DataFrame) -> pd.DataFrame:
+    """The reference under the project's convention: nulls where there were no orders."""
+    out = reference.copy()
+    none = out["frequency"] == 0
+    for column in NULL_WHEN_NO_ORDERS:
+        out[column] = out[column].astype("float64").where(~none, np.nan)
+    return out
+
+
+def assert_matches_reference(engine: pd.DataFrame, reference: pd.DataFrame) -> None:
+    """Same rows, same columns, floats within 1e-9 relative (nulls where the convention says)."""
+    expected = to_project(reference).sort_values("customer_id").reset_index(drop=True)
+    got = engine.sort_values("customer_id").reset_index(drop=True)
+    assert got["customer_id"].tolist() == expected["customer_id"].astype("int64").tolist()
+    for column in expected.columns:
+        if column == "customer_id":
+            continue
+        a = got[column].astype("float64").to_numpy()
+        b = expected[column].astype("float64").to_numpy()
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"{column}: nulls differ"
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=1e-9, err_msg=column)

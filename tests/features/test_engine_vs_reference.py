@@ -1,0 +1,115 @@
+"""The DuckDB engine equals the reference pandas implementation, snapshot by snapshot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from churnops.features.duckdb_engine import compute_features
+from tests.features.reference import assert_matches_reference, reference_features
+
+WINDOWS = (7, 30, 90)
+
+
+def random_shop(seed: int, customers: int = 300, orders: int = 3000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2024-01-01")
+    created = start + pd.to_timedelta(rng.integers(0, 200 * 86400, customers), unit="s")
+    cust = pd.DataFrame({"customer_id": np.arange(1, customers + 1, dtype=np.int64), "created_at": created})
+    owner = rng.integers(1, customers + 1, orders)
+    when = cust.set_index("customer_id").loc[owner, "created_at"].to_numpy() + pd.to_timedelta(
+        rng.integers(0, 200 * 86400, orders), unit="s"
+    )
+    frame = pd.DataFrame(
+        {
+            "customer_id": owner.astype(np.int64),
+            "order_date": pd.to_datetime(when).floor("h"),  # ties on purpose
+            "total_amount": np.round(rng.lognormal(3, 1, orders), 2),
+            "product_id": rng.integers(0, 40, orders).astype(str),
+            "category": rng.integers(0, 6, orders).astype(str),
+        }
+    )
+    return frame, cust
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_many_snapshots_equal_the_reference_at_each(seed: int) -> None:
+    orders, customers = random_shop(seed)
+    snapshots = list(pd.date_range("2024-02-01", "2024-09-01", freq="7D"))
+    snapshots.append(orders["order_date"].iloc[5])  # exactly on an order's timestamp
+    got = compute_features(orders, customers, snapshots, WINDOWS)
+    for as_of in snapshots:
+        one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
+        assert_matches_reference(one, reference_features(orders, customers, pd.Timestamp(as_of), WINDOWS))
+
+
+def test_one_snapshot_alone_equals_the_same_snapshot_among_many() -> None:
+    orders, customers = random_shop(9)
+    many = compute_features(orders, customers, list(pd.date_range("2024-03-01", "2024-08-01", freq="14D")), WINDOWS)
+    as_of = pd.Timestamp("2024-05-24")
+    alone = compute_features(orders, customers, [as_of], WINDOWS)
+    pd.testing.assert_frame_equal(
+        many[many["event_timestamp"] == as_of].reset_index(drop=True), alone.reset_index(drop=True)
+    )
+
+
+def test_without_products_and_categories_those_features_are_absent() -> None:
+    orders, customers = random_shop(4)
+    got = compute_features(orders.drop(columns=["product_id", "category"]), customers, [pd.Timestamp("2024-06-01")], WINDOWS)
+    assert "unique_products" not in got.columns
+    assert "unique_categories" not in got.columns
+    ref = reference_features(orders.drop(columns=["product_id", "category"]), customers, pd.Timestamp("2024-06-01"))
+    assert_matches_reference(got.drop(columns="event_timestamp"), ref)
+
+
+def test_no_leakage_orders_after_the_snapshot_change_nothing() -> None:
+    """Changing or adding orders at or after a snapshot changes no feature of that snapshot."""
+    orders, customers = random_shop(5)
+    as_of = pd.Timestamp("2024-05-01")
+    before = compute_features(orders, customers, [as_of], WINDOWS)
+    later = orders["order_date"] >= as_of
+    changed = orders.copy()
+    changed.loc[later, "total_amount"] = changed.loc[later, "total_amount"] * 7 + 1
+    extra = changed[later].head(50).assign(order_date=as_of, product_id="new")
+    changed = pd.concat([changed, extra], ignore_index=True)
+    after = compute_features(changed, customers, [as_of], WINDOWS)
+    pd.testing.assert_frame_equal(before, after)
+
+
+order_rows = st.lists(
+    st.tuples(
+        st.integers(1, 4),  # customer
+        st.integers(0, 40),  # day offset
+        st.sampled_from([0, 3600, 86399]),  # second within the day
+        st.floats(0, 1000, allow_nan=False).map(lambda x: round(x, 2)),
+        st.sampled_from(["a", "b", "c"]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=order_rows, snap_days=st.lists(st.integers(0, 45), min_size=1, max_size=4, unique=True))
+def test_property_engine_equals_reference(rows: list[tuple[int, int, int, float, str]], snap_days: list[int]) -> None:
+    """Empty histories, single orders, orders exactly on a snapshot, equal timestamps: all agree."""
+    base = pd.Timestamp("2024-01-01")
+    customers = pd.DataFrame(
+        {"customer_id": np.array([1, 2, 3, 4, 5], dtype=np.int64), "created_at": [base - pd.Timedelta(days=1)] * 5}
+    )
+    orders = pd.DataFrame(
+        {
+            "customer_id": np.array([r[0] for r in rows], dtype=np.int64),
+            "order_date": pd.to_datetime([base + pd.Timedelta(days=r[1], seconds=r[2]) for r in rows]).astype("datetime64[us]"),
+            "total_amount": np.array([r[3] for r in rows], dtype=np.float64),
+            "product_id": [r[4] for r in rows],
+            "category": [r[4].upper() for r in rows],
+        }
+    )
+    snapshots = [base + pd.Timedelta(days=d) for d in snap_days]
+    got = compute_features(orders, customers, snapshots, WINDOWS)
+    for as_of in snapshots:
+        one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
+        assert_matches_reference(one, reference_features(orders, customers, as_of, WINDOWS))
