@@ -170,9 +170,7 @@ def ingest(
     day = _parse_day(date_, "--date") or datetime.now().date()
     table = Table(title=f"ingest {day}")
     for col in ("source", "table", "status", "read", "accepted", "quarantined", "seconds"):
-        table.add_column(
-            col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left"
-        )
+        table.add_column(col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left")
 
     def show(report: SourceReport) -> None:
         console.print(
@@ -198,6 +196,52 @@ def ingest(
         if report.reasons:
             reasons = ", ".join(f"{k}: {v:,}" for k, v in report.reasons.items())
             console.print(f"  quarantine reasons for {report.source}: {reasons}")
+
+
+@app.command()
+def features(
+    config: ConfigOption = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Latest snapshot date (features as of 00:00 that day). Default: the day after the last order.",
+        ),
+    ] = None,
+    latest_only: Annotated[
+        bool,
+        typer.Option("--latest-only", help="Compute only the latest snapshot (for serving), not the history."),
+    ] = False,
+    no_feast: Annotated[bool, typer.Option("--no-feast", help="Skip Feast apply and materialization.")] = False,
+) -> None:
+    """Compute customer features from the raw lake, validate them, and publish them to Feast.
+
+    Snapshots go back from --as-of every `features.cadence_days` (weekly by default) while
+    orders precede them; each sees only orders strictly before it. A rerun replaces the
+    snapshots it computes. The online store receives the newest row of every customer.
+    """
+    from churnops.features.validation import FeatureValidationError
+    from churnops.pipelines.features import FeatureBuildError, build_features
+    from churnops.runlog import WorkspaceBusyError
+
+    settings = _settings(config)
+    day = _parse_day(as_of, "--as-of")
+
+    def show(line: str) -> None:
+        console.print(f"  {line}")
+
+    try:
+        with console.status("computing features ..."):
+            report = build_features(
+                settings, day, history=not latest_only, publish_to_feast=not no_feast, progress=show
+            )
+    except (FeatureBuildError, FeatureValidationError, WorkspaceBusyError) as exc:
+        raise _fail(str(exc)) from exc
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    console.print(
+        f"features: {len(report.snapshots)} snapshot(s) {report.snapshots[0]} .. {report.snapshots[-1]}, "
+        f"{report.rows:,} rows, content hash {report.content_hash[:12]} ({timings})"
+    )
 
 
 @app.command()
@@ -229,6 +273,14 @@ def status(config: ConfigOption = None) -> None:
             ", ".join(t.sources),
         )
     console.print(raw if state.tables else "raw lake: empty (run `churnops ingest`)")
+    if state.features:
+        f = state.features
+        console.print(
+            f"feature table: {f['snapshots']} snapshots {f['first']} .. {f['last']}, {f['rows']:,} rows, "
+            f"engine {f['engine']}, content hash {f['content_hash'][:12]}"
+        )
+    else:
+        console.print("feature table: empty (run `churnops features`)")
     if state.runs:
         runs = Table(title="last runs")
         for col in ("logged at", "command", "date", "status"):
@@ -259,7 +311,8 @@ def run(
     """Run the whole pipeline that exists so far on embedded defaults.
 
     Today that is: simulate the shop (if its sources are not written yet), ingest every
-    source into the raw lake, and show the workspace status.
+    source into the raw lake, compute features and publish them to Feast, and show the
+    workspace status.
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.ingest import ingest as run_ingest
@@ -287,8 +340,10 @@ def run(
         )
     except IngestError as exc:
         raise _fail(str(exc)) from exc
-    console.rule("status")
     del reports
+    console.rule("features")
+    features(config, as_of=None, latest_only=False, no_feast=False)
+    console.rule("status")
     status(config)
 
 

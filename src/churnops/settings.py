@@ -186,12 +186,40 @@ class IngestSettings(_Strict):
     max_volume_drop: float | None = Field(0.5, ge=0, le=1)
 
 
+class FeatureSettings(_Strict):
+    """How customer features are computed."""
+
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    windows: list[int] = Field(default_factory=lambda: [7, 30, 90], description="Trailing windows in days.")
+    cadence_days: int = Field(7, gt=0, description="Days between history snapshots.")
+    history_snapshots: int | None = Field(
+        None, gt=0, description="At most this many history snapshots; default: back to the first order."
+    )
+    duckdb_threads: int | None = Field(None, gt=0)
+    duckdb_memory_limit: str | None = None
+    spark_master: str = "local[2]"
+
+    @field_validator("windows")
+    @classmethod
+    def _positive_windows(cls, windows: list[int]) -> list[int]:
+        if any(w <= 0 for w in windows):
+            raise ValueError("windows must be positive numbers of days")
+        return sorted(set(windows) | {30})
+
+
+class FeastSettings(_Strict):
+    """The Feast feature store the features are published to."""
+
+    project: str = Field("churnops", pattern=r"^[A-Za-z0-9_]+$")
+    ttl_days: int = Field(30, gt=0, description="A feature row older than this is not served.")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+
+
 class Settings(BaseSettings):
     """Everything churnops reads from configuration."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CHURNOPS_", env_nested_delimiter="__", extra="forbid", yaml_file=None
-    )
+    model_config = SettingsConfigDict(env_prefix="CHURNOPS_", env_nested_delimiter="__", extra="forbid", yaml_file=None)
 
     workspace: Path = Path(".churnops")
     lake_uri: str = "{workspace}/lake"
@@ -199,6 +227,8 @@ class Settings(BaseSettings):
     simulation: SimulationSettings = Field(default_factory=SimulationSettings)
     sources: list[Source] = Field(default_factory=default_sources)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 
-def reference_features(orders: pd.DataFrame, customers: pd.DataFrame, as_of: pd.Timestamp, windows=(7, 30, 90)) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def reference_features(
+    orders: pd.DataFrame, customers: pd.DataFrame, as_of: pd.Timestamp, windows=(7, 30, 90)
+) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     past = orders[orders["order_date"] < as_of]
     g = past.groupby("customer_id")
     features = pd.DataFrame(

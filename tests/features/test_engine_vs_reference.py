@@ -58,7 +58,9 @@ def test_one_snapshot_alone_equals_the_same_snapshot_among_many() -> None:
 
 def test_without_products_and_categories_those_features_are_absent() -> None:
     orders, customers = random_shop(4)
-    got = compute_features(orders.drop(columns=["product_id", "category"]), customers, [pd.Timestamp("2024-06-01")], WINDOWS)
+    got = compute_features(
+        orders.drop(columns=["product_id", "category"]), customers, [pd.Timestamp("2024-06-01")], WINDOWS
+    )
     assert "unique_products" not in got.columns
     assert "unique_categories" not in got.columns
     ref = reference_features(orders.drop(columns=["product_id", "category"]), customers, pd.Timestamp("2024-06-01"))
@@ -97,12 +99,17 @@ def test_property_engine_equals_reference(rows: list[tuple[int, int, int, float,
     """Empty histories, single orders, orders exactly on a snapshot, equal timestamps: all agree."""
     base = pd.Timestamp("2024-01-01")
     customers = pd.DataFrame(
-        {"customer_id": np.array([1, 2, 3, 4, 5], dtype=np.int64), "created_at": [base - pd.Timedelta(days=1)] * 5}
+        {
+            "customer_id": np.array([1, 2, 3, 4, 5], dtype=np.int64),
+            "created_at": [base - pd.Timedelta(days=1)] * 5,
+        }
     )
     orders = pd.DataFrame(
         {
             "customer_id": np.array([r[0] for r in rows], dtype=np.int64),
-            "order_date": pd.to_datetime([base + pd.Timedelta(days=r[1], seconds=r[2]) for r in rows]).astype("datetime64[us]"),
+            "order_date": pd.to_datetime([base + pd.Timedelta(days=r[1], seconds=r[2]) for r in rows]).astype(
+                "datetime64[us]"
+            ),
             "total_amount": np.array([r[3] for r in rows], dtype=np.float64),
             "product_id": [r[4] for r in rows],
             "category": [r[4].upper() for r in rows],

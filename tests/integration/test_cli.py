@@ -31,9 +31,7 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_python_dash_m_runs_the_cli() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "churnops", "--help"], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-m", "churnops", "--help"], capture_output=True, text=True, check=True)
     assert "churn" in out.stdout
 
 

@@ -20,9 +20,7 @@ DAY = date(2024, 4, 30)
 
 def _order_files(settings: Settings) -> pd.DataFrame:
     folder = settings.workspace / "sources" / "orders"
-    return pd.concat(
-        [pd.read_csv(p, dtype=str) for p in sorted(folder.glob("orders-*.csv"))], ignore_index=True
-    )
+    return pd.concat([pd.read_csv(p, dtype=str) for p in sorted(folder.glob("orders-*.csv"))], ignore_index=True)
 
 
 def _lake_files(lake: RawLake) -> set[str]:
@@ -221,9 +219,7 @@ def test_volume_drop_rejects_and_a_null_limit_allows(settings: Settings) -> None
     with pytest.raises(IngestError, match=r"volume fell \d+% .*rows per day of data"):
         ingest(settings, date(2024, 3, 2))
     assert make_lake(settings).manifest("orders", date(2024, 3, 2)) is None
-    relaxed = settings.model_copy(
-        update={"ingest": settings.ingest.model_copy(update={"max_volume_drop": None})}
-    )
+    relaxed = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_volume_drop": None})})
     assert {r.source: r.rows_read for r in ingest(relaxed, date(2024, 3, 2))}["order_files"] == 1
 
 

@@ -61,9 +61,7 @@ def test_postgres_customers_incremental_by_watermark(settings: Settings, postgre
     paths = SimulationPaths.from_settings(pg)
     publish_until(world, paths.sources_dir, postgres_url, date(2024, 3, 1), None, start=date(2024, 1, 1))
     first = ingest(pg, date(2024, 3, 1))[0]
-    publish_until(
-        world, paths.sources_dir, postgres_url, date(2024, 4, 30), date(2024, 3, 1), start=date(2024, 1, 1)
-    )
+    publish_until(world, paths.sources_dir, postgres_url, date(2024, 4, 30), date(2024, 3, 1), start=date(2024, 1, 1))
     second = ingest(pg, date(2024, 4, 30))[0]
     again = ingest(pg, date(2024, 4, 30))[0]
     cut1 = pd.Timestamp("2024-03-02")
@@ -149,9 +147,7 @@ def test_http_retries_with_backoff_then_succeeds() -> None:
     _Flaky.calls, _Flaky.failures, _Flaky.delay = 0, 2, 0.0
     server = _serve(_Flaky)
     try:
-        batch = read_http(
-            _http(f"http://127.0.0.1:{server.server_port}/", retries=3, backoff_s=0.01), ReadState()
-        )
+        batch = read_http(_http(f"http://127.0.0.1:{server.server_port}/", retries=3, backoff_s=0.01), ReadState())
         assert len(batch.frame) == 1
         assert _Flaky.calls == 3
     finally:
@@ -163,9 +159,7 @@ def test_http_gives_up_after_its_retries_with_a_clear_error() -> None:
     server = _serve(_Flaky)
     try:
         with pytest.raises(SourceError, match=r"'api'.*failed after 3 attempts: HTTP 503"):
-            read_http(
-                _http(f"http://127.0.0.1:{server.server_port}/", retries=2, backoff_s=0.01), ReadState()
-            )
+            read_http(_http(f"http://127.0.0.1:{server.server_port}/", retries=2, backoff_s=0.01), ReadState())
     finally:
         server.shutdown()
 
@@ -196,9 +190,7 @@ def test_http_client_error_is_not_retried() -> None:
         api.stop()
 
 
-def test_stream_source_acks_only_after_commit_and_never_duplicates(
-    simulated: Settings, redis_url: str
-) -> None:
+def test_stream_source_acks_only_after_commit_and_never_duplicates(simulated: Settings, redis_url: str) -> None:
     import redis
 
     stream = f"orders-{time.time_ns()}"

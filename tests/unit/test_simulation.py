@@ -84,17 +84,11 @@ def test_concept_drift_changes_who_churns() -> None:
     start = date(2024, 4, 1)
     plain = simulate_business(SimulationSettings(**SMALL, seed=8))
     drift = simulate_business(
-        SimulationSettings(
-            **SMALL, seed=8, scenarios=[DriftScenario(kind="concept_drift", start=start, magnitude=0.6)]
-        )
+        SimulationSettings(**SMALL, seed=8, scenarios=[DriftScenario(kind="concept_drift", start=start, magnitude=0.6)])
     )
 
     def churn_vs_spend(w) -> float:  # type: ignore[no-untyped-def]
-        spend = (
-            w.orders[w.orders["order_date"] < pd.Timestamp(start)]
-            .groupby("customer_id")["total_amount"]
-            .mean()
-        )
+        spend = w.orders[w.orders["order_date"] < pd.Timestamp(start)].groupby("customer_id")["total_amount"].mean()
         churned = w.customers.set_index("customer_id")["churn_at"].between(
             pd.Timestamp(start), pd.Timestamp("2024-09-01")
         )

@@ -164,9 +164,7 @@ class RawLake:
         schema = [[f.name, str(f.type)] for f in table_arrow.schema]
         return PartFile(path=path, rows=len(frame), sha256=hashlib.sha256(payload).hexdigest(), schema=schema)
 
-    def commit(
-        self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None
-    ) -> Manifest:
+    def commit(self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None) -> Manifest:
         """Publish parts in one atomic step and remove files no manifest references.
 
         Args:
@@ -199,10 +197,7 @@ class RawLake:
     def quarantine_files(self, table: str) -> list[str]:
         """Committed quarantine files of `table` as full URIs."""
         return [
-            self._full(p.quarantine.path)
-            for m in self.manifests(table)
-            for p in m.parts
-            if p.quarantine is not None
+            self._full(p.quarantine.path) for m in self.manifests(table) for p in m.parts if p.quarantine is not None
         ]
 
     def read(self, table: str, columns: list[str] | None = None, *, quarantine: bool = False) -> pd.DataFrame:

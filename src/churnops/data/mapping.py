@@ -18,9 +18,7 @@ class MissingColumnError(ValueError):
     """A required contract column is absent from a source batch."""
 
 
-def map_columns(
-    raw: pd.DataFrame, contract: TableContract, columns: Mapping[str, str], source: str
-) -> pd.DataFrame:
+def map_columns(raw: pd.DataFrame, contract: TableContract, columns: Mapping[str, str], source: str) -> pd.DataFrame:
     """Select and rename a source batch's columns to the contract's names.
 
     Args:
@@ -105,9 +103,7 @@ def parse_strings(values: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def parse_batch(
-    mapped: pd.DataFrame, contract: TableContract, date_formats: Mapping[str, str]
-) -> pd.DataFrame:
+def parse_batch(mapped: pd.DataFrame, contract: TableContract, date_formats: Mapping[str, str]) -> pd.DataFrame:
     """Parse every mapped column into its contract type.
 
     Args:

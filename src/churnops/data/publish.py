@@ -267,9 +267,7 @@ class OrdersApi:
         if start == 0 and "since" in query:
             import bisect
 
-            start = bisect.bisect_right(
-                self.stamps, pd.Timestamp(query["since"][0]).strftime("%Y-%m-%dT%H:%M:%S")
-            )
+            start = bisect.bisect_right(self.stamps, pd.Timestamp(query["since"][0]).strftime("%Y-%m-%dT%H:%M:%S"))
         page = self.records[start : start + limit]
         nxt = start + limit if start + limit < len(self.records) else None
         self._send(request, 200, {"data": page, "next_cursor": str(nxt) if nxt is not None else None})

@@ -72,9 +72,7 @@ def seasonality(days: np.ndarray, start: date) -> np.ndarray:
     stamps = pd.Timestamp(start) + pd.to_timedelta(days, unit="D")
     doy = stamps.dayofyear.to_numpy()
     yearly = 1.0 + 0.15 * np.sin(2 * np.pi * (doy - 80) / 365.25)
-    holiday = np.where(
-        (stamps.month == 11) & (stamps.day >= 20) | (stamps.month == 12) & (stamps.day <= 24), 1.35, 1.0
-    )
+    holiday = np.where((stamps.month == 11) & (stamps.day >= 20) | (stamps.month == 12) & (stamps.day <= 24), 1.35, 1.0)
     weekly = np.where(stamps.dayofweek.to_numpy() >= 5, 1.1, 0.95)
     return yearly * holiday * weekly
 

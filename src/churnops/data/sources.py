@@ -199,9 +199,7 @@ def _read_csv_as_text(handle: Any, delimiter: str) -> pd.DataFrame:
     table = pacsv.read_csv(
         handle,
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, "string"), strings_can_be_null=True
-        ),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, "string"), strings_can_be_null=True),
     )
     return table.to_pandas()
 
@@ -253,11 +251,7 @@ def read_http(source: HttpSource, state: ReadState) -> Batch:
     if source.watermark:
         if not frame.empty and source.watermark in frame.columns and state.cap is not None:
             frame = frame[frame[source.watermark] <= state.cap].reset_index(drop=True)
-        high = (
-            frame[source.watermark].max()
-            if not frame.empty and source.watermark in frame.columns
-            else state.low
-        )
+        high = frame[source.watermark].max() if not frame.empty and source.watermark in frame.columns else state.low
         mark.update({"column": source.watermark, "low": state.low, "high": encode_mark(high)})
     return Batch(frame, mark)
 

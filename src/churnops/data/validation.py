@@ -56,23 +56,15 @@ def raw_schema(
     """
     key = contract.key
     checks: dict[str, list[pa.Check]] = {name: [] for name in contract.columns}
-    checks[key].append(
-        pa.Check(lambda s: ~s.duplicated(keep="first"), name=f"duplicate {key}", ignore_na=True)
-    )
+    checks[key].append(pa.Check(lambda s: ~s.duplicated(keep="first"), name=f"duplicate {key}", ignore_na=True))
     if existing_keys is not None and len(existing_keys):
         keys = existing_keys
-        checks[key].append(
-            pa.Check(lambda s: ~s.isin(keys), name=f"{key} already in the lake", ignore_na=True)
-        )
+        checks[key].append(pa.Check(lambda s: ~s.isin(keys), name=f"{key} already in the lake", ignore_na=True))
     if contract.name == "orders":
-        checks["total_amount"].append(
-            pa.Check(lambda s: s >= 0, name="negative total_amount", ignore_na=True)
-        )
+        checks["total_amount"].append(pa.Check(lambda s: s >= 0, name="negative total_amount", ignore_na=True))
         if known_customers is not None:
             known = known_customers
-            checks["customer_id"].append(
-                pa.Check(lambda s: s.isin(known), name="unknown customer_id", ignore_na=True)
-            )
+            checks["customer_id"].append(pa.Check(lambda s: s.isin(known), name="unknown customer_id", ignore_na=True))
     dtypes = {"int": "Int64", "string": "string", "timestamp": "datetime64[us]", "float": "float64"}
     columns = {
         name: pa.Column(
@@ -152,9 +144,7 @@ def _null_reason(column: str, raw_value: object) -> str:
     return f"unparseable {column}"
 
 
-def _quarantine_frame(
-    raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series, source: str
-) -> pd.DataFrame:
+def _quarantine_frame(raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series, source: str) -> pd.DataFrame:
     if len(bad_index) == 0:
         return pd.DataFrame(
             {

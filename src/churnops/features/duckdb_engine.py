@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -62,9 +64,12 @@ def connect_features(
     )
     snaps = pd.DataFrame({"as_of": pd.to_datetime(sorted(set(snapshots))).astype("datetime64[us]")})
     con.register("snapshots_input", snaps)
-    con.execute("CREATE TEMP TABLE snapshots AS SELECT CAST(as_of AS TIMESTAMP) AS as_of FROM snapshots_input ORDER BY 1")
     con.execute(
-        "CREATE TEMP VIEW bucketed AS SELECT o.*, s.as_of FROM orders AS o ASOF JOIN snapshots AS s ON o.order_date < s.as_of"
+        "CREATE TEMP TABLE snapshots AS SELECT CAST(as_of AS TIMESTAMP) AS as_of FROM snapshots_input ORDER BY 1"
+    )
+    con.execute(
+        "CREATE TEMP VIEW bucketed AS SELECT o.*, s.as_of "
+        "FROM orders AS o ASOF JOIN snapshots AS s ON o.order_date < s.as_of"
     )
     for w in windows:
         edge = DUCKDB.minus_days.format(ts="as_of", days=int(w))
@@ -99,3 +104,56 @@ def compute_features(
     finally:
         con.close()
     return frame
+
+
+def write_features(
+    con: Any,
+    query: str,
+    feature_columns: list[str],
+    staging: Path,
+    created_at: datetime,
+) -> dict[str, tuple[Path, int, str]]:
+    """Stream the feature query into Parquet partitioned by snapshot, then hash each snapshot.
+
+    Args:
+        con: A connection from `connect_features`.
+        query: The feature SELECT from `connect_features`.
+        feature_columns: Feature columns to write, in order.
+        staging: Empty folder to write into.
+        created_at: The created_timestamp stamped on every row (Feast keeps the newest).
+
+    Returns:
+        snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    stamp = pd.Timestamp(created_at).tz_localize(None).isoformat()
+    columns = ", ".join(feature_columns)
+    con.execute(
+        f"""COPY (
+            SELECT customer_id,
+                   CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
+                   CAST(TIMESTAMP '{stamp}' AS TIMESTAMPTZ) AS created_timestamp,
+                   {columns},
+                   strftime(event_timestamp, '%Y-%m-%d') AS snapshot
+            FROM ({query})
+        ) TO '{staging}' (FORMAT parquet, PARTITION_BY (snapshot), COMPRESSION zstd, FILENAME_PATTERN 'part_{{i}}')"""
+    )
+    hashed = con.execute(
+        f"""SELECT snapshot, COUNT(*) AS rows,
+                   CAST(SUM(CAST(hash(customer_id, event_timestamp, {columns}) AS HUGEINT))
+                        % 18446744073709551616 AS VARCHAR)
+            FROM read_parquet('{staging}/*/*.parquet', hive_partitioning = true)
+            GROUP BY snapshot"""
+    ).fetchall()
+    out: dict[str, tuple[Path, int, str]] = {}
+    for snapshot, rows, digest in hashed:
+        files = sorted((staging / f"snapshot={snapshot}").glob("*.parquet"))
+        if len(files) != 1:
+            merged = staging / f"merged-{snapshot}.parquet"
+            sources = [str(f) for f in files]
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)"
+            )
+            files = [merged]
+        out[str(snapshot)] = (files[0], int(rows), hashlib.sha256(str(digest).encode()).hexdigest())
+    return out

@@ -31,11 +31,17 @@ class Dialect:
     micros: str  # micros since epoch of a timestamp: format with {x}
     minus_days: str  # timestamp minus whole days: format with {ts} and {days}
     pair: str  # an ordered pair, comparable lexicographically: format with {a} and {b}
+    fsum: str  # a float sum whose result does not depend on the order rows arrive in
 
 
-DUCKDB = Dialect(micros="epoch_us({x})", minus_days="({ts} - INTERVAL ({days}) DAY)", pair="ROW({a}, {b})")
+# DuckDB merges per-thread partial sums in no fixed order; its compensated `fsum` makes the
+# result independent of that, so reruns give bit-identical features and content hashes.
+DUCKDB = Dialect(micros="epoch_us({x})", minus_days="({ts} - INTERVAL ({days}) DAY)", pair="ROW({a}, {b})", fsum="FSUM")
 SPARK = Dialect(
-    micros="unix_micros({x})", minus_days="({ts} - make_interval(0, 0, 0, {days}, 0, 0, 0))", pair="struct({a}, {b})"
+    micros="unix_micros({x})",
+    minus_days="({ts} - make_interval(0, 0, 0, {days}, 0, 0, 0))",
+    pair="struct({a}, {b})",
+    fsum="SUM",
 )
 
 DAY_US = 86_400_000_000
@@ -46,9 +52,7 @@ def _days_between(dialect: Dialect, later: str, earlier: str) -> str:
     return f"CAST(FLOOR(({dialect.micros.format(x=later)} - {dialect.micros.format(x=earlier)}) / {DAY_US}) AS BIGINT)"
 
 
-def features_from_buckets_sql(
-    dialect: Dialect, windows: tuple[int, ...], has_product: bool, has_category: bool
-) -> str:
+def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_product: bool, has_category: bool) -> str:
     """The feature query over `bucketed` and `window_bucketed_<w>` relations.
 
     Args:
@@ -67,7 +71,7 @@ def features_from_buckets_sql(
     for w in windows:
         window_ctes.append(
             f"""wagg_{w} AS (
-    SELECT customer_id, as_of, COUNT(*) AS n, SUM(total_amount) AS amt
+    SELECT customer_id, as_of, COUNT(*) AS n, {dialect.fsum}(total_amount) AS amt
     FROM window_bucketed_{w} GROUP BY customer_id, as_of
 )"""
         )
@@ -75,12 +79,19 @@ def features_from_buckets_sql(
         window_cum.append(f"SUM(COALESCE(wagg_{w}.n, 0)) OVER w AS before_n_{w}")
         window_cum.append(f"SUM(COALESCE(wagg_{w}.amt, 0)) OVER w AS before_amt_{w}")
         window_cols.append(f"CAST(n - before_n_{w} AS BIGINT) AS orders_last_{w}d")
-        window_cols.append(f"CAST(total - before_amt_{w} AS DOUBLE) AS spend_last_{w}d")
+        # a difference of running sums: exactly 0 when the window is empty, never below 0
+        window_cols.append(
+            f"CAST(CASE WHEN n = before_n_{w} THEN 0.0 ELSE GREATEST(total - before_amt_{w}, 0.0) END AS DOUBLE) "
+            f"AS spend_last_{w}d"
+        )
     distinct_ctes = []
     distinct_joins = []
     distinct_cum = []
     distinct_cols = []
-    for flag, column, name in ((has_product, "product_id", "unique_products"), (has_category, "category", "unique_categories")):
+    for flag, column, name in (
+        (has_product, "product_id", "unique_products"),
+        (has_category, "category", "unique_categories"),
+    ):
         if not flag:
             continue
         distinct_ctes.append(
@@ -102,9 +113,10 @@ def features_from_buckets_sql(
     SELECT customer_id, MIN_BY(total_amount, {dialect.pair.format(a="order_date", b="total_amount")}) AS k
     FROM bucketed GROUP BY customer_id
 )""",
-            """agg AS (
-    SELECT b.customer_id, b.as_of, COUNT(*) AS n, SUM(b.total_amount) AS total,
-           SUM(b.total_amount - s.k) AS s1, SUM((b.total_amount - s.k) * (b.total_amount - s.k)) AS s2,
+            f"""agg AS (
+    SELECT b.customer_id, b.as_of, COUNT(*) AS n, {dialect.fsum}(b.total_amount) AS total,
+           {dialect.fsum}(b.total_amount - s.k) AS s1,
+           {dialect.fsum}((b.total_amount - s.k) * (b.total_amount - s.k)) AS s2,
            MIN(b.total_amount) AS mn, MAX(b.total_amount) AS mx,
            MIN(b.order_date) AS first_at, MAX(b.order_date) AS last_at
     FROM bucketed AS b JOIN shift AS s ON s.customer_id = b.customer_id

@@ -83,9 +83,7 @@ def ingest(
     with workspace_lock(settings.workspace, "ingest"):
         for source in sources:
             try:
-                report = ingest_source(
-                    source, lake, ingest_date, settings.ingest, check_customers=has_customer_source
-                )
+                report = ingest_source(source, lake, ingest_date, settings.ingest, check_customers=has_customer_source)
             except (IngestError, SourceError, BatchRejectedError) as exc:
                 report = SourceReport(source.name, source.table, "failed", message=str(exc))
                 reports.append(report)

@@ -102,9 +102,7 @@ def simulate(settings: Settings, until: date | None = None, stream_url: str | No
             f"remove {paths.sources_dir} (or the whole workspace) to start over"
         )
     if since is not None and target < since:
-        raise SimulationError(
-            f"the sources already hold data up to {since}; the simulation only moves forward"
-        )
+        raise SimulationError(f"the sources already hold data up to {since}; the simulation only moves forward")
     world = load_world(config, paths.cache_dir)
     report = publish_until(
         world,

@@ -34,6 +34,7 @@ class WorkspaceStatus:
     simulated_until: str | None
     tables: list[TableStatus]
     runs: list[dict[str, Any]]
+    features: dict[str, Any] | None = None
 
 
 def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
@@ -56,9 +57,21 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
             )
         )
     _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
-    sources = [
-        {"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled} for s in settings.sources
-    ]
+    sources = [{"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled} for s in settings.sources]
+    from churnops.pipelines.features import feature_table
+
+    manifest = feature_table(settings).manifest()
+    features = None
+    if manifest.snapshots:
+        names = sorted(manifest.snapshots)
+        features = {
+            "snapshots": len(names),
+            "first": names[0],
+            "last": names[-1],
+            "rows": manifest.rows,
+            "content_hash": manifest.content_hash,
+            "engine": manifest.engine,
+        }
     return WorkspaceStatus(
         workspace=str(settings.workspace),
         lake_uri=settings.lake_uri,
@@ -66,4 +79,5 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         simulated_until=until.isoformat() if until else None,
         tables=tables,
         runs=read_runs(settings.workspace, last_runs),
+        features=features,
     )
