@@ -1,0 +1,182 @@
+"""Feature pipeline and Feast: table lineage, reruns, point-in-time joins, online store."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.features import feast_repo
+from churnops.features.definitions import feature_specs
+from churnops.features.table import FeatureTable
+from churnops.pipelines.features import build_features, feature_table
+from churnops.pipelines.ingest import ingest
+from churnops.pipelines.simulate import simulate
+from churnops.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Settings:
+    """1,200 customers over six months, simulated and ingested."""
+    settings = load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        simulation={"customers": 1200, "start": "2024-01-01", "end": "2024-06-30", "products": 300, "seed": 5},
+    )
+    simulate(settings, date(2024, 6, 30))
+    ingest(settings, date(2024, 6, 30))
+    return settings
+
+
+def _online(settings: Settings, customers: list[int]) -> pd.DataFrame:
+    store = feast_repo.open_store(settings)
+    service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
+    rows = [{"customer_id": c} for c in customers]
+    return store.get_online_features(features=service, entity_rows=rows).to_df()
+
+
+def _historical(settings: Settings, entity: pd.DataFrame) -> pd.DataFrame:
+    store = feast_repo.open_store(settings)
+    service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
+    return store.get_historical_features(entity_df=entity, features=service).to_df()
+
+
+def test_table_has_weekly_snapshots_lineage_and_a_stable_hash(shop: Settings) -> None:
+    """A rerun replaces every snapshot with identical content and leaves no stray files."""
+    first = build_features(shop, publish_to_feast=False)
+    table = feature_table(shop)
+    manifest = table.manifest()
+    days = [date.fromisoformat(s) for s in first.snapshots]
+    assert days[-1] == date(2024, 7, 1)
+    assert all((b - a).days == 7 for a, b in zip(days, days[1:], strict=False))
+    assert {p["table"] for p in manifest.raw_partitions} == {"orders", "customers"}
+    assert all(len(p["sha256"]) == 64 for p in manifest.raw_partitions)
+    assert manifest.features == [s.name for s in feature_specs((7, 30, 90))]
+    second = build_features(shop, publish_to_feast=False)
+    assert second.content_hash == first.content_hash
+    on_disk = sorted(str(p) for p in Path(table.root).rglob("*.parquet"))
+    assert on_disk == sorted(table.files())
+    assert not list(Path(table.root).glob("_staging-*"))
+
+
+def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Settings) -> None:
+    report = build_features(shop)
+    latest = pd.Timestamp(report.snapshots[-1], tz="UTC")
+    customers = list(range(1, 1001))
+    online = _online(shop, customers).set_index("customer_id").sort_index()
+    entity = pd.DataFrame({"customer_id": customers, "event_timestamp": [latest] * len(customers)})
+    offline = _historical(shop, entity).set_index("customer_id").sort_index()
+    columns = [s.name for s in feature_specs((7, 30, 90))]
+    assert online.index.tolist() == customers
+    pd.testing.assert_frame_equal(
+        online[columns].astype("float64"), offline[columns].astype("float64"), check_exact=False, rtol=1e-12
+    )
+    assert online["frequency"].notna().sum() > 900
+
+
+def test_materializing_the_same_window_twice_leaves_an_identical_online_store(shop: Settings) -> None:
+    report = build_features(shop)
+    db = feast_repo.FeastPaths.from_settings(shop).online_db
+
+    def dump() -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as con:
+            table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
+
+    before = dump()
+    store = feast_repo.open_store(shop)
+    end = datetime.fromisoformat(report.snapshots[-1]).replace(tzinfo=UTC) + timedelta(seconds=1)
+    start = datetime.fromisoformat(report.snapshots[0]).replace(tzinfo=UTC)
+    feast_repo.materialize(store, end=end, start=start)
+    assert dump() == before
+    assert len(before) > 1000
+
+
+def test_a_corrected_source_row_shows_up_after_rematerializing(shop: Settings) -> None:
+    build_features(shop)
+    folder = shop.workspace / "sources" / "orders"
+    path = folder / "orders-2024-06-10.csv"
+    orders = pd.read_csv(path, dtype=str)
+    customer = int(orders.loc[0, "customer"])
+    before = _online(shop, [customer])["monetary"].iloc[0]
+    orders.loc[0, "amount"] = str(float(orders.loc[0, "amount"]) + 1000.0)
+    orders.to_csv(path, index=False)
+    ingest(shop, date(2024, 6, 30))  # the correction replaces the partition
+    build_features(shop)
+    after = _online(shop, [customer])["monetary"].iloc[0]
+    assert after == pytest.approx(before + 1000.0)
+
+
+def _hand_made_table(settings: Settings) -> None:
+    """Customer 1 has feature rows on Jan 1 and Jan 8 (frequency 1 and 2); TTL 30 days."""
+    specs = feature_specs((7, 30, 90))
+    rows = []
+    for day, freq in ((1, 1), (8, 2)):
+        ts = pd.Timestamp(f"2024-01-{day:02d}", tz="UTC")
+        row: dict[str, object] = {"customer_id": 1, "event_timestamp": ts, "created_timestamp": ts}
+        row.update({s.name: (freq if s.name == "frequency" else 0) for s in specs})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for s in specs:
+        frame[s.name] = frame[s.name].astype(s.dtype)
+    table = FeatureTable(settings.workspace / "hand")
+    staging = table.staging_dir()
+    staged = {}
+    for snapshot, part in frame.groupby(frame["event_timestamp"].dt.strftime("%Y-%m-%d")):
+        path = staging / f"{snapshot}.parquet"
+        part.to_parquet(path, index=False)
+        staged[snapshot] = (path, len(part), "x")
+    table.commit(staged, [], [s.name for s in specs], "hand")
+    store = feast_repo.open_store(settings)
+    objects = feast_repo.definitions(settings, table.glob, specs)
+    feast_repo.apply_repo(
+        store,
+        [objects["entity"], objects["view"], feast_repo.feature_service(feast_repo.CURRENT_SERVICE, objects["view"])],
+    )
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("2024-01-05", 1.0),  # between two rows: the earlier one
+        ("2024-01-08", 2.0),  # exactly on a row's timestamp: that row
+        ("2024-01-20", 2.0),  # after both, within the TTL
+        ("2024-03-01", None),  # beyond the TTL: null, and the row is kept
+        ("2023-12-31", None),  # before any row: null, row kept
+    ],
+)
+def test_point_in_time_join_on_hand_made_rows(tmp_path: Path, when: str, expected: float | None) -> None:
+    settings = load_settings(None, workspace=str(tmp_path / "ws"))
+    _hand_made_table(settings)
+    entity = pd.DataFrame(
+        {"customer_id": [1, 2], "event_timestamp": pd.to_datetime([when, when], utc=True), "tag": ["a", "b"]}
+    )
+    result = _historical(settings, entity)
+    assert len(result) == 2  # never drops an entity row
+    one = result[result["tag"] == "a"].iloc[0]
+    if expected is None:
+        assert np.isnan(one["frequency"])
+    else:
+        assert one["frequency"] == expected
+    assert np.isnan(result[result["tag"] == "b"].iloc[0]["frequency"])
+
+
+def test_redis_online_store_serves_the_same_values(shop: Settings, redis_url: str) -> None:
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    redis_settings = shop.model_copy(
+        update={"feast": shop.feast.model_copy(update={"online_store": "redis", "redis_connection_string": host_port})}
+    )
+    build_features(redis_settings)
+    customers = [1, 2, 3, 500]
+    from_redis = _online(redis_settings, customers).set_index("customer_id")
+    latest = pd.read_parquet(feature_table(shop).files()[-1]).set_index("customer_id")
+    assert set(customers) <= set(latest.index)
+    for customer in customers:
+        assert from_redis.loc[customer, "frequency"] == latest.loc[customer, "frequency"]
+        assert from_redis.loc[customer, "monetary"] == pytest.approx(latest.loc[customer, "monetary"])
