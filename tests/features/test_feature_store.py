@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_table_has_weekly_snapshots_lineage_and_a_stable_hash(shop: Settings) ->
     manifest = table.manifest()
     days = [date.fromisoformat(s) for s in first.snapshots]
     assert days[-1] == date(2024, 7, 1)
-    assert all((b - a).days == 7 for a, b in zip(days, days[1:], strict=False))
+    assert all((b - a).days == 7 for a, b in itertools.pairwise(days))
     assert {p["table"] for p in manifest.raw_partitions} == {"orders", "customers"}
     assert all(len(p["sha256"]) == 64 for p in manifest.raw_partitions)
     assert manifest.features == [s.name for s in feature_specs((7, 30, 90))]
