@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Install the servers the integration tests start on loopback: PostgreSQL and Redis.
+# Install what the integration tests need: PostgreSQL and Redis servers (started on
+# loopback by the tests) and a Java runtime for the Spark feature engine.
 # The tests start and stop their own instances; this only makes the binaries available.
 set -euo pipefail
 
 need=()
 [[ -x "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -1)" ]] || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)   # Spark feature engine
 
 if ((${#need[@]} == 0)); then
-  echo "services: PostgreSQL and Redis binaries present"
+  echo "services: PostgreSQL, Redis and Java present"
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then

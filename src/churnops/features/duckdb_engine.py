@@ -138,9 +138,24 @@ def write_features(
             FROM ({query})
         ) TO '{staging}' (FORMAT parquet, PARTITION_BY (snapshot), COMPRESSION zstd, FILENAME_PATTERN 'part_{{i}}')"""
     )
+    return hash_snapshots(con, staging, feature_columns)
+
+
+def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> dict[str, tuple[Path, int, str]]:
+    """Row counts and order-independent content hashes of a snapshot-partitioned output.
+
+    The hash covers the key and every feature value, not created_timestamp, so recomputing a
+    snapshot from the same data gives the same hash. A snapshot written as several files is
+    merged into one.
+
+    Returns:
+        snapshot (YYYY-MM-DD) -> (file, rows, content hash).
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    columns = ", ".join(feature_columns)
     hashed = con.execute(
         f"""SELECT snapshot, COUNT(*) AS rows,
-                   CAST(SUM(CAST(hash(customer_id, event_timestamp, {columns}) AS HUGEINT))
+                   CAST(SUM(CAST(hash(customer_id, CAST(event_timestamp AS TIMESTAMPTZ), {columns}) AS HUGEINT))
                         % 18446744073709551616 AS VARCHAR)
             FROM read_parquet('{staging}/*/*.parquet', hive_partitioning = true)
             GROUP BY snapshot"""
