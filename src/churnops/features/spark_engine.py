@@ -69,9 +69,9 @@ def register_inputs(
     for w in windows:
         edge = SPARK.minus_days.format(ts="s", days=int(w))
         spark.sql(
-            "SELECT customer_id, total_amount, as_of FROM ("
-            f"SELECT o.customer_id, o.total_amount, try_element_at(filter(array({literal}), s -> {edge} > o.order_date), 1)"
-            f" AS as_of FROM orders AS o) WHERE as_of IS NOT NULL"
+            "SELECT customer_id, total_amount, as_of FROM (SELECT o.customer_id, o.total_amount, "
+            f"try_element_at(filter(array({literal}), s -> {edge} > o.order_date), 1) AS as_of "
+            "FROM orders AS o) WHERE as_of IS NOT NULL"
         ).createOrReplaceTempView(f"window_bucketed_{w}")
     query = features_from_buckets_sql(SPARK, windows, "product_id" in optional, "category" in optional)
     return query, set(optional)
