@@ -15,10 +15,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `code` in a fresh Python; it prints one JSON line. Adds wall time and peak RSS."""
-    peak = (
-        "\nimport resource as _r, json as _j\n"
-        "print(_j.dumps({'peak_kb': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))\n"
-    )
+    peak = "\nimport resource as _r, json as _j\nprint(_j.dumps({'peak_kb': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))\n"
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code + peak],

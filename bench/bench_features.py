@@ -1,0 +1,185 @@
+"""Feature computation and the feature store at scale (default 10M orders, ~1M customers).
+
+    BENCH_ORDERS=10000000 python bench/bench_features.py
+
+In one run, each phase in its own process (so peak memory is its own):
+1. one snapshot with the default engine (DuckDB) against the reference pandas code;
+2. 52 weekly snapshots in one run against 52 separate single-snapshot runs, both written
+   to Parquet partitioned by snapshot;
+3. materialization of the latest snapshot into Feast's SQLite online store, and online
+   lookup latency (p50/p99) for 1 and 100 customers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from _common import report, run_child  # noqa: E402
+
+ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))
+CUSTOMERS = max(1000, int(ORDERS / 10.6))
+AS_OF = "2026-01-01"
+
+GENERATE = """
+import json
+from churnops.settings import SimulationSettings
+from churnops.data.simulation import simulate_business
+world = simulate_business(SimulationSettings(customers={customers}, seed=11))
+cols = ["order_id", "customer_id", "order_date", "total_amount", "product_id", "category"]
+world.orders[cols].astype({{"order_id": "string"}}).to_parquet("{ws}/orders.parquet", index=False, row_group_size=1_000_000)
+world.customers[["customer_id", "created_at"]].to_parquet("{ws}/customers.parquet", index=False)
+print(json.dumps({{"orders": len(world.orders), "customers": len(world.customers)}}))
+"""
+
+REFERENCE = """
+import json, time, sys
+sys.path.insert(0, "{root}")
+import pandas as pd
+from tests.features.reference import reference_features
+t = time.perf_counter()
+orders = pd.read_parquet("{ws}/orders.parquet", columns=["customer_id", "order_date", "total_amount", "product_id", "category"])
+customers = pd.read_parquet("{ws}/customers.parquet")
+out = reference_features(orders, customers, pd.Timestamp("{as_of}"), windows=(7, 30, 90))
+print(json.dumps({{"seconds": time.perf_counter() - t, "rows": len(out)}}))
+"""
+
+DUCKDB_ONE = """
+import json, time
+import pandas as pd
+from churnops.features.duckdb_engine import compute_features
+t = time.perf_counter()
+customers = pd.read_parquet("{ws}/customers.parquet")
+out = compute_features(["{ws}/orders.parquet"], customers, [pd.Timestamp("{as_of}")], (7, 30, 90))
+print(json.dumps({{"seconds": time.perf_counter() - t, "rows": len(out)}}))
+"""
+
+DUCKDB_WRITE = """
+import json, time, shutil
+from datetime import datetime
+from pathlib import Path
+import pandas as pd
+from churnops.features.definitions import feature_names
+from churnops.features.duckdb_engine import connect_features, write_features
+customers = pd.read_parquet("{ws}/customers.parquet")
+snapshots = list(pd.date_range(end=pd.Timestamp("{as_of}"), periods=52, freq="7D"))
+names = feature_names((7, 30, 90))
+groups = [snapshots] if {together} else [[s] for s in snapshots]
+t = time.perf_counter()
+rows = 0
+for i, group in enumerate(groups):
+    out = Path("{ws}/features-{together}-" + str(i))
+    out.mkdir()
+    con, query, _ = connect_features(["{ws}/orders.parquet"], customers, group, (7, 30, 90))
+    staged = write_features(con, query, names, out, datetime(2026, 1, 1))
+    con.close()
+    rows += sum(r for _, r, _ in staged.values())
+seconds = time.perf_counter() - t
+for i in range(len(groups)):
+    shutil.rmtree("{ws}/features-{together}-" + str(i))
+print(json.dumps({{"seconds": seconds, "rows": rows}}))
+"""
+
+FEAST = """
+import json, time, statistics
+from datetime import date
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from churnops.settings import load_settings
+from churnops.features.definitions import feature_specs
+from churnops.features.duckdb_engine import connect_features, write_features
+from churnops.features.table import FeatureTable
+from churnops.pipelines.features import publish
+settings = load_settings(None, workspace="{ws}/workspace")
+customers = pd.read_parquet("{ws}/customers.parquet")
+specs = feature_specs((7, 30, 90))
+table = FeatureTable(Path("{ws}/workspace/features/customer_features"))
+staging = table.staging_dir()
+as_of = pd.Timestamp("{as_of}")
+con, query, _ = connect_features(["{ws}/orders.parquet"], customers, [as_of], (7, 30, 90))
+staged = write_features(con, query, [s.name for s in specs], staging, as_of.to_pydatetime())
+con.close()
+table.commit(staged, [], [s.name for s in specs], "duckdb")
+t = time.perf_counter()
+publish(settings, table, specs, [as_of.to_pydatetime()])
+materialize = time.perf_counter() - t
+from churnops.features import feast_repo
+store = feast_repo.open_store(settings)
+service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
+rng = np.random.default_rng(0)
+def lookups(batch, n):
+    times = []
+    for _ in range(n):
+        ids = rng.integers(1, {customers} + 1, batch)
+        t0 = time.perf_counter()
+        store.get_online_features(features=service, entity_rows=[{{"customer_id": int(i)}} for i in ids]).to_dict()
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
+lookups(1, 20)
+p50_1, p99_1 = lookups(1, 300)
+p50_100, p99_100 = lookups(100, 200)
+rows = sum(r for _, r, _ in staged.values())
+print(json.dumps({{"materialize_seconds": materialize, "rows": rows, "p50_1": p50_1, "p99_1": p99_1,
+                  "p50_100": p50_100, "p99_100": p99_100}}))
+"""
+
+
+def main() -> None:
+    root = str(Path(__file__).parents[1])
+    ws = tempfile.mkdtemp(prefix="churnops-bench-features-")
+    try:
+        data = run_child(GENERATE.format(ws=ws, customers=CUSTOMERS))
+        print(f"data: {data['orders']:,} orders, {data['customers']:,} customers", flush=True)
+        ref = run_child(REFERENCE.format(ws=ws, root=root, as_of=AS_OF))
+        one = run_child(DUCKDB_ONE.format(ws=ws, as_of=AS_OF))
+        report(
+            "features_one_snapshot",
+            {
+                "orders": data["orders"],
+                "reference_pandas_seconds": ref["seconds"],
+                "duckdb_seconds": one["seconds"],
+                "speedup": ref["seconds"] / one["seconds"],
+                "reference_peak_rss_mb": ref["peak_rss_mb"],
+                "duckdb_peak_rss_mb": one["peak_rss_mb"],
+                "rows_equal": ref["rows"] == one["rows"],
+            },
+        )
+        together = run_child(DUCKDB_WRITE.format(ws=ws, as_of=AS_OF, together=True))
+        separate = run_child(DUCKDB_WRITE.format(ws=ws, as_of=AS_OF, together=False))
+        report(
+            "features_52_snapshots",
+            {
+                "rows": together["rows"],
+                "one_run_seconds": together["seconds"],
+                "separate_runs_seconds": separate["seconds"],
+                "ratio_one_run_to_separate": together["seconds"] / separate["seconds"],
+                "one_run_peak_rss_mb": together["peak_rss_mb"],
+                "separate_runs_peak_rss_mb": separate["peak_rss_mb"],
+            },
+        )
+        feast = run_child(FEAST.format(ws=ws, as_of=AS_OF, customers=data["customers"]))
+        report(
+            "feature_store_online",
+            {
+                "customers_materialized": feast["rows"],
+                "materialize_seconds": feast["materialize_seconds"],
+                "lookup_1_p50_ms": feast["p50_1"],
+                "lookup_1_p99_ms": feast["p99_1"],
+                "lookup_100_p50_ms": feast["p50_100"],
+                "lookup_100_p99_ms": feast["p99_100"],
+                "peak_rss_mb": feast["peak_rss_mb"],
+            },
+        )
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
