@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _common import report, run_child  # noqa: E402
+from _common import report, run_child
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))
 CUSTOMERS = max(1000, int(ORDERS / 10.6))
