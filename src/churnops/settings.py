@@ -216,6 +216,91 @@ class FeastSettings(_Strict):
     redis_connection_string: str = "127.0.0.1:6379"
 
 
+class CandidateSettings(_Strict):
+    """One model to train: a known algorithm and its hyperparameters."""
+
+    algorithm: Literal["lightgbm", "hist_gradient_boosting", "random_forest", "gradient_boosting"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def default_candidates() -> dict[str, CandidateSettings]:
+    """LightGBM and HistGradientBoosting: fast on 100k rows at the AUC of the slow pair."""
+    return {
+        "lightgbm": CandidateSettings(
+            algorithm="lightgbm",
+            params={
+                "n_estimators": 300,
+                "learning_rate": 0.05,
+                "num_leaves": 31,
+                "min_child_samples": 50,
+                "subsample": 0.8,
+                "subsample_freq": 1,
+                "colsample_bytree": 0.8,
+            },
+        ),
+        "hist_gradient_boosting": CandidateSettings(
+            algorithm="hist_gradient_boosting",
+            params={"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "early_stopping": False},
+        ),
+    }
+
+
+DESIGN_CANDIDATES: dict[str, dict[str, Any]] = {
+    "random_forest": {
+        "algorithm": "random_forest",
+        "params": {"n_estimators": 200, "max_depth": 10, "min_samples_split": 5},
+    },
+    "gradient_boosting": {
+        "algorithm": "gradient_boosting",
+        "params": {"n_estimators": 200, "max_depth": 5, "learning_rate": 0.1},
+    },
+}
+
+
+class TrainingSettings(_Strict):
+    """Labels, the training set, candidates and how the challenger is picked."""
+
+    horizon_days: int = Field(90, gt=0, description="Churned = no order in (snapshot, snapshot + horizon].")
+    split: Literal["time", "random"] = "time"
+    holdout_snapshots: int = Field(4, gt=0, description="Time split: the latest complete snapshots held out.")
+    validation_snapshots: int = Field(
+        4, gt=0, description="Time split: snapshots before the holdout used to pick the threshold."
+    )
+    test_size: float = Field(0.2, gt=0, lt=1, description="Random split: holdout share (stratified).")
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 42
+    selection_metric: Literal["f1", "roc_auc", "pr_auc", "precision", "recall", "accuracy"] = "f1"
+    max_rows: int | None = Field(None, gt=0, description="Sample at most this many labelled rows (by customer).")
+    candidates: dict[str, CandidateSettings] = Field(default_factory=default_candidates)
+
+
+class GateSettings(_Strict):
+    """The quality gate between training and the registry."""
+
+    min_f1: float = Field(0.7, ge=0, le=1)
+    relative_metric: Literal["f1", "roc_auc"] = "f1"
+    non_inferiority_margin: float = Field(0.01, ge=0, description="The challenger may be this much worse.")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_rounds: int = Field(1000, ge=100)
+
+
+class MlflowSettings(_Strict):
+    """Experiment tracking and the model registry."""
+
+    tracking_uri: str = "sqlite:///{workspace}/mlflow.db"
+    artifact_location: str = "{workspace}/mlartifacts"
+    experiment: str = "churn"
+    model_name: str = "churn_predictor"
+
+
+class AlertSettings(_Strict):
+    """Where alerts go: always the log and an alert file; optionally a Slack-compatible webhook."""
+
+    file: str = "{workspace}/alerts.jsonl"
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything churnops reads from configuration."""
 
@@ -229,6 +314,10 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -256,6 +345,9 @@ class Settings(BaseSettings):
     def _expand_workspace(self) -> Settings:
         ws = str(self.workspace)
         self.lake_uri = self.lake_uri.replace(WORKSPACE_PLACEHOLDER, ws)
+        self.mlflow.tracking_uri = self.mlflow.tracking_uri.replace(WORKSPACE_PLACEHOLDER, ws)
+        self.mlflow.artifact_location = self.mlflow.artifact_location.replace(WORKSPACE_PLACEHOLDER, ws)
+        self.alerts.file = self.alerts.file.replace(WORKSPACE_PLACEHOLDER, ws)
         for src in self.sources:
             for attr in ("url", "path"):
                 value = getattr(src, attr, None)

@@ -42,6 +42,7 @@ def connect_features(
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     if isinstance(orders, pd.DataFrame):
         con.register("orders_input", orders)
         source = "orders_input"

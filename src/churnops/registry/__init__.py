@@ -1,0 +1,1 @@
+"""Registry: model versions and aliases in MLflow, with an audit log of every alias move."""

@@ -1,0 +1,1 @@
+"""Training: labels, the point-in-time training set, candidates, metrics and the quality gate."""

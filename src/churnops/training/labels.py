@@ -1,0 +1,79 @@
+"""Churn labels: churned at a snapshot = no order in (snapshot, snapshot + horizon]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+
+
+def label_customers(
+    orders: pd.DataFrame | Sequence[str],
+    snapshots: Sequence[datetime],
+    horizon_days: int,
+    data_end: datetime,
+) -> pd.DataFrame:
+    """Label every customer with an order before a snapshot, for complete snapshots only.
+
+    A snapshot is labelled only if its whole horizon has passed by `data_end` (the last order
+    in the data): an unfinished window would call every late buyer a churner. An order exactly
+    at the snapshot time belongs to neither side (features see orders strictly before the
+    snapshot; the label window starts strictly after it).
+
+    Args:
+        orders: Orders (customer_id, order_date) as a frame or Parquet paths.
+        snapshots: Candidate snapshot times.
+        horizon_days: The label horizon.
+        data_end: The time the data reaches.
+
+    Returns:
+        customer_id, event_timestamp (the snapshot) and churned (0/1), sorted.
+    """
+    import duckdb
+
+    horizon = pd.Timedelta(days=horizon_days)
+    complete = sorted({pd.Timestamp(s) for s in snapshots if pd.Timestamp(s) + horizon <= pd.Timestamp(data_end)})
+    empty = pd.DataFrame(
+        {
+            "customer_id": pd.Series(dtype="int64"),
+            "event_timestamp": pd.Series(dtype="datetime64[us]"),
+            "churned": pd.Series(dtype="int8"),
+        }
+    )
+    if not complete:
+        return empty
+    con = duckdb.connect()
+    try:
+        if isinstance(orders, pd.DataFrame):
+            con.register("orders_input", orders[["customer_id", "order_date"]])
+            source = "orders_input"
+        else:
+            files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in orders)
+            source = f"read_parquet([{files}])"
+        con.execute(
+            "CREATE TEMP TABLE o AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
+            f"CAST(order_date AS TIMESTAMP) AS order_date FROM {source}"
+        )
+        con.register("snaps_input", pd.DataFrame({"as_of": pd.to_datetime(complete).astype("datetime64[us]")}))
+        labels = con.execute(
+            f"""
+            WITH firsts AS (SELECT customer_id, MIN(order_date) AS first_order FROM o GROUP BY customer_id),
+            grid AS (
+                SELECT f.customer_id, CAST(s.as_of AS TIMESTAMP) AS as_of
+                FROM firsts AS f JOIN snaps_input AS s ON f.first_order < CAST(s.as_of AS TIMESTAMP)
+            ),
+            nxt AS (
+                SELECT g.customer_id, g.as_of, o.order_date AS next_order
+                FROM grid AS g ASOF LEFT JOIN o ON g.customer_id = o.customer_id AND g.as_of < o.order_date
+            )
+            SELECT customer_id, as_of AS event_timestamp,
+                   CAST(CASE WHEN next_order IS NULL OR next_order > as_of + INTERVAL ({int(horizon_days)}) DAY
+                             THEN 1 ELSE 0 END AS TINYINT) AS churned
+            FROM nxt ORDER BY event_timestamp, customer_id
+            """
+        ).fetchdf()
+    finally:
+        con.close()
+    labels["event_timestamp"] = labels["event_timestamp"].astype("datetime64[us]")
+    return labels

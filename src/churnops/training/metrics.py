@@ -1,0 +1,53 @@
+"""Classification metrics, the decision threshold, and cross-validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+def choose_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
+    """The probability cut that maximises F1 on validation data (0.5 if labels are one class)."""
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    precision, recall, thresholds = skm.precision_recall_curve(labels, proba)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]) if len(thresholds) else 0.5
+
+
+def classification_metrics(labels: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 at the threshold; ROC AUC, PR AUC and Brier score."""
+    predicted = (proba >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(labels, proba)) if both else float("nan"),
+        "pr_auc": float(skm.average_precision_score(labels, proba)) if both else float("nan"),
+        "brier": float(skm.brier_score_loss(labels, proba)),
+    }
+
+
+def cross_validated_f1(
+    make_model: Callable[[], object],
+    features: pd.DataFrame,
+    labels: pd.Series,
+    groups: pd.Series,
+    folds: int,
+) -> tuple[float, float]:
+    """Mean and std of F1 over K folds grouped by customer (no customer in two folds)."""
+    from sklearn.model_selection import GroupKFold
+
+    scores = []
+    for train_idx, test_idx in GroupKFold(n_splits=folds).split(features, labels, groups):
+        model = make_model()
+        model.fit(features.iloc[train_idx], labels.iloc[train_idx])  # type: ignore[attr-defined]
+        predicted = model.predict(features.iloc[test_idx])  # type: ignore[attr-defined]
+        scores.append(skm.f1_score(labels.iloc[test_idx], predicted, zero_division=0))
+    return float(np.mean(scores)), float(np.std(scores))
