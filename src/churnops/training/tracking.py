@@ -72,6 +72,7 @@ def log_candidate(
         The run id and model URI.
     """
     import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=candidate.name, tags=tags) as run:
