@@ -1,6 +1,7 @@
 """Feature computation and the feature store at scale (default 10M orders, ~1M customers).
 
     BENCH_ORDERS=10000000 python bench/bench_features.py
+    BENCH_FEATURES_DATA=/some/dir python bench/bench_features.py   # reuse orders/customers.parquet
 
 In one run, each phase in its own process (so peak memory is its own):
 1. one snapshot with the default engine (DuckDB) against the reference pandas code;
@@ -55,7 +56,7 @@ import pandas as pd
 from churnops.features.duckdb_engine import compute_features
 t = time.perf_counter()
 customers = pd.read_parquet("{ws}/customers.parquet")
-out = compute_features(["{ws}/orders.parquet"], customers, [pd.Timestamp("{as_of}")], (7, 30, 90))
+out = compute_features(["{ws}/orders.parquet"], customers, [pd.Timestamp("{as_of}")], (7, 30, 90), sort=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "rows": len(out)}}))
 """
 
@@ -135,7 +136,18 @@ def main() -> None:
     root = str(Path(__file__).parents[1])
     ws = tempfile.mkdtemp(prefix="churnops-bench-features-")
     try:
-        data = run_child(GENERATE.format(ws=ws, customers=CUSTOMERS))
+        cached = os.environ.get("BENCH_FEATURES_DATA")
+        if cached and Path(cached, "orders.parquet").exists():
+            shutil.copy(Path(cached, "orders.parquet"), ws)
+            shutil.copy(Path(cached, "customers.parquet"), ws)
+            import pyarrow.parquet as pq
+
+            data = {
+                "orders": pq.read_metadata(Path(ws, "orders.parquet")).num_rows,
+                "customers": pq.read_metadata(Path(ws, "customers.parquet")).num_rows,
+            }
+        else:
+            data = run_child(GENERATE.format(ws=ws, customers=CUSTOMERS))
         print(f"data: {data['orders']:,} orders, {data['customers']:,} customers", flush=True)
         ref = run_child(REFERENCE.format(ws=ws, root=root, as_of=AS_OF))
         one = run_child(DUCKDB_ONE.format(ws=ws, as_of=AS_OF))

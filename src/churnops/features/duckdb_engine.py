@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from churnops.features.sql import DUCKDB, features_from_buckets_sql
+from churnops.features.sql import DUCKDB, features_from_buckets_sql, single_snapshot_sql
 
 
 def connect_features(
@@ -78,6 +78,9 @@ def connect_features(
             f"CREATE TEMP VIEW window_bucketed_{w} AS SELECT o.customer_id, o.total_amount, s.as_of "
             f"FROM orders AS o ASOF JOIN (SELECT as_of, {edge} AS edge FROM snapshots) AS s ON o.order_date < s.edge"
         )
+    if len(snaps) == 1:
+        literal = f"TIMESTAMP '{snaps['as_of'].iloc[0].isoformat(sep=' ')}'"
+        return con, single_snapshot_sql(DUCKDB, literal, windows, has_product, has_category), set(optional)
     query = features_from_buckets_sql(DUCKDB, windows, has_product, has_category)
     return con, query, set(optional)
 
@@ -87,6 +90,7 @@ def compute_features(
     customers: pd.DataFrame,
     snapshots: Sequence[datetime],
     windows: tuple[int, ...],
+    sort: bool = True,
 ) -> pd.DataFrame:
     """All features for all snapshots as one frame (for tests and small data).
 
@@ -95,13 +99,15 @@ def compute_features(
         customers: customer_id and created_at.
         snapshots: Snapshot times.
         windows: Trailing windows in days.
+        sort: Sort the rows by snapshot and customer.
 
     Returns:
-        One row per (customer known at the snapshot, snapshot), sorted by both.
+        One row per (customer known at the snapshot, snapshot).
     """
     con, query, _ = connect_features(orders, customers, snapshots, windows)
     try:
-        frame = con.execute(f"{query} ORDER BY event_timestamp, customer_id").fetchdf()
+        order = " ORDER BY event_timestamp, customer_id" if sort else ""
+        frame = con.sql(f"{query}{order}").df()
     finally:
         con.close()
     return frame

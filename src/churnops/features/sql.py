@@ -163,3 +163,83 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
         *window_cols,
     ]
     return f"WITH {ctes}\nSELECT {', '.join(columns)} FROM running"
+
+
+def single_snapshot_sql(
+    dialect: Dialect, as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool
+) -> str:
+    """The feature query for one snapshot: a single grouping with filtered aggregates.
+
+    Used when only the latest snapshot is needed (serving); it skips the bucketing that pays
+    off only for many snapshots. Same columns and conventions as `features_from_buckets_sql`.
+
+    Args:
+        dialect: Engine-specific expressions.
+        as_of: A SQL timestamp literal for the snapshot.
+        windows: Trailing windows in days.
+        has_product: The orders carry product_id.
+        has_category: The orders carry category.
+
+    Returns:
+        A SELECT over the relations `orders` and `customers`.
+    """
+    window_aggs = []
+    window_cols = []
+    for w in windows:
+        edge = dialect.minus_days.format(ts=as_of, days=int(w))
+        window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
+        window_aggs.append(f"{dialect.fsum}(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
+        window_cols.append(f"CAST(COALESCE(a.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
+        window_cols.append(f"CAST(COALESCE(a.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
+    distinct_ctes = []
+    distinct_joins = []
+    distinct_cols = []
+    for flag, column, name in (
+        (has_product, "product_id", "unique_products"),
+        (has_category, "category", "unique_categories"),
+    ):
+        if not flag:
+            continue
+        distinct_ctes.append(
+            f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
+            f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs GROUP BY customer_id)"
+        )
+        distinct_joins.append(f"LEFT JOIN d_{column} ON d_{column}.customer_id = c.customer_id")
+        distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
+    lifetime = _days_between(dialect, "a.last_at", "a.first_at")
+    columns = [
+        "c.customer_id",
+        f"{as_of} AS event_timestamp",
+        f"CASE WHEN a.n > 0 THEN {_days_between(dialect, as_of, 'a.last_at')} END AS recency",
+        "CAST(COALESCE(a.n, 0) AS BIGINT) AS frequency",
+        "CAST(COALESCE(a.total, 0.0) AS DOUBLE) AS monetary",
+        "CASE WHEN a.n > 0 THEN a.total / a.n END AS avg_order_value",
+        "a.mx AS max_order_value",
+        "a.mn AS min_order_value",
+        "CASE WHEN a.n = 1 THEN 0.0 WHEN a.n > 1 THEN SQRT(GREATEST(v.ss / (a.n - 1), 0.0)) END AS std_order_value",
+        f"CASE WHEN a.n > 0 THEN {lifetime} END AS customer_lifetime_days",
+        f"CASE WHEN a.n > 0 THEN {lifetime} / CAST(GREATEST(a.n, 1) AS DOUBLE) END AS avg_days_between_orders",
+        *distinct_cols,
+        *window_cols,
+    ]
+    ctes = [
+        f"past AS (SELECT * FROM orders WHERE order_date < {as_of})",
+        f"""a AS (
+    SELECT customer_id, COUNT(*) AS n, {dialect.fsum}(total_amount) AS total, MIN(total_amount) AS mn,
+           MAX(total_amount) AS mx, MIN(order_date) AS first_at,
+           MAX(order_date) AS last_at{"".join(", " + a for a in window_aggs)}
+    FROM past GROUP BY customer_id
+)""",
+        # two-pass variance around the mean with a compensated sum: exact to rounding, and
+        # the same bits whatever order the threads deliver rows in
+        f"""v AS (
+    SELECT p.customer_id, {dialect.fsum}((p.total_amount - a.total / a.n) * (p.total_amount - a.total / a.n)) AS ss
+    FROM past AS p JOIN a ON a.customer_id = p.customer_id WHERE a.n > 1 GROUP BY p.customer_id
+)""",
+        *distinct_ctes,
+    ]
+    return (
+        f"WITH {', '.join(ctes)}\nSELECT {', '.join(columns)} FROM customers AS c "
+        f"LEFT JOIN a ON a.customer_id = c.customer_id LEFT JOIN v ON v.customer_id = c.customer_id "
+        f"{' '.join(distinct_joins)} WHERE c.created_at < {as_of}"
+    )
