@@ -202,7 +202,8 @@ def single_snapshot_sql(
             continue
         distinct_ctes.append(
             f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
-            f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs GROUP BY customer_id)"
+            f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs "
+            "GROUP BY customer_id)"
         )
         distinct_joins.append(f"LEFT JOIN d_{column} ON d_{column}.customer_id = c.customer_id")
         distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
