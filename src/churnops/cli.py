@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -245,6 +245,168 @@ def features(
 
 
 @app.command()
+def train(config: ConfigOption = None) -> None:
+    """Train the candidates on Feast's point-in-time training set, gate the best, register it.
+
+    Labels: churned = no order in (snapshot, snapshot + training.horizon_days]; only snapshots
+    whose horizon has passed are used. Every candidate is an MLflow run. The best (by
+    training.selection_metric on validation data) must reach gate.min_f1 on the holdout and,
+    if a champion exists, not be worse than it (paired bootstrap). A pass registers a new
+    version with the alias `challenger` (and `champion` if there is none yet); a failure
+    registers nothing, alerts the team once and exits with status 1.
+    """
+    from churnops.pipelines.train import GateFailedError, TrainingError
+    from churnops.pipelines.train import train as run_train
+    from churnops.runlog import WorkspaceBusyError
+
+    settings = _settings(config)
+
+    def show(line: str) -> None:
+        console.print(f"  {line}")
+
+    try:
+        with console.status("training ..."):
+            report = run_train(settings, progress=show)
+    except GateFailedError as exc:
+        alerted = "the team was alerted" if exc.report.alerted else "already alerted for this failure"
+        raise _fail(f"{exc}; nothing was registered ({alerted})") from exc
+    except (TrainingError, WorkspaceBusyError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"candidates ({report.rows:,} labelled rows)")
+    for col in ("candidate", "F1", "precision", "recall", "ROC AUC", "PR AUC", "CV F1", "threshold", "seconds"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for c in report.candidates:
+        mark = " *" if c.name == report.challenger else ""
+        table.add_row(
+            c.name + mark,
+            f"{c.holdout['f1']:.3f}",
+            f"{c.holdout['precision']:.3f}",
+            f"{c.holdout['recall']:.3f}",
+            f"{c.holdout['roc_auc']:.3f}",
+            f"{c.holdout['pr_auc']:.3f}",
+            f"{c.cv_f1_mean:.3f}±{c.cv_f1_std:.3f}",
+            f"{c.threshold:.3f}",
+            f"{c.seconds:.1f}",
+        )
+    console.print(table)
+    gate = report.gate
+    versus = (
+        f"; vs champion {gate.metric} {gate.difference:+.4f} (CI {gate.ci_low:+.4f} .. {gate.ci_high:+.4f})"
+        if gate.compared_with_champion and gate.difference is not None
+        else "; no champion to compare with"
+    )
+    console.print(f"gate passed: F1 {gate.challenger_f1:.3f} >= {gate.min_f1}{versus}")
+    promoted = " and champion (first model)" if report.promoted_to_champion else ""
+    console.print(f"registered {settings.mlflow.model_name} version {report.version} as challenger{promoted}")
+
+
+registry_app = typer.Typer(
+    help="Model versions and their aliases (challenger, staging, champion).", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
+
+NEXT_ALIAS_SOURCE = {"staging": "challenger", "champion": "staging", "challenger": None}
+
+
+def _registry(config: Path | None) -> tuple[Settings, Any]:
+    from churnops.pipelines.train import model_registry
+
+    settings = _settings(config)
+    return settings, model_registry(settings)
+
+
+@registry_app.command("list")
+def registry_list(config: ConfigOption = None) -> None:
+    """List the registered model's versions with their aliases and key metrics."""
+    _, registry = _registry(config)
+    versions = registry.versions()
+    if not versions:
+        console.print(f"no versions of {registry.model_name} yet (run `churnops train`)")
+        return
+    table = Table(title=registry.model_name)
+    for col in ("version", "aliases", "candidate", "threshold", "created", "run"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(
+            v["version"],
+            ", ".join(v["aliases"]),
+            v["tags"].get("candidate", ""),
+            v["tags"].get("threshold", ""),
+            v["created"],
+            v["run_id"][:12],
+        )
+    console.print(table)
+
+
+@registry_app.command("history")
+def registry_history(
+    config: ConfigOption = None,
+    alias: Annotated[str | None, typer.Option(help="Only moves of this alias.")] = None,
+) -> None:
+    """Every alias move: when, which alias, from which version to which, who and why."""
+    _, registry = _registry(config)
+    moves = registry.history(alias)
+    if not moves:
+        console.print("no alias moves yet")
+        return
+    table = Table(title=f"alias history of {registry.model_name}")
+    for col in ("at", "alias", "version", "previous", "actor", "reason", "F1"):
+        table.add_column(col)
+    for m in moves:
+        f1 = f"{m.metrics['f1']:.3f}" if "f1" in m.metrics else ""
+        table.add_row(m.at, m.alias, m.version, m.previous or "", m.actor, m.reason, f1)
+    console.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    to: Annotated[str, typer.Option("--to", help="Alias to move: challenger, staging or champion.")],
+    config: ConfigOption = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="Version to move it to. Default: the holder of the previous alias (challenger -> staging -> champion)."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "manual promotion",
+) -> None:
+    """Point an alias at a version; the move is recorded with time, actor, reason and metrics."""
+    from churnops.registry.mlflow_registry import RegistryError
+
+    _, registry = _registry(config)
+    target = version
+    if target is None:
+        source = NEXT_ALIAS_SOURCE.get(to)
+        chain = [source, "challenger"] if source else []
+        for alias in chain:
+            if alias and (target := registry.holder(alias)):
+                break
+        if target is None:
+            raise _fail(f"give --version: no version holds the alias before {to!r}")
+    try:
+        move = registry.move(to, target, reason)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{registry.model_name}: {to} -> version {move.version} (was {move.previous or 'unset'})")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    config: ConfigOption = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "manual rollback",
+) -> None:
+    """Move `champion` back to the version that held it before the current one."""
+    from churnops.registry.mlflow_registry import RegistryError
+
+    _, registry = _registry(config)
+    try:
+        move = registry.rollback(reason)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
+
+
+@app.command()
 def status(config: ConfigOption = None) -> None:
     """Show what is in the workspace: sources, raw partitions, row counts, last runs."""
     from churnops.pipelines.status import workspace_status
@@ -311,8 +473,8 @@ def run(
     """Run the whole pipeline that exists so far on embedded defaults.
 
     Today that is: simulate the shop (if its sources are not written yet), ingest every
-    source into the raw lake, compute features and publish them to Feast, and show the
-    workspace status.
+    source into the raw lake, compute features and publish them to Feast, train and gate the
+    candidates and register the challenger, and show the workspace status.
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.ingest import ingest as run_ingest
@@ -343,6 +505,8 @@ def run(
     del reports
     console.rule("features")
     features(config, as_of=None, latest_only=False, no_feast=False)
+    console.rule("train")
+    train(config)
     console.rule("status")
     status(config)
 
