@@ -6,7 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -60,7 +60,7 @@ def test_auc_can_be_the_compared_metric() -> None:
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    bodies: list[dict[str, Any]] = []
+    bodies: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
@@ -82,7 +82,9 @@ def receiver() -> Any:
 
 
 def test_alert_goes_to_file_and_webhook_once(tmp_path: Path, receiver: ThreadingHTTPServer) -> None:
-    settings = AlertSettings(file=str(tmp_path / "alerts.jsonl"), webhook_url=f"http://127.0.0.1:{receiver.server_port}/hook")
+    settings = AlertSettings(
+        file=str(tmp_path / "alerts.jsonl"), webhook_url=f"http://127.0.0.1:{receiver.server_port}/hook"
+    )
     alert = Alert(key="gate-failed-abc", title="gate failed", details={"f1": 0.5})
     assert raise_alert(settings, alert)
     assert not raise_alert(settings, alert)  # the same failure again: not repeated
@@ -98,6 +100,8 @@ def test_alert_goes_to_file_and_webhook_once(tmp_path: Path, receiver: Threading
 def test_a_dead_webhook_does_not_lose_the_alert(tmp_path: Path) -> None:
     from tests.servers import free_port
 
-    settings = AlertSettings(file=str(tmp_path / "a.jsonl"), webhook_url=f"http://127.0.0.1:{free_port()}/", webhook_timeout_s=0.5)
+    settings = AlertSettings(
+        file=str(tmp_path / "a.jsonl"), webhook_url=f"http://127.0.0.1:{free_port()}/", webhook_timeout_s=0.5
+    )
     assert raise_alert(settings, Alert(key="k", title="t"))
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 1

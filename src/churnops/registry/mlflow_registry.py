@@ -128,12 +128,16 @@ class ModelRegistry:
     def versions(self) -> list[dict[str, Any]]:
         """Every version with its aliases and run, newest first."""
         found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        if not found:
+            return []
+        # search results do not carry aliases in every store; the registered model does
+        aliases = self.client.get_registered_model(self.model_name).aliases or {}
         rows = []
         for v in sorted(found, key=lambda v: int(v.version), reverse=True):
             rows.append(
                 {
                     "version": str(v.version),
-                    "aliases": list(v.aliases),
+                    "aliases": sorted(a for a, holder in aliases.items() if str(holder) == str(v.version)),
                     "run_id": v.run_id,
                     "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
                     "tags": dict(v.tags),
