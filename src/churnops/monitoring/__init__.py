@@ -1,0 +1,1 @@
+"""Monitoring: data drift, prediction drift, performance and system metrics (not built yet; a later issue)."""
