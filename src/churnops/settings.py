@@ -142,6 +142,17 @@ class StreamSource(_SourceBase):
 Source = Annotated[SqlSource | FileSource | HttpSource | StreamSource, Field(discriminator="kind")]
 
 
+# How the simulated shop names order columns (contract name -> its name).
+SIMULATOR_ORDER_COLUMNS = {
+    "order_id": "order_ref",
+    "customer_id": "customer",
+    "order_date": "ordered_at",
+    "total_amount": "amount",
+    "product_id": "sku",
+    "category": "category",
+}
+
+
 def default_sources() -> list[Source]:
     """The sources `churnops simulate` writes, in the simulator's own column names."""
     return [
@@ -167,14 +178,7 @@ def default_sources() -> list[Source]:
             name="order_files",
             table="orders",
             path="{workspace}/sources/orders/orders-*.csv",
-            columns={
-                "order_id": "order_ref",
-                "customer_id": "customer",
-                "order_date": "ordered_at",
-                "total_amount": "amount",
-                "product_id": "sku",
-                "category": "category",
-            },
+            columns=dict(SIMULATOR_ORDER_COLUMNS),
         ),
     ]
 

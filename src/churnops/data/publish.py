@@ -29,15 +29,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from churnops.data.simulation import World
+from churnops.settings import SIMULATOR_ORDER_COLUMNS
 
-ORDER_COLUMNS = {
-    "order_id": "order_ref",
-    "customer_id": "customer",
-    "order_date": "ordered_at",
-    "total_amount": "amount",
-    "product_id": "sku",
-    "category": "category",
-}
+ORDER_COLUMNS = SIMULATOR_ORDER_COLUMNS
 
 
 @dataclass(frozen=True)

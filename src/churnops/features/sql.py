@@ -47,6 +47,12 @@ SPARK = Dialect(
 DAY_US = 86_400_000_000
 
 
+def _distinct_features(has_product: bool, has_category: bool) -> list[tuple[str, str]]:
+    """(raw column, feature name) of the distinct counts the orders allow."""
+    pairs = [("product_id", "unique_products")] if has_product else []
+    return pairs + ([("category", "unique_categories")] if has_category else [])
+
+
 def _days_between(dialect: Dialect, later: str, earlier: str) -> str:
     """Whole days elapsed (floor), like pandas' Timedelta.days."""
     return f"CAST(FLOOR(({dialect.micros.format(x=later)} - {dialect.micros.format(x=earlier)}) / {DAY_US}) AS BIGINT)"
@@ -88,12 +94,7 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
     distinct_joins = []
     distinct_cum = []
     distinct_cols = []
-    for flag, column, name in (
-        (has_product, "product_id", "unique_products"),
-        (has_category, "category", "unique_categories"),
-    ):
-        if not flag:
-            continue
+    for column, name in _distinct_features(has_product, has_category):
         distinct_ctes.append(
             f"""first_{column} AS (
     SELECT customer_id, as_of, COUNT(*) AS n FROM (
@@ -194,12 +195,7 @@ def single_snapshot_sql(
     distinct_ctes = []
     distinct_joins = []
     distinct_cols = []
-    for flag, column, name in (
-        (has_product, "product_id", "unique_products"),
-        (has_category, "category", "unique_categories"),
-    ):
-        if not flag:
-            continue
+    for column, name in _distinct_features(has_product, has_category):
         distinct_ctes.append(
             f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
             f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs "
