@@ -56,10 +56,26 @@ def test_simulate_ingest_status_day_by_day(tmp_path: Path) -> None:
 
 
 def test_run_does_the_whole_existing_pipeline(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", "-c", str(_config(tmp_path))])
+    """simulate -> ingest -> features -> train -> status, on a shop with enough history to label."""
+    cfg = tmp_path / "churnops.yaml"
+    cfg.write_text(
+        f"workspace: {tmp_path / 'ws'}\n"
+        "simulation: {customers: 1500, start: 2024-01-01, end: 2025-04-30, products: 300, seed: 5}\n"
+        "training:\n  candidates:\n"
+        "    lightgbm: {algorithm: lightgbm, params: {n_estimators: 80, learning_rate: 0.1, num_leaves: 15}}\n"
+    )
+    result = runner.invoke(app, ["run", "-c", str(cfg)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "raw lake" in result.output
+    assert "registered churn_predictor version 1 as challenger and champion" in result.output
     assert (tmp_path / "ws" / "lake" / "raw" / "orders").exists()
+    assert (tmp_path / "ws" / "mlflow.db").exists()
+
+
+def test_run_stops_with_a_clear_message_when_nothing_can_be_labelled_yet(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "-c", str(_config(tmp_path))])
+    assert result.exit_code == 1
+    assert "no feature snapshot has a complete 90-day horizon" in result.output
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,21 +67,28 @@ def test_sigkill_mid_write_leaves_the_lake_intact_and_the_rerun_completes_it(tmp
     lake = make_lake(settings)
     orders_dir = Path(lake.partition_dir("orders", date.fromisoformat(DAY)))
     killed_mid_orders = False
-    # Kill points: the moment the first orders file appears (mid-write), then fixed delays
-    # that land in reading, validating and writing of the different sources.
-    for trigger in ("orders-file", 1.5, 2.5, 3.5, 5.0):
+    # The moment the first orders file appears the process is frozen (SIGSTOP) and, if its
+    # manifest is not written yet, killed there: mid-write. Scheduling may let it finish
+    # first, so that point is tried until it lands (a finished run is removed again).
+    for _ in range(8):
         proc = _start_ingest(cfg)
-        if trigger == "orders-file":
-            _wait_for_file(orders_dir, proc)
-        else:
-            time.sleep(float(trigger))
+        _wait_for_file(orders_dir, proc)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            killed_mid_orders = lake.manifest("orders", date.fromisoformat(DAY)) is None
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _assert_intact(lake)
+        if killed_mid_orders:
+            break
+        shutil.rmtree(Path(lake.root) / "raw")
+    # Then fixed delays that land in reading, validating and writing of the different sources.
+    for delay in (1.5, 2.5, 3.5, 5.0):
+        proc = _start_ingest(cfg)
+        time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            if trigger == "orders-file":
-                killed_mid_orders = lake.manifest("orders", date.fromisoformat(DAY)) is None
-        else:
-            proc.wait()
+        proc.wait()
         _assert_intact(lake)
     assert killed_mid_orders, "the kill never landed between the orders file and its manifest"
 
