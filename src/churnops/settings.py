@@ -274,7 +274,9 @@ class TrainingSettings(_Strict):
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
     selection_metric: Literal["f1", "roc_auc", "pr_auc", "precision", "recall", "accuracy"] = "f1"
-    max_rows: int | None = Field(None, gt=0, description="Sample at most this many labelled rows (by customer).")
+    max_rows: int | None = Field(
+        200_000, gt=0, description="Sample at most this many labelled rows; null: use them all."
+    )
     candidates: dict[str, CandidateSettings] = Field(default_factory=default_candidates)
 
 
