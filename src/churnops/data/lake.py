@@ -229,7 +229,7 @@ class RawLake:
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
         if self._local:
-            _write_local_atomic(path, payload)
+            write_local_atomic(path, payload)
         else:
             self.fs.pipe_file(path, payload)
 
@@ -248,7 +248,7 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
-def _write_local_atomic(path: str, payload: bytes) -> None:
+def write_local_atomic(path: str, payload: bytes) -> None:
     """Write to a temp name, fsync, rename over the target, fsync the directory."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from churnops.data.lake import write_local_atomic
+
 MANIFEST = "_manifest.json"
 
 
@@ -143,12 +145,7 @@ class FeatureTable:
         manifest.features = features
         manifest.engine = engine
         manifest.committed_at = now
-        tmp = self.root / f"{MANIFEST}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(manifest.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.manifest_path)
+        write_local_atomic(str(self.manifest_path), manifest.to_json().encode())
         self._remove_unreferenced(manifest)
         return manifest
 
