@@ -60,6 +60,10 @@ def _parse_day(value: str | None, option: str) -> date | None:
         raise typer.Exit(2) from exc
 
 
+def _progress_line(line: str) -> None:
+    console.print(f"  {line}")
+
+
 def _print_error(message: str) -> None:
     # Text, not markup: messages quote source rows, which may hold square brackets.
     err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
@@ -227,13 +231,10 @@ def features(
     settings = _settings(config)
     day = _parse_day(as_of, "--as-of")
 
-    def show(line: str) -> None:
-        console.print(f"  {line}")
-
     try:
         with console.status("computing features ..."):
             report = build_features(
-                settings, day, history=not latest_only, publish_to_feast=not no_feast, progress=show
+                settings, day, history=not latest_only, publish_to_feast=not no_feast, progress=_progress_line
             )
     except (FeatureBuildError, FeatureValidationError, WorkspaceBusyError) as exc:
         raise _fail(str(exc)) from exc
@@ -261,12 +262,9 @@ def train(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
 
-    def show(line: str) -> None:
-        console.print(f"  {line}")
-
     try:
         with console.status("training ..."):
-            report = run_train(settings, progress=show)
+            report = run_train(settings, progress=_progress_line)
     except GateFailedError as exc:
         alerted = "the team was alerted" if exc.report.alerted else "already alerted for this failure"
         raise _fail(f"{exc}; nothing was registered ({alerted})") from exc

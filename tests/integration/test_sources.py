@@ -184,7 +184,9 @@ def test_http_client_error_is_not_retried() -> None:
         ).astype({"order_date": "datetime64[us]"})
     ).start()
     try:
-        with pytest.raises(SourceError, match="HTTP 400"):
+        # "answered HTTP 400" is the immediate refusal; a retried request would end in
+        # "failed after N attempts" instead (and take the backoff first)
+        with pytest.raises(SourceError, match="answered HTTP 400"):
             read_http(_http(api.url, page_size=99999, retries=5, backoff_s=5), ReadState())
     finally:
         api.stop()

@@ -31,8 +31,6 @@ import pyarrow.parquet as pq
 from churnops.data.simulation import World
 from churnops.settings import SIMULATOR_ORDER_COLUMNS
 
-ORDER_COLUMNS = SIMULATOR_ORDER_COLUMNS
-
 
 @dataclass(frozen=True)
 class PublishReport:
@@ -48,10 +46,10 @@ class PublishReport:
 
 def orders_in_source_names(orders: pd.DataFrame) -> pd.DataFrame:
     """Orders as the shop's own systems name and format them."""
-    out = orders.rename(columns=ORDER_COLUMNS)
+    out = orders.rename(columns=SIMULATOR_ORDER_COLUMNS)
     out["order_ref"] = "O" + out["order_ref"].astype(str)
     out["ordered_at"] = out["ordered_at"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return out[list(ORDER_COLUMNS.values())]
+    return out[list(SIMULATOR_ORDER_COLUMNS.values())]
 
 
 def customers_as_of(customers: pd.DataFrame, until: date) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from churnops.data.lake import RawLake
@@ -36,3 +38,25 @@ def read_customers(lake: RawLake) -> pd.DataFrame:
     if versions.empty:
         return derive_customers(lake.read("orders", ["customer_id", "order_date"]))
     return versions.drop_duplicates("customer_id", keep="last").reset_index(drop=True)
+
+
+def parquet_scan(files: Sequence[str]) -> str:
+    """A DuckDB `read_parquet([...])` expression over these files, quoted for SQL."""
+    quoted = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{quoted}], union_by_name = true)"
+
+
+def order_span(files: Sequence[str]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The first and last order time in the raw lake's order files, or None if there are none."""
+    import duckdb
+
+    if not files:
+        return None
+    con = duckdb.connect()
+    try:
+        row = con.execute(f"SELECT MIN(order_date), MAX(order_date) FROM {parquet_scan(files)}").fetchone()
+    finally:
+        con.close()
+    if not row or row[0] is None or row[1] is None:
+        return None
+    return pd.Timestamp(row[0]), pd.Timestamp(row[1])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from churnops.data.tables import parquet_scan
 from churnops.features.sql import DUCKDB, features_from_buckets_sql, single_snapshot_sql
 
 
@@ -47,8 +48,7 @@ def connect_features(
         con.register("orders_input", orders)
         source = "orders_input"
     else:
-        files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in orders)
-        source = f"read_parquet([{files}], union_by_name = true)"
+        source = parquet_scan(orders)
     columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     has_product, has_category = "product_id" in columns, "category" in columns
     optional = [c for c in ("product_id", "category") if c in columns]
@@ -68,6 +68,9 @@ def connect_features(
     con.execute(
         "CREATE TEMP TABLE snapshots AS SELECT CAST(as_of AS TIMESTAMP) AS as_of FROM snapshots_input ORDER BY 1"
     )
+    if len(snaps) == 1:
+        literal = f"TIMESTAMP '{snaps['as_of'].iloc[0].isoformat(sep=' ')}'"
+        return con, single_snapshot_sql(DUCKDB, literal, windows, has_product, has_category), set(optional)
     con.execute(
         "CREATE TEMP VIEW bucketed AS SELECT o.*, s.as_of "
         "FROM orders AS o ASOF JOIN snapshots AS s ON o.order_date < s.as_of"
@@ -78,9 +81,6 @@ def connect_features(
             f"CREATE TEMP VIEW window_bucketed_{w} AS SELECT o.customer_id, o.total_amount, s.as_of "
             f"FROM orders AS o ASOF JOIN (SELECT as_of, {edge} AS edge FROM snapshots) AS s ON o.order_date < s.edge"
         )
-    if len(snaps) == 1:
-        literal = f"TIMESTAMP '{snaps['as_of'].iloc[0].isoformat(sep=' ')}'"
-        return con, single_snapshot_sql(DUCKDB, literal, windows, has_product, has_category), set(optional)
     query = features_from_buckets_sql(DUCKDB, windows, has_product, has_category)
     return con, query, set(optional)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from churnops.data.tables import read_customers
+from churnops.data.tables import order_span, read_customers
 from churnops.features.definitions import FeatureSpec, feature_specs
 from churnops.features.table import FeatureTable
 from churnops.features.validation import validate_snapshot
@@ -99,7 +99,10 @@ def build_features(
     with workspace_lock(settings.workspace, "features"):
         started = time.perf_counter()
         customers = read_customers(lake)[["customer_id", "created_at"]]
-        first_order, last_order = _order_span(files)
+        span = order_span(files)
+        if span is None:
+            raise FeatureBuildError("the raw lake's orders are empty; nothing to compute features from")
+        first_order, last_order = span[0].date(), span[1].date()
         latest = as_of or (last_order + timedelta(days=1))
         cfg = settings.features
         snapshots = (
@@ -148,21 +151,6 @@ def build_features(
     return report
 
 
-def _order_span(files: list[str]) -> tuple[date, date]:
-    import duckdb
-
-    quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    con = duckdb.connect()
-    try:
-        row = con.execute(f"SELECT MIN(order_date), MAX(order_date) FROM read_parquet([{quoted}])").fetchone()
-    finally:
-        con.close()
-    low, high = row if row else (None, None)
-    if low is None or high is None:
-        raise FeatureBuildError("the raw lake's orders are empty; nothing to compute features from")
-    return pd.Timestamp(low).date(), pd.Timestamp(high).date()
-
-
 def _compute(
     settings: Settings,
     files: list[str],
@@ -184,12 +172,11 @@ def _compute(
         con, query, optional = connect_features(
             files, customers, times, windows, threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit
         )
+        columns = {"customer_id", "order_date", "total_amount", *optional}
         try:
-            specs = feature_specs(windows, {"customer_id", "order_date", "total_amount", *optional})
-            staged = write_features(con, query, [s.name for s in specs], staging, created_at)
+            staged = write_features(con, query, [s.name for s in feature_specs(windows, columns)], staging, created_at)
         finally:
             con.close()
-        columns = {"customer_id", "order_date", "total_amount", *optional}
     return staged, feature_specs(windows, columns)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from churnops.pipelines.features import feature_table
 from churnops.pipelines.ingest import make_lake
 from churnops.pipelines.simulate import SimulationPaths, published_until
 from churnops.runlog import read_runs
@@ -58,8 +59,6 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         )
     _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
     sources = [{"name": s.name, "kind": s.kind, "table": s.table, "enabled": s.enabled} for s in settings.sources]
-    from churnops.pipelines.features import feature_table
-
     manifest = feature_table(settings).manifest()
     features = None
     if manifest.snapshots:

@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from churnops.alerts import Alert, raise_alert
+from churnops.data.tables import order_span
 from churnops.pipelines.features import feature_table
 from churnops.pipelines.ingest import make_lake
 from churnops.registry.mlflow_registry import ModelRegistry
@@ -115,17 +115,10 @@ def build_training_set(settings: Settings) -> TrainingSet:
     if not manifest.snapshots:
         raise TrainingError("the feature table is empty; run `churnops features` first")
     files = make_lake(settings).data_files("orders")
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        row = con.execute(f"SELECT MAX(order_date) FROM read_parquet([{quoted}])").fetchone()
-    finally:
-        con.close()
-    if not row or row[0] is None:
+    span = order_span(files)
+    if span is None:
         raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
-    data_end = pd.Timestamp(row[0])
+    data_end = span[1]
     horizon = settings.training.horizon_days
     snapshots = [datetime.fromisoformat(s) for s in sorted(manifest.snapshots)]
     labels = label_customers(files, snapshots, horizon, data_end.to_pydatetime())
@@ -337,7 +330,7 @@ def train(settings: Settings, progress: Callable[[str], None] | None = None) -> 
             settings.gate, holdout_labels, (best.holdout_proba, best.threshold), champion, seed=settings.training.seed
         )
         report = TrainReport(len(training.frame), results, best.name, gate)
-        _record_gate(best, gate)
+        _record_gate(registry, best, gate)
         if not gate.passed:
             report.alerted = _alert_gate_failure(settings, training, best, gate)
             report.seconds = time.perf_counter() - started
@@ -364,10 +357,8 @@ def _champion_predictions(
     return scorer.predict_proba(holdout), scorer.threshold
 
 
-def _record_gate(best: CandidateResult, gate: GateResult) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+def _record_gate(registry: ModelRegistry, best: CandidateResult, gate: GateResult) -> None:
+    client = registry.client
     client.set_tag(best.run_id, "gate.passed", str(gate.passed).lower())
     client.set_tag(
         best.run_id,
@@ -435,8 +426,3 @@ def _log(settings: Settings, report: TrainReport, status: str) -> None:
             "reasons": report.gate.reasons,
         },
     )
-
-
-def registry_audit_path(settings: Settings) -> Path:
-    """Where alias moves are audited."""
-    return settings.workspace / "registry_audit.jsonl"

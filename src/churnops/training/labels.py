@@ -7,6 +7,8 @@ from datetime import datetime
 
 import pandas as pd
 
+from churnops.data.tables import parquet_scan
+
 
 def label_customers(
     orders: pd.DataFrame | Sequence[str],
@@ -49,8 +51,7 @@ def label_customers(
             con.register("orders_input", orders[["customer_id", "order_date"]])
             source = "orders_input"
         else:
-            files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in orders)
-            source = f"read_parquet([{files}])"
+            source = parquet_scan(orders)
         con.execute(
             "CREATE TEMP TABLE o AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
             f"CAST(order_date AS TIMESTAMP) AS order_date FROM {source}"
