@@ -9,7 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnops.features.duckdb_engine import compute_features
-from tests.features.reference import assert_matches_reference, reference_features
+from tests.features.reference import (
+    assert_matches_reference,
+    design_reference_features,
+    reference_features,
+    to_project,
+)
 
 WINDOWS = (7, 30, 90)
 
@@ -120,3 +125,22 @@ def test_property_engine_equals_reference(rows: list[tuple[int, int, int, float,
     for as_of in snapshots:
         one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
         assert_matches_reference(one, reference_features(orders, customers, as_of, WINDOWS))
+
+
+def test_the_published_spelling_of_the_reference_equals_the_vectorised_oracle() -> None:
+    """The benchmark's baseline (per-group lambda) computes the same values as the test oracle."""
+    orders, customers = random_shop(6)
+    as_of = pd.Timestamp("2024-06-01")
+    vectorised = reference_features(orders, customers, as_of, WINDOWS)
+    published = design_reference_features(orders, customers, as_of, WINDOWS)
+    assert_matches_reference(to_project(published)[vectorised.columns], vectorised)
+
+
+def test_more_than_64_categories_are_counted_exactly() -> None:
+    """The 64-bit category mask gives way to a distinct count when there are more categories."""
+    orders, customers = random_shop(8)
+    orders["category"] = (np.arange(len(orders)) % 97).astype(str)
+    as_of = pd.Timestamp("2024-06-01")
+    got = compute_features(orders, customers, [as_of], WINDOWS)
+    assert got["unique_categories"].max() > 5
+    assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))

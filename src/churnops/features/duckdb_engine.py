@@ -1,9 +1,17 @@
-"""The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames)."""
+"""The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames).
+
+One snapshot is one grouping query. Many snapshots are computed in time order, carrying a
+running aggregate per customer from one snapshot to the next (see `churnops.features.sql`):
+each step reads only the orders since the previous snapshot plus the trailing windows, and
+each snapshot is written to its own Parquet file as soon as it is computed. Memory holds the
+orders' few numeric columns and one row per customer, never the customer x snapshot grid.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,29 +19,33 @@ from typing import Any
 import pandas as pd
 
 from churnops.data.tables import parquet_scan
-from churnops.features.sql import DUCKDB, features_from_buckets_sql, single_snapshot_sql
+from churnops.features.sql import (
+    single_snapshot_sql,
+    stepping_advance_sql,
+    stepping_setup_sql,
+    stepping_snapshot_sql,
+)
+
+# staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
+Staged = dict[str, tuple[Path, int, str]]
 
 
 def connect_features(
     orders: Sequence[str] | pd.DataFrame,
     customers: pd.DataFrame,
-    snapshots: Sequence[datetime],
-    windows: tuple[int, ...],
     threads: int | None = None,
     memory_limit: str | None = None,
-) -> tuple[Any, str, set[str]]:
-    """A DuckDB connection with the inputs registered, and the feature query to run on it.
+) -> tuple[Any, set[str]]:
+    """A DuckDB connection with the relations `orders` and `customers` registered.
 
     Args:
         orders: Parquet paths (the raw lake's committed files) or a frame in contract names.
         customers: customer_id and created_at of every known customer.
-        snapshots: Snapshot times; features use orders strictly before each.
-        windows: Trailing windows in days.
         threads: DuckDB threads (default: all cores).
         memory_limit: DuckDB memory limit, e.g. "4GB" (default: DuckDB's).
 
     Returns:
-        The connection, the SELECT to run, and the optional order columns present.
+        The connection and the optional order columns present (product_id, category).
     """
     import duckdb
 
@@ -44,13 +56,13 @@ def connect_features(
         con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")
     if isinstance(orders, pd.DataFrame):
         con.register("orders_input", orders)
         source = "orders_input"
     else:
         source = parquet_scan(orders)
     columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    has_product, has_category = "product_id" in columns, "category" in columns
     optional = [c for c in ("product_id", "category") if c in columns]
     picked = ", ".join(["customer_id", "order_date", "total_amount", *optional])
     con.execute(
@@ -63,26 +75,126 @@ def connect_features(
         "CREATE TEMP TABLE customers AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
         "CAST(created_at AS TIMESTAMP) AS created_at FROM customers_input"
     )
-    snaps = pd.DataFrame({"as_of": pd.to_datetime(sorted(set(snapshots))).astype("datetime64[us]")})
-    con.register("snapshots_input", snaps)
+    con.unregister("customers_input")
+    return con, set(optional)
+
+
+def _literal(as_of: datetime) -> str:
+    return f"TIMESTAMP '{pd.Timestamp(as_of).tz_localize(None).isoformat(sep=' ')}'"
+
+
+def write_features(
+    con: Any,
+    snapshots: Sequence[datetime],
+    windows: tuple[int, ...],
+    optional: set[str],
+    feature_columns: list[str],
+    staging: Path,
+    created_at: datetime,
+    progress: Callable[[int, int], None] | None = None,
+) -> Staged:
+    """Compute every snapshot and write each to `staging/snapshot=YYYY-MM-DD/part_0.parquet`.
+
+    Args:
+        con: A connection from `connect_features`.
+        snapshots: Snapshot times; features use orders strictly before each.
+        windows: Trailing windows in days.
+        optional: The optional order columns present (from `connect_features`).
+        feature_columns: Feature columns to write, in order.
+        staging: Empty folder to write into.
+        created_at: The created_timestamp stamped on every row (Feast keeps the newest).
+        progress: Called with (snapshots done, snapshots in all) after each snapshot.
+
+    Returns:
+        snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
+    """
+    has_product, has_category = "product_id" in optional, "category" in optional
+    times = sorted({pd.Timestamp(s).tz_localize(None) for s in snapshots})
+    stamp = _literal(created_at)
+    parts: dict[str, list[tuple[Path, int, int]]] = {}
+
+    def write(query: str, as_of: pd.Timestamp) -> None:
+        day = as_of.strftime("%Y-%m-%d")
+        path = staging / f"snapshot={day}" / f"part_{len(parts.get(day, []))}.parquet"
+        parts.setdefault(day, []).append(_write_snapshot(con, query, feature_columns, path, stamp))
+
+    if len(times) == 1:
+        literal = _literal(times[0])
+        bits = has_category and _code_categories(con, literal)
+        write(single_snapshot_sql(literal, windows, has_product, has_category, bits), times[0])
+    else:
+        con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
+        for statement in stepping_setup_sql(_literal(times[-1]), has_product, has_category):
+            con.execute(statement)
+        con.execute("SET preserve_insertion_order = false")
+        previous: str | None = None
+        for done, as_of in enumerate(times, start=1):
+            literal = _literal(as_of)
+            con.execute(stepping_advance_sql(previous, literal, has_product, has_category))
+            write(stepping_snapshot_sql(literal, windows, has_product, has_category), as_of)
+            previous = literal
+            if progress:
+                progress(done, len(times))
+    return {day: _merge_day(con, written) for day, written in parts.items()}
+
+
+def _code_categories(con: Any, as_of: str) -> bool:
+    """Number the categories seen before `as_of` in `category_codes`; True if they fit 64 bits."""
     con.execute(
-        "CREATE TEMP TABLE snapshots AS SELECT CAST(as_of AS TIMESTAMP) AS as_of FROM snapshots_input ORDER BY 1"
+        f"""CREATE OR REPLACE TEMP TABLE category_codes AS
+            SELECT category, CAST(ROW_NUMBER() OVER (ORDER BY category) - 1 AS UTINYINT) AS code
+            FROM (SELECT DISTINCT category FROM orders WHERE category IS NOT NULL AND order_date < {as_of})
+            LIMIT 65"""
     )
-    if len(snaps) == 1:
-        literal = f"TIMESTAMP '{snaps['as_of'].iloc[0].isoformat(sep=' ')}'"
-        return con, single_snapshot_sql(DUCKDB, literal, windows, has_product, has_category), set(optional)
+    (count,) = con.execute("SELECT COUNT(*) FROM category_codes").fetchone()
+    return bool(count <= 64)
+
+
+def _write_snapshot(con: Any, query: str, feature_columns: list[str], path: Path, stamp: str) -> tuple[Path, int, int]:
+    """Materialize one snapshot's rows and write them as one Parquet file.
+
+    Returns:
+        The file, its rows and the sum of its row hashes (see `_hash_sql`).
+    """
+    columns = ", ".join(feature_columns)
     con.execute(
-        "CREATE TEMP VIEW bucketed AS SELECT o.*, s.as_of "
-        "FROM orders AS o ASOF JOIN snapshots AS s ON o.order_date < s.as_of"
+        f"""CREATE OR REPLACE TEMP TABLE snapshot_rows AS
+            SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
+                   CAST({stamp} AS TIMESTAMPTZ) AS created_timestamp, {columns}
+            FROM ({query})"""
     )
-    for w in windows:
-        edge = DUCKDB.minus_days.format(ts="as_of", days=int(w))
-        con.execute(
-            f"CREATE TEMP VIEW window_bucketed_{w} AS SELECT o.customer_id, o.total_amount, s.as_of "
-            f"FROM orders AS o ASOF JOIN (SELECT as_of, {edge} AS edge FROM snapshots) AS s ON o.order_date < s.edge"
-        )
-    query = features_from_buckets_sql(DUCKDB, windows, has_product, has_category)
-    return con, query, set(optional)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con.execute(f"COPY snapshot_rows TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+    rows, hashed = con.execute(f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM snapshot_rows").fetchone()
+    con.execute("DROP TABLE snapshot_rows")
+    return path, int(rows), int(hashed)
+
+
+def _merge_day(con: Any, written: list[tuple[Path, int, int]]) -> tuple[Path, int, str]:
+    """One file, the rows and the content hash of a day (several snapshot times may share one)."""
+    rows = sum(r for _, r, _ in written)
+    hashed = sum(h for _, _, h in written) % 2**64
+    if len(written) == 1:
+        return written[0][0], rows, _digest(hashed)
+    merged = written[0][0].with_name("merged.parquet")
+    sources = [str(path) for path, _, _ in written]
+    con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)")
+    for path, _, _ in written:
+        path.unlink()
+    return merged, rows, _digest(hashed)
+
+
+def _hash_sql(feature_columns: list[str]) -> str:
+    """An order-independent hash of the key and every feature value (not created_timestamp)."""
+    columns = ", ".join(feature_columns)
+    return (
+        f"CAST(COALESCE(SUM(CAST(hash(customer_id, CAST(event_timestamp AS TIMESTAMPTZ), {columns}) AS HUGEINT)), 0)"
+        " % 18446744073709551616 AS UBIGINT)"
+    )
+
+
+def _digest(hashed: int) -> str:
+    return hashlib.sha256(str(hashed).encode()).hexdigest()
 
 
 def compute_features(
@@ -94,6 +206,8 @@ def compute_features(
 ) -> pd.DataFrame:
     """All features for all snapshots as one frame (for tests and small data).
 
+    It goes through the same path as the pipeline (`write_features`) and reads the files back.
+
     Args:
         orders: Parquet paths or a frame in contract names.
         customers: customer_id and created_at.
@@ -102,72 +216,43 @@ def compute_features(
         sort: Sort the rows by snapshot and customer.
 
     Returns:
-        One row per (customer known at the snapshot, snapshot).
+        One row per (customer known at the snapshot, snapshot): customer_id, event_timestamp
+        (naive, like the snapshots given) and the feature columns.
     """
-    con, query, _ = connect_features(orders, customers, snapshots, windows)
+    from churnops.features.definitions import feature_names
+
+    con, optional = connect_features(orders, customers)
+    names = feature_names(windows, {"customer_id", "order_date", "total_amount", *optional})
     try:
-        order = " ORDER BY event_timestamp, customer_id" if sort else ""
-        frame = con.sql(f"{query}{order}").df()
+        with tempfile.TemporaryDirectory(prefix="churnops-features-") as staging:
+            staged = write_features(con, snapshots, windows, optional, names, Path(staging), datetime(2000, 1, 1))
+            files = [str(path) for path, _, _ in staged.values()]
+            order = " ORDER BY event_timestamp, customer_id" if sort else ""
+            frame: pd.DataFrame = con.sql(
+                f"SELECT customer_id, CAST(timezone('UTC', event_timestamp) AS TIMESTAMP) AS event_timestamp, "
+                f"{', '.join(names)} FROM {parquet_scan(files)}{order}"
+            ).df()
     finally:
         con.close()
     return frame
 
 
-def write_features(
-    con: Any,
-    query: str,
-    feature_columns: list[str],
-    staging: Path,
-    created_at: datetime,
-) -> dict[str, tuple[Path, int, str]]:
-    """Stream the feature query into Parquet partitioned by snapshot, then hash each snapshot.
+def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> Staged:
+    """Row counts and content hashes of a snapshot-partitioned output written by another engine.
 
-    Args:
-        con: A connection from `connect_features`.
-        query: The feature SELECT from `connect_features`.
-        feature_columns: Feature columns to write, in order.
-        staging: Empty folder to write into.
-        created_at: The created_timestamp stamped on every row (Feast keeps the newest).
-
-    Returns:
-        snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
-    """
-    con.execute("SET TimeZone = 'UTC'")
-    stamp = pd.Timestamp(created_at).tz_localize(None).isoformat()
-    columns = ", ".join(feature_columns)
-    con.execute(
-        f"""COPY (
-            SELECT customer_id,
-                   CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
-                   CAST(TIMESTAMP '{stamp}' AS TIMESTAMPTZ) AS created_timestamp,
-                   {columns},
-                   strftime(event_timestamp, '%Y-%m-%d') AS snapshot
-            FROM ({query})
-        ) TO '{staging}' (FORMAT parquet, PARTITION_BY (snapshot), COMPRESSION zstd, FILENAME_PATTERN 'part_{{i}}')"""
-    )
-    return hash_snapshots(con, staging, feature_columns)
-
-
-def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> dict[str, tuple[Path, int, str]]:
-    """Row counts and order-independent content hashes of a snapshot-partitioned output.
-
-    The hash covers the key and every feature value, not created_timestamp, so recomputing a
-    snapshot from the same data gives the same hash. A snapshot written as several files is
-    merged into one.
+    The hash is the one `write_features` computes, so both engines agree on equal values. A
+    snapshot written as several files is merged into one.
 
     Returns:
         snapshot (YYYY-MM-DD) -> (file, rows, content hash).
     """
     con.execute("SET TimeZone = 'UTC'")
-    columns = ", ".join(feature_columns)
     hashed = con.execute(
-        f"""SELECT snapshot, COUNT(*) AS rows,
-                   CAST(SUM(CAST(hash(customer_id, CAST(event_timestamp AS TIMESTAMPTZ), {columns}) AS HUGEINT))
-                        % 18446744073709551616 AS VARCHAR)
+        f"""SELECT snapshot, COUNT(*) AS rows, {_hash_sql(feature_columns)}
             FROM read_parquet('{staging}/*/*.parquet', hive_partitioning = true)
             GROUP BY snapshot"""
     ).fetchall()
-    out: dict[str, tuple[Path, int, str]] = {}
+    out: Staged = {}
     for snapshot, rows, digest in hashed:
         files = sorted((staging / f"snapshot={snapshot}").glob("*.parquet"))
         if len(files) != 1:
@@ -177,5 +262,5 @@ def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> dict[
                 f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)"
             )
             files = [merged]
-        out[str(snapshot)] = (files[0], int(rows), hashlib.sha256(str(digest).encode()).hexdigest())
+        out[str(snapshot)] = (files[0], int(rows), _digest(int(digest)))
     return out

@@ -17,6 +17,10 @@ The bucket assignment is engine-specific (DuckDB's ASOF join; a sorted-array loo
 everything after it is plain SQL that both engines run. Inputs are the relations
 `orders(customer_id, order_date, total_amount[, product_id][, category])`,
 `customers(customer_id, created_at)` and `snapshots(as_of)`.
+
+DuckDB runs many snapshots differently (`stepping_*` below): it walks the snapshots in time
+order and carries one row of running aggregates per customer from each snapshot to the next,
+so it never holds the customer x snapshot grid and can stream each snapshot to its own file.
 """
 
 from __future__ import annotations
@@ -167,35 +171,40 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
 
 
 def single_snapshot_sql(
-    dialect: Dialect, as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool
+    as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool, category_bits: bool = False
 ) -> str:
-    """The feature query for one snapshot: a single grouping with filtered aggregates.
+    """The DuckDB feature query for one snapshot: one grouping plus the variance and distincts.
 
-    Used when only the latest snapshot is needed (serving); it skips the bucketing that pays
-    off only for many snapshots. Same columns and conventions as `features_from_buckets_sql`.
+    Used when only one snapshot is needed (serving); it skips the preparation that pays off
+    only for many snapshots. Same columns and conventions as `features_from_buckets_sql`.
 
     Args:
-        dialect: Engine-specific expressions.
         as_of: A SQL timestamp literal for the snapshot.
         windows: Trailing windows in days.
         has_product: The orders carry product_id.
         has_category: The orders carry category.
+        category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
+            relation `category_codes(category, code)` (codes 0..63). It turns a distinct
+            count into a plain aggregate of the main grouping; only for at most 64 categories.
 
     Returns:
-        A SELECT over the relations `orders` and `customers`.
+        A SELECT over the relations `orders` and `customers` (and `category_codes`).
     """
     window_aggs = []
     window_cols = []
     for w in windows:
-        edge = dialect.minus_days.format(ts=as_of, days=int(w))
+        edge = DUCKDB.minus_days.format(ts=as_of, days=int(w))
         window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
-        window_aggs.append(f"{dialect.fsum}(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
-        window_cols.append(f"CAST(COALESCE(a.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
-        window_cols.append(f"CAST(COALESCE(a.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
+        window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
+        window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
+        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
     distinct_ctes = []
     distinct_joins = []
     distinct_cols = []
     for column, name in _distinct_features(has_product, has_category):
+        if column == "category" and category_bits:
+            distinct_cols.append(f"CAST(COALESCE(a.category_bits, 0) AS BIGINT) AS {name}")
+            continue
         distinct_ctes.append(
             f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
             f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs "
@@ -203,11 +212,15 @@ def single_snapshot_sql(
         )
         distinct_joins.append(f"LEFT JOIN d_{column} ON d_{column}.customer_id = c.customer_id")
         distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
-    lifetime = _days_between(dialect, "a.last_at", "a.first_at")
+    bits, codes = "", ""
+    if has_category and category_bits:
+        bits = ", BIT_COUNT(BIT_OR(CAST(1 AS UBIGINT) << cc.code)) AS category_bits"
+        codes = " LEFT JOIN category_codes AS cc ON cc.category = p.category"
+    lifetime = _days_between(DUCKDB, "a.last_at", "a.first_at")
     columns = [
         "c.customer_id",
         f"{as_of} AS event_timestamp",
-        f"CASE WHEN a.n > 0 THEN {_days_between(dialect, as_of, 'a.last_at')} END AS recency",
+        f"CASE WHEN a.n > 0 THEN {_days_between(DUCKDB, as_of, 'a.last_at')} END AS recency",
         "CAST(COALESCE(a.n, 0) AS BIGINT) AS frequency",
         "CAST(COALESCE(a.total, 0.0) AS DOUBLE) AS monetary",
         "CASE WHEN a.n > 0 THEN a.total / a.n END AS avg_order_value",
@@ -219,24 +232,185 @@ def single_snapshot_sql(
         *distinct_cols,
         *window_cols,
     ]
+    widest = DUCKDB.minus_days.format(ts=as_of, days=max(windows)) if windows else as_of
     ctes = [
         f"past AS (SELECT * FROM orders WHERE order_date < {as_of})",
         f"""a AS (
-    SELECT customer_id, COUNT(*) AS n, {dialect.fsum}(total_amount) AS total, MIN(total_amount) AS mn,
-           MAX(total_amount) AS mx, MIN(order_date) AS first_at,
-           MAX(order_date) AS last_at{"".join(", " + a for a in window_aggs)}
-    FROM past GROUP BY customer_id
+    SELECT p.customer_id, COUNT(*) AS n, FSUM(p.total_amount) AS total, MIN(p.total_amount) AS mn,
+           MAX(p.total_amount) AS mx, MIN(p.order_date) AS first_at, MAX(p.order_date) AS last_at{bits}
+    FROM past AS p{codes} GROUP BY p.customer_id
+)""",
+        # the windows group only the last max(windows) days, not every order
+        f"""w AS (
+    SELECT customer_id{"".join(", " + a for a in window_aggs)}
+    FROM past WHERE order_date >= {widest} GROUP BY customer_id
 )""",
         # two-pass variance around the mean with a compensated sum: exact to rounding, and
         # the same bits whatever order the threads deliver rows in
-        f"""v AS (
-    SELECT p.customer_id, {dialect.fsum}((p.total_amount - a.total / a.n) * (p.total_amount - a.total / a.n)) AS ss
+        """v AS (
+    SELECT p.customer_id, FSUM((p.total_amount - a.total / a.n) * (p.total_amount - a.total / a.n)) AS ss
     FROM past AS p JOIN a ON a.customer_id = p.customer_id WHERE a.n > 1 GROUP BY p.customer_id
 )""",
         *distinct_ctes,
     ]
     return (
         f"WITH {', '.join(ctes)}\nSELECT {', '.join(columns)} FROM customers AS c "
-        f"LEFT JOIN a ON a.customer_id = c.customer_id LEFT JOIN v ON v.customer_id = c.customer_id "
-        f"{' '.join(distinct_joins)} WHERE c.created_at < {as_of}"
+        "LEFT JOIN a ON a.customer_id = c.customer_id LEFT JOIN v ON v.customer_id = c.customer_id "
+        f"LEFT JOIN w ON w.customer_id = c.customer_id {' '.join(distinct_joins)} WHERE c.created_at < {as_of}"
+    )
+
+
+# The running aggregates one stepping run carries per customer, with their SQL types.
+STATE_COLUMNS = {
+    "customer_id": "BIGINT",
+    "created_at": "TIMESTAMP",
+    "n": "BIGINT",
+    "total": "DOUBLE",
+    "s1": "DOUBLE",
+    "s2": "DOUBLE",
+    "mn": "DOUBLE",
+    "mx": "DOUBLE",
+    "first_at": "TIMESTAMP",
+    "last_at": "TIMESTAMP",
+}
+
+
+def stepping_setup_sql(last: str, has_product: bool, has_category: bool) -> list[str]:
+    """Statements preparing a stepping run over the relations `orders` and `customers`.
+
+    They create `ordered` (the orders before the last snapshot, sorted by time, with each
+    amount shifted by the customer's first order amount for the variance), one
+    `firsts_<column>` table per distinct count (the time of each customer's first order of
+    each product or category), and the empty running `state`.
+
+    Args:
+        last: SQL timestamp literal of the last snapshot.
+        has_product: The orders carry product_id.
+        has_category: The orders carry category.
+
+    Returns:
+        Statements to run in order.
+    """
+    pair = DUCKDB.pair.format(a="order_date", b="total_amount")
+    statements = [
+        f"""CREATE OR REPLACE TEMP TABLE shift AS
+            SELECT customer_id, MIN_BY(total_amount, {pair}) AS k
+            FROM orders WHERE order_date < {last} GROUP BY customer_id""",
+        f"""CREATE OR REPLACE TEMP TABLE ordered AS
+            SELECT o.customer_id, o.order_date, o.total_amount, o.total_amount - s.k AS dx
+            FROM orders AS o JOIN shift AS s ON s.customer_id = o.customer_id
+            WHERE o.order_date < {last} ORDER BY o.order_date""",
+        "DROP TABLE shift",
+    ]
+    for column, _ in _distinct_features(has_product, has_category):
+        statements.append(
+            f"""CREATE OR REPLACE TEMP TABLE firsts_{column} AS
+                SELECT customer_id, MIN(order_date) AS first_at FROM orders
+                WHERE {column} IS NOT NULL AND order_date < {last}
+                GROUP BY customer_id, {column} ORDER BY first_at"""
+        )
+    start = {"customer_id": "customer_id", "created_at": "created_at", "n": "0", "total": "0", "s1": "0", "s2": "0"}
+    state = ", ".join(f"CAST({start.get(name, 'NULL')} AS {kind}) AS {name}" for name, kind in STATE_COLUMNS.items())
+    distinct = "".join(f", CAST(0 AS BIGINT) AS {name}" for _, name in _distinct_features(has_product, has_category))
+    statements.append(f"CREATE OR REPLACE TEMP TABLE state AS SELECT {state}{distinct} FROM customers")
+    return statements
+
+
+def stepping_advance_sql(since: str | None, until: str, has_product: bool, has_category: bool) -> str:
+    """Replace `state` with the running aggregates over the orders before `until`.
+
+    Only the orders in [since, until) are read; they are aggregated per customer and merged
+    into the state left by the previous snapshot. Orders of customers not in `customers` are
+    left out, as every engine leaves them out of the output.
+
+    Args:
+        since: SQL timestamp literal of the previous snapshot; None for the first.
+        until: SQL timestamp literal of this snapshot.
+        has_product: The orders carry product_id.
+        has_category: The orders carry category.
+
+    Returns:
+        A CREATE OR REPLACE statement.
+    """
+
+    def between(column: str) -> str:
+        lower = f"{column} >= {since} AND " if since else ""
+        return f"{lower}{column} < {until}"
+
+    distinct = _distinct_features(has_product, has_category)
+    firsts = [
+        f"{name}_new AS (SELECT customer_id, COUNT(*) AS n FROM firsts_{column} "
+        f"WHERE {between('first_at')} GROUP BY customer_id)"
+        for column, name in distinct
+    ]
+    joins = "".join(f" LEFT JOIN {name}_new ON {name}_new.customer_id = d.customer_id" for _, name in distinct)
+    merged = "".join(f", st.{name} + COALESCE(dd.{name}_n, 0) AS {name}" for _, name in distinct)
+    carried = "".join(f", {name}_new.n AS {name}_n" for _, name in distinct)
+    return f"""CREATE OR REPLACE TEMP TABLE state AS
+WITH d AS (
+    SELECT customer_id, COUNT(*) AS n, FSUM(total_amount) AS total, FSUM(dx) AS s1, FSUM(dx * dx) AS s2,
+           MIN(total_amount) AS mn, MAX(total_amount) AS mx, MIN(order_date) AS first_at, MAX(order_date) AS last_at
+    FROM ordered WHERE {between("order_date")} GROUP BY customer_id
+){"".join(", " + f for f in firsts)},
+dd AS (SELECT d.*{carried} FROM d{joins})
+SELECT st.customer_id, st.created_at,
+       st.n + COALESCE(dd.n, 0) AS n,
+       st.total + COALESCE(dd.total, 0.0) AS total,
+       st.s1 + COALESCE(dd.s1, 0.0) AS s1,
+       st.s2 + COALESCE(dd.s2, 0.0) AS s2,
+       LEAST(st.mn, dd.mn) AS mn, GREATEST(st.mx, dd.mx) AS mx,
+       LEAST(st.first_at, dd.first_at) AS first_at, GREATEST(st.last_at, dd.last_at) AS last_at{merged}
+FROM state AS st LEFT JOIN dd ON dd.customer_id = st.customer_id"""
+
+
+def stepping_snapshot_sql(as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool) -> str:
+    """The feature rows of one snapshot from `state` and `ordered`.
+
+    Same columns and conventions as `single_snapshot_sql`. The trailing windows read only the
+    last `max(windows)` days of `ordered`.
+
+    Args:
+        as_of: SQL timestamp literal of the snapshot `state` was advanced to.
+        windows: Trailing windows in days.
+        has_product: The orders carry product_id.
+        has_category: The orders carry category.
+
+    Returns:
+        A SELECT of customer_id, event_timestamp and every feature column.
+    """
+    window_aggs = []
+    window_cols = []
+    for w in windows:
+        edge = DUCKDB.minus_days.format(ts=as_of, days=int(w))
+        window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
+        window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
+        window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
+        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
+    widest = DUCKDB.minus_days.format(ts=as_of, days=max(windows)) if windows else as_of
+    window_cte = (
+        f"w AS (SELECT customer_id, {', '.join(window_aggs)} FROM ordered "
+        f"WHERE order_date >= {widest} AND order_date < {as_of} GROUP BY customer_id)"
+        if windows
+        else "w AS (SELECT NULL::BIGINT AS customer_id)"
+    )
+    variance = "GREATEST((st.s2 - st.s1 * st.s1 / st.n) / (st.n - 1), 0.0)"
+    lifetime = _days_between(DUCKDB, "st.last_at", "st.first_at")
+    columns = [
+        "st.customer_id",
+        f"{as_of} AS event_timestamp",
+        f"CASE WHEN st.n > 0 THEN {_days_between(DUCKDB, as_of, 'st.last_at')} END AS recency",
+        "st.n AS frequency",
+        "st.total AS monetary",
+        "CASE WHEN st.n > 0 THEN st.total / st.n END AS avg_order_value",
+        "st.mx AS max_order_value",
+        "st.mn AS min_order_value",
+        f"CASE WHEN st.n = 1 THEN 0.0 WHEN st.n > 1 THEN SQRT({variance}) END AS std_order_value",
+        f"CASE WHEN st.n > 0 THEN {lifetime} END AS customer_lifetime_days",
+        f"CASE WHEN st.n > 0 THEN {lifetime} / CAST(GREATEST(st.n, 1) AS DOUBLE) END AS avg_days_between_orders",
+        *(f"st.{name}" for _, name in _distinct_features(has_product, has_category)),
+        *window_cols,
+    ]
+    return (
+        f"WITH {window_cte}\nSELECT {', '.join(columns)} FROM state AS st "
+        f"LEFT JOIN w ON w.customer_id = st.customer_id WHERE st.created_at < {as_of}"
     )

@@ -112,7 +112,12 @@ def build_features(
         table = feature_table(settings)
         staging = table.staging_dir()
         windows = tuple(cfg.windows)
-        staged, specs = _compute(settings, files, customers, snapshots, windows, staging)
+
+        def step(done: int, total: int) -> None:
+            if total > 1 and (done == total or done % 10 == 0):
+                say(f"  {done}/{total} snapshots written")
+
+        staged, specs = _compute(settings, files, customers, snapshots, windows, staging, step)
         timings["compute"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -158,6 +163,7 @@ def _compute(
     snapshots: list[date],
     windows: tuple[int, ...],
     staging: Path,
+    progress: Callable[[int, int], None],
 ) -> tuple[dict[str, tuple[Path, int, str]], tuple[FeatureSpec, ...]]:
     times = [datetime.combine(d, datetime.min.time()) for d in snapshots]
     created_at = datetime.now(UTC)
@@ -169,12 +175,13 @@ def _compute(
     else:
         from churnops.features.duckdb_engine import connect_features, write_features
 
-        con, query, optional = connect_features(
-            files, customers, times, windows, threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit
+        con, optional = connect_features(
+            files, customers, threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit
         )
         columns = {"customer_id", "order_date", "total_amount", *optional}
+        names = [s.name for s in feature_specs(windows, columns)]
         try:
-            staged = write_features(con, query, [s.name for s in feature_specs(windows, columns)], staging, created_at)
+            staged = write_features(con, times, windows, optional, names, staging, created_at, progress)
         finally:
             con.close()
     return staged, feature_specs(windows, columns)
