@@ -2,6 +2,7 @@
 
     BENCH_ORDERS=10000000 python bench/bench_features.py
     BENCH_FEATURES_DATA=/some/dir python bench/bench_features.py   # reuse orders/customers.parquet
+    BENCH_FEAST=0 python bench/bench_features.py                     # skip the Feast phase (slowest)
 
 In one run, each phase in its own process (so peak memory is its own):
 1. one snapshot with the default engine (DuckDB, written to Parquet as the pipeline does)
@@ -172,6 +173,8 @@ def main() -> None:
                 "separate_runs_peak_rss_mb": separate["peak_rss_mb"],
             },
         )
+        if os.environ.get("BENCH_FEAST", "1") == "0":
+            return
         feast = run_child(FEAST.format(ws=ws, as_of=AS_OF, customers=data["customers"]))
         report(
             "feature_store_online",

@@ -1,10 +1,10 @@
 """The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames).
 
-One snapshot is one grouping query. Many snapshots are computed in time order, carrying a
-running aggregate per customer from one snapshot to the next (see `churnops.features.sql`):
-each step reads only the orders since the previous snapshot plus the trailing windows, and
-each snapshot is written to its own Parquet file as soon as it is computed. Memory holds the
-orders' few numeric columns and one row per customer, never the customer x snapshot grid.
+One snapshot is one grouping query. Many snapshots are computed in time order: for each, SQL
+aggregates only the orders since the previous snapshot (and those leaving each trailing window),
+the running totals per customer are folded forward (`churnops.features.running`), and the
+snapshot is written to its own Parquet file at once. Memory holds the orders' few numeric
+columns and one value per customer and total, never the customer x snapshot grid.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,8 @@ from typing import Any
 import pandas as pd
 
 from churnops.data.tables import parquet_scan
-from churnops.features.sql import (
-    single_snapshot_sql,
-    stepping_advance_sql,
-    stepping_setup_sql,
-    stepping_snapshot_sql,
-)
+from churnops.features.running import RunningFeatures
+from churnops.features.sql import Stepping, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
 Staged = dict[str, tuple[Path, int, str]]
@@ -80,7 +77,13 @@ def connect_features(
 
 
 def _literal(as_of: datetime) -> str:
-    return f"TIMESTAMP '{pd.Timestamp(as_of).tz_localize(None).isoformat(sep=' ')}'"
+    return f"TIMESTAMP '{_naive_utc(as_of).isoformat(sep=' ')}'"
+
+
+def _naive_utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    """The moment as a naive UTC timestamp (naive input is taken as UTC already)."""
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
 
 
 def write_features(
@@ -109,33 +112,90 @@ def write_features(
         snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
     """
     has_product, has_category = "product_id" in optional, "category" in optional
-    times = sorted({pd.Timestamp(s).tz_localize(None) for s in snapshots})
-    stamp = _literal(created_at)
-    parts: dict[str, list[tuple[Path, int, int]]] = {}
+    times = sorted({_naive_utc(s) for s in snapshots})
+    files_per_day: dict[str, list[Path]] = {}
 
-    def write(query: str, as_of: pd.Timestamp) -> None:
-        day = as_of.strftime("%Y-%m-%d")
-        path = staging / f"snapshot={day}" / f"part_{len(parts.get(day, []))}.parquet"
-        parts.setdefault(day, []).append(_write_snapshot(con, query, feature_columns, path, stamp))
+    def next_file(as_of: pd.Timestamp) -> Path:
+        """A fresh file in `as_of`'s day partition (several snapshot times may share a day)."""
+        day = files_per_day.setdefault(as_of.strftime("%Y-%m-%d"), [])
+        day.append(staging / f"snapshot={as_of:%Y-%m-%d}" / f"part_{len(day)}.parquet")
+        return day[-1]
 
+    written: list[tuple[Path, int, int]] = []
     if len(times) == 1:
         literal = _literal(times[0])
         bits = has_category and _code_categories(con, literal)
-        write(single_snapshot_sql(literal, windows, has_product, has_category, bits), times[0])
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE snapshot_rows AS
+                SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
+                       CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
+                FROM ({single_snapshot_sql(literal, windows, has_product, has_category, bits)})"""
+        )
+        written.append(_write_rows(con, feature_columns, next_file(times[0])))
+        con.execute("DROP TABLE snapshot_rows")
     else:
-        con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
-        for statement in stepping_setup_sql(_literal(times[-1]), has_product, has_category):
-            con.execute(statement)
-        con.execute("SET preserve_insertion_order = false")
-        previous: str | None = None
-        for done, as_of in enumerate(times, start=1):
-            literal = _literal(as_of)
-            con.execute(stepping_advance_sql(previous, literal, has_product, has_category))
-            write(stepping_snapshot_sql(literal, windows, has_product, has_category), as_of)
-            previous = literal
-            if progress:
-                progress(done, len(times))
-    return {day: _merge_day(con, written) for day, written in parts.items()}
+        running, stepping = _start_stepping(con, times[-1], windows, has_product, has_category)
+        # One writer thread, on its own cursor, writes snapshot i while snapshot i + 1 is computed;
+        # waiting for it before handing over the next keeps at most two snapshots in memory.
+        writer_cursor = con.cursor()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer") as writer:
+            pending: Future[tuple[Path, int, int]] | None = None
+            previous: str | None = None
+            for done, as_of in enumerate(times, start=1):
+                literal = _literal(as_of)
+                running.add_orders(_fetch(con, stepping.orders_since(previous, literal)))
+                for column, name in stepping.firsts():
+                    running.add_firsts(name, _fetch(con, stepping.firsts_since(column, previous, literal)))
+                for days in windows:
+                    running.remove_from_window(days, _fetch(con, stepping.leaving_since(days, previous, literal)))
+                rows = running.table(_micros(as_of), feature_columns, _micros(created_at))
+                if pending is not None:
+                    written.append(pending.result())
+                    if progress:
+                        progress(done - 1, len(times))
+                pending = writer.submit(_write_table, writer_cursor, rows, feature_columns, next_file(as_of))
+                previous = literal
+            if pending is not None:
+                written.append(pending.result())
+                if progress:
+                    progress(len(times), len(times))
+        writer_cursor.close()
+    hashes = {path: (rows, hashed) for path, rows, hashed in written}
+    return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
+
+
+def _start_stepping(
+    con: Any, last: pd.Timestamp, windows: tuple[int, ...], has_product: bool, has_category: bool
+) -> tuple[RunningFeatures, Stepping]:
+    """Prepare the orders for stepping up to `last` and the running totals (no orders yet)."""
+    literal = _literal(last)
+    stepping = Stepping(has_product, has_category, has_category and _code_categories(con, literal))
+    con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
+    for statement in stepping.setup(literal):
+        con.execute(statement)
+    con.execute("SET preserve_insertion_order = false")
+    known = _fetch(con, "SELECT customer_id, epoch_us(created_at) AS created_at FROM positions ORDER BY pos")
+    running = RunningFeatures(
+        known["customer_id"],
+        known["created_at"],
+        windows,
+        [name for _, name in stepping.firsts()],
+        stepping.category_bits,
+    )
+    return running, stepping
+
+
+def _fetch(con: Any, query: str) -> dict[str, Any]:
+    """Columns of a query as numpy arrays; nulls (an unknown created_at, no category) filled."""
+    import numpy as np
+
+    fill = {"created_at": np.iinfo(np.int64).max}
+    columns = con.execute(query).fetchnumpy()
+    return {k: np.ma.filled(v, fill.get(k, 0)) if np.ma.isMaskedArray(v) else v for k, v in columns.items()}
+
+
+def _micros(moment: datetime | pd.Timestamp) -> int:
+    return int(_naive_utc(moment).value // 1000)
 
 
 def _code_categories(con: Any, as_of: str) -> bool:
@@ -146,27 +206,28 @@ def _code_categories(con: Any, as_of: str) -> bool:
             FROM (SELECT DISTINCT category FROM orders WHERE category IS NOT NULL AND order_date < {as_of})
             LIMIT 65"""
     )
-    (count,) = con.execute("SELECT COUNT(*) FROM category_codes").fetchone()
+    ((count,),) = con.execute("SELECT COUNT(*) FROM category_codes").fetchall()
     return bool(count <= 64)
 
 
-def _write_snapshot(con: Any, query: str, feature_columns: list[str], path: Path, stamp: str) -> tuple[Path, int, int]:
-    """Materialize one snapshot's rows and write them as one Parquet file.
+def _write_table(cursor: Any, rows: Any, feature_columns: list[str], path: Path) -> tuple[Path, int, int]:
+    """Write an Arrow table of feature rows as one Parquet file (see `_write_rows`)."""
+    cursor.register("snapshot_rows", rows)
+    try:
+        return _write_rows(cursor, feature_columns, path)
+    finally:
+        cursor.unregister("snapshot_rows")
+
+
+def _write_rows(con: Any, feature_columns: list[str], path: Path) -> tuple[Path, int, int]:
+    """Write the relation `snapshot_rows` as one Parquet file.
 
     Returns:
         The file, its rows and the sum of its row hashes (see `_hash_sql`).
     """
-    columns = ", ".join(feature_columns)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE snapshot_rows AS
-            SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
-                   CAST({stamp} AS TIMESTAMPTZ) AS created_timestamp, {columns}
-            FROM ({query})"""
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"COPY snapshot_rows TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
-    rows, hashed = con.execute(f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM snapshot_rows").fetchone()
-    con.execute("DROP TABLE snapshot_rows")
+    ((rows, hashed),) = con.execute(f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM snapshot_rows").fetchall()
     return path, int(rows), int(hashed)
 
 

@@ -18,9 +18,10 @@ everything after it is plain SQL that both engines run. Inputs are the relations
 `orders(customer_id, order_date, total_amount[, product_id][, category])`,
 `customers(customer_id, created_at)` and `snapshots(as_of)`.
 
-DuckDB runs many snapshots differently (`stepping_*` below): it walks the snapshots in time
-order and carries one row of running aggregates per customer from each snapshot to the next,
-so it never holds the customer x snapshot grid and can stream each snapshot to its own file.
+DuckDB runs many snapshots differently (`Stepping` below): it walks the snapshots in time
+order, aggregating only the orders since the previous snapshot, and carries running totals per
+customer from each snapshot to the next (`churnops.features.running`). It never holds the
+customer x snapshot grid and streams each snapshot to its own file.
 """
 
 from __future__ import annotations
@@ -260,157 +261,101 @@ def single_snapshot_sql(
     )
 
 
-# The running aggregates one stepping run carries per customer, with their SQL types.
-STATE_COLUMNS = {
-    "customer_id": "BIGINT",
-    "created_at": "TIMESTAMP",
-    "n": "BIGINT",
-    "total": "DOUBLE",
-    "s1": "DOUBLE",
-    "s2": "DOUBLE",
-    "mn": "DOUBLE",
-    "mx": "DOUBLE",
-    "first_at": "TIMESTAMP",
-    "last_at": "TIMESTAMP",
-}
+@dataclass(frozen=True)
+class Stepping:
+    """DuckDB SQL for many snapshots taken in time order (see `churnops.features.running`).
 
+    `setup` numbers the customers (`positions`) and prepares the orders; then, for each
+    snapshot in time order, the `*_since` queries aggregate per customer position only the
+    orders between the previous snapshot and this one: the orders themselves (`orders_since`),
+    the first orders of each (customer, product) pair (`firsts_since`) and, per trailing window,
+    the orders that left the window (`leaving_since`). The running totals are folded outside SQL.
 
-def stepping_setup_sql(last: str, has_product: bool, has_category: bool) -> list[str]:
-    """Statements preparing a stepping run over the relations `orders` and `customers`.
-
-    They create `ordered` (the orders before the last snapshot, sorted by time, with each
-    amount shifted by the customer's first order amount for the variance), one
-    `firsts_<column>` table per distinct count (the time of each customer's first order of
-    each product or category), and the empty running `state`.
-
-    Args:
-        last: SQL timestamp literal of the last snapshot.
-        has_product: The orders carry product_id.
-        has_category: The orders carry category.
-
-    Returns:
-        Statements to run in order.
+    Each step's sum of squared deviations is two-pass around that step's mean, so it is exact to
+    rounding; sums are DuckDB's compensated FSUM, so every figure is the same on every run.
+    Categories, when at most 64, are bits of a mask instead of first-order counts.
     """
-    pair = DUCKDB.pair.format(a="order_date", b="total_amount")
-    statements = [
-        f"""CREATE OR REPLACE TEMP TABLE shift AS
-            SELECT customer_id, MIN_BY(total_amount, {pair}) AS k
-            FROM orders WHERE order_date < {last} GROUP BY customer_id""",
-        f"""CREATE OR REPLACE TEMP TABLE ordered AS
-            SELECT o.customer_id, o.order_date, o.total_amount, o.total_amount - s.k AS dx
-            FROM orders AS o JOIN shift AS s ON s.customer_id = o.customer_id
-            WHERE o.order_date < {last} ORDER BY o.order_date""",
-        "DROP TABLE shift",
-    ]
-    for column, _ in _distinct_features(has_product, has_category):
-        statements.append(
-            f"""CREATE OR REPLACE TEMP TABLE firsts_{column} AS
-                SELECT customer_id, MIN(order_date) AS first_at FROM orders
-                WHERE {column} IS NOT NULL AND order_date < {last}
-                GROUP BY customer_id, {column} ORDER BY first_at"""
+
+    has_product: bool
+    has_category: bool
+    category_bits: bool = False
+
+    def firsts(self) -> list[tuple[str, str]]:
+        """(raw column, feature) of the distinct counts kept as first-order tables."""
+        return [
+            (column, name)
+            for column, name in _distinct_features(self.has_product, self.has_category)
+            if not (column == "category" and self.category_bits)
+        ]
+
+    def setup(self, last: str) -> list[str]:
+        """Statements creating `positions` (customer_id, created_at, pos: 0.. by customer_id),
+        `ordered` (the orders before `last` by position, sorted by time) and one
+        `firsts_<column>` table per distinct count (the time of each customer's first order of
+        each product or category).
+
+        Args:
+            last: SQL timestamp literal of the last snapshot.
+
+        Returns:
+            Statements to run in order.
+        """
+        code, codes = "", ""
+        if self.has_category and self.category_bits:
+            code = ", cc.code AS category_code"
+            codes = " LEFT JOIN category_codes AS cc ON cc.category = o.category"
+        statements = [
+            """CREATE OR REPLACE TEMP TABLE positions AS
+               SELECT customer_id, created_at, CAST(ROW_NUMBER() OVER (ORDER BY customer_id) - 1 AS BIGINT) AS pos
+               FROM customers""",
+            f"""CREATE OR REPLACE TEMP TABLE ordered AS
+                SELECT p.pos, o.order_date, o.total_amount{code}
+                FROM orders AS o JOIN positions AS p ON p.customer_id = o.customer_id{codes}
+                WHERE o.order_date < {last} ORDER BY o.order_date""",
+        ]
+        for column, _ in self.firsts():
+            statements.append(
+                f"""CREATE OR REPLACE TEMP TABLE firsts_{column} AS
+                    SELECT p.pos, MIN(o.order_date) AS first_at
+                    FROM orders AS o JOIN positions AS p ON p.customer_id = o.customer_id
+                    WHERE o.{column} IS NOT NULL AND o.order_date < {last}
+                    GROUP BY p.pos, o.{column} ORDER BY first_at"""
+            )
+        return statements
+
+    def orders_since(self, since: str | None, until: str) -> str:
+        """Per position, the orders in [since, until): count, sum, min, max, first and last
+        time (micros), the sum of squared deviations from their mean (m2) and the category mask.
+        """
+        bits = self.has_category and self.category_bits
+        mask = ", BIT_OR(CAST(1 AS UBIGINT) << category_code) AS category_bits" if bits else ""
+        deviation = "(s.total_amount - d.total / d.n)"
+        return f"""WITH step AS (SELECT * FROM ordered WHERE {_between("order_date", since, until)}),
+d AS (
+    SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total, MIN(total_amount) AS mn, MAX(total_amount) AS mx,
+           epoch_us(MIN(order_date)) AS first_at, epoch_us(MAX(order_date)) AS last_at{mask}
+    FROM step GROUP BY pos
+),
+m AS (SELECT s.pos, FSUM({deviation} * {deviation}) AS m2 FROM step AS s JOIN d ON d.pos = s.pos GROUP BY s.pos)
+SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
+
+    def firsts_since(self, column: str, since: str | None, until: str) -> str:
+        """Per position, how many products (or categories) were first ordered in [since, until)."""
+        return f"SELECT pos, COUNT(*) AS n FROM firsts_{column} WHERE {_between('first_at', since, until)} GROUP BY pos"
+
+    def leaving_since(self, days: int, since: str | None, until: str) -> str:
+        """Per position, the orders that left the `days` window between the two snapshots."""
+
+        def shifted(ts: str | None) -> str | None:
+            return DUCKDB.minus_days.format(ts=ts, days=int(days)) if ts else None
+
+        return (
+            "SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total FROM ordered "
+            f"WHERE {_between('order_date', shifted(since), shifted(until))} GROUP BY pos"
         )
-    start = {"customer_id": "customer_id", "created_at": "created_at", "n": "0", "total": "0", "s1": "0", "s2": "0"}
-    state = ", ".join(f"CAST({start.get(name, 'NULL')} AS {kind}) AS {name}" for name, kind in STATE_COLUMNS.items())
-    distinct = "".join(f", CAST(0 AS BIGINT) AS {name}" for _, name in _distinct_features(has_product, has_category))
-    statements.append(f"CREATE OR REPLACE TEMP TABLE state AS SELECT {state}{distinct} FROM customers")
-    return statements
 
 
-def stepping_advance_sql(since: str | None, until: str, has_product: bool, has_category: bool) -> str:
-    """Replace `state` with the running aggregates over the orders before `until`.
-
-    Only the orders in [since, until) are read; they are aggregated per customer and merged
-    into the state left by the previous snapshot. Orders of customers not in `customers` are
-    left out, as every engine leaves them out of the output.
-
-    Args:
-        since: SQL timestamp literal of the previous snapshot; None for the first.
-        until: SQL timestamp literal of this snapshot.
-        has_product: The orders carry product_id.
-        has_category: The orders carry category.
-
-    Returns:
-        A CREATE OR REPLACE statement.
-    """
-
-    def between(column: str) -> str:
-        lower = f"{column} >= {since} AND " if since else ""
-        return f"{lower}{column} < {until}"
-
-    distinct = _distinct_features(has_product, has_category)
-    firsts = [
-        f"{name}_new AS (SELECT customer_id, COUNT(*) AS n FROM firsts_{column} "
-        f"WHERE {between('first_at')} GROUP BY customer_id)"
-        for column, name in distinct
-    ]
-    joins = "".join(f" LEFT JOIN {name}_new ON {name}_new.customer_id = d.customer_id" for _, name in distinct)
-    merged = "".join(f", st.{name} + COALESCE(dd.{name}_n, 0) AS {name}" for _, name in distinct)
-    carried = "".join(f", {name}_new.n AS {name}_n" for _, name in distinct)
-    return f"""CREATE OR REPLACE TEMP TABLE state AS
-WITH d AS (
-    SELECT customer_id, COUNT(*) AS n, FSUM(total_amount) AS total, FSUM(dx) AS s1, FSUM(dx * dx) AS s2,
-           MIN(total_amount) AS mn, MAX(total_amount) AS mx, MIN(order_date) AS first_at, MAX(order_date) AS last_at
-    FROM ordered WHERE {between("order_date")} GROUP BY customer_id
-){"".join(", " + f for f in firsts)},
-dd AS (SELECT d.*{carried} FROM d{joins})
-SELECT st.customer_id, st.created_at,
-       st.n + COALESCE(dd.n, 0) AS n,
-       st.total + COALESCE(dd.total, 0.0) AS total,
-       st.s1 + COALESCE(dd.s1, 0.0) AS s1,
-       st.s2 + COALESCE(dd.s2, 0.0) AS s2,
-       LEAST(st.mn, dd.mn) AS mn, GREATEST(st.mx, dd.mx) AS mx,
-       LEAST(st.first_at, dd.first_at) AS first_at, GREATEST(st.last_at, dd.last_at) AS last_at{merged}
-FROM state AS st LEFT JOIN dd ON dd.customer_id = st.customer_id"""
-
-
-def stepping_snapshot_sql(as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool) -> str:
-    """The feature rows of one snapshot from `state` and `ordered`.
-
-    Same columns and conventions as `single_snapshot_sql`. The trailing windows read only the
-    last `max(windows)` days of `ordered`.
-
-    Args:
-        as_of: SQL timestamp literal of the snapshot `state` was advanced to.
-        windows: Trailing windows in days.
-        has_product: The orders carry product_id.
-        has_category: The orders carry category.
-
-    Returns:
-        A SELECT of customer_id, event_timestamp and every feature column.
-    """
-    window_aggs = []
-    window_cols = []
-    for w in windows:
-        edge = DUCKDB.minus_days.format(ts=as_of, days=int(w))
-        window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
-        window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
-        window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
-        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
-    widest = DUCKDB.minus_days.format(ts=as_of, days=max(windows)) if windows else as_of
-    window_cte = (
-        f"w AS (SELECT customer_id, {', '.join(window_aggs)} FROM ordered "
-        f"WHERE order_date >= {widest} AND order_date < {as_of} GROUP BY customer_id)"
-        if windows
-        else "w AS (SELECT NULL::BIGINT AS customer_id)"
-    )
-    variance = "GREATEST((st.s2 - st.s1 * st.s1 / st.n) / (st.n - 1), 0.0)"
-    lifetime = _days_between(DUCKDB, "st.last_at", "st.first_at")
-    columns = [
-        "st.customer_id",
-        f"{as_of} AS event_timestamp",
-        f"CASE WHEN st.n > 0 THEN {_days_between(DUCKDB, as_of, 'st.last_at')} END AS recency",
-        "st.n AS frequency",
-        "st.total AS monetary",
-        "CASE WHEN st.n > 0 THEN st.total / st.n END AS avg_order_value",
-        "st.mx AS max_order_value",
-        "st.mn AS min_order_value",
-        f"CASE WHEN st.n = 1 THEN 0.0 WHEN st.n > 1 THEN SQRT({variance}) END AS std_order_value",
-        f"CASE WHEN st.n > 0 THEN {lifetime} END AS customer_lifetime_days",
-        f"CASE WHEN st.n > 0 THEN {lifetime} / CAST(GREATEST(st.n, 1) AS DOUBLE) END AS avg_days_between_orders",
-        *(f"st.{name}" for _, name in _distinct_features(has_product, has_category)),
-        *window_cols,
-    ]
-    return (
-        f"WITH {window_cte}\nSELECT {', '.join(columns)} FROM state AS st "
-        f"LEFT JOIN w ON w.customer_id = st.customer_id WHERE st.created_at < {as_of}"
-    )
+def _between(column: str, since: str | None, until: str | None) -> str:
+    """`column` in [since, until); no lower bound when `since` is None."""
+    lower = f"{column} >= {since} AND " if since else ""
+    return f"{lower}{column} < {until}"

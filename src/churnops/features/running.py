@@ -1,0 +1,146 @@
+"""Running per-customer totals carried from one snapshot to the next.
+
+Many snapshots are computed in time order (`churnops.features.sql.Stepping`): SQL aggregates
+the orders between two snapshots per customer, and this module folds those partial aggregates
+into one array per total, indexed by the customer's position (0.. in customer_id order). A
+step touches only the customers that ordered (or whose orders left a window) since the last
+snapshot; memory holds one value per customer and total, never the customer x snapshot grid.
+
+The fold is exact bookkeeping: counts and sums add, minima and maxima compare, the sum of
+squared deviations (M2) merges with Chan's formula, and window totals add the orders that
+entered and take away those that left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+DAY_US = 86_400_000_000
+_NEVER = np.iinfo(np.int64).max
+_ALWAYS = np.iinfo(np.int64).min
+
+
+class RunningFeatures:
+    """The running totals of every known customer, and the feature rows they give."""
+
+    def __init__(
+        self,
+        customer_ids: np.ndarray,
+        created_at_us: np.ndarray,
+        windows: tuple[int, ...],
+        first_counts: list[str],
+        category_bits: bool,
+    ) -> None:
+        """Start with no orders.
+
+        Args:
+            customer_ids: customer_id by position.
+            created_at_us: created_at by position, in micros since the epoch.
+            windows: Trailing windows in days.
+            first_counts: Features counted from first orders (unique_products, ...).
+            category_bits: unique_categories is the popcount of a category mask.
+        """
+        size = len(customer_ids)
+        self.customer_ids = customer_ids.astype(np.int64)
+        self.created_at_us = created_at_us.astype(np.int64)
+        self.n = np.zeros(size, np.int64)
+        self.total = np.zeros(size, np.float64)
+        self.m2 = np.zeros(size, np.float64)
+        self.mn = np.full(size, np.nan)
+        self.mx = np.full(size, np.nan)
+        self.first_at = np.full(size, _NEVER, np.int64)
+        self.last_at = np.full(size, _ALWAYS, np.int64)
+        self.firsts = {name: np.zeros(size, np.int64) for name in first_counts}
+        self.category_bits = np.zeros(size, np.uint64) if category_bits else None
+        self.window_n = {w: np.zeros(size, np.int64) for w in windows}
+        self.window_total = {w: np.zeros(size, np.float64) for w in windows}
+
+    def add_orders(self, step: dict[str, np.ndarray]) -> None:
+        """Fold in one step's per-customer aggregates (`Stepping.orders_since`)."""
+        at = step["pos"]
+        if not len(at):
+            return
+        n_a, n_b = self.n[at], step["n"]
+        total_a, total_b = self.total[at], step["total"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = total_b / n_b - total_a / n_a
+            merged = self.m2[at] + step["m2"] + delta * delta * n_a * n_b / (n_a + n_b)
+        self.m2[at] = np.where(n_a == 0, step["m2"], merged)
+        self.n[at] = n_a + n_b
+        self.total[at] = total_a + total_b
+        self.mn[at] = np.fmin(self.mn[at], step["mn"])
+        self.mx[at] = np.fmax(self.mx[at], step["mx"])
+        self.first_at[at] = np.minimum(self.first_at[at], step["first_at"])
+        self.last_at[at] = np.maximum(self.last_at[at], step["last_at"])
+        if self.category_bits is not None:
+            self.category_bits[at] |= step["category_bits"].astype(np.uint64)
+        for w in self.window_n:
+            self.window_n[w][at] += n_b
+            self.window_total[w][at] += total_b
+
+    def add_firsts(self, name: str, firsts: dict[str, np.ndarray]) -> None:
+        """Count products (or categories) first ordered in this step (`Stepping.firsts_since`)."""
+        self.firsts[name][firsts["pos"]] += firsts["n"]
+
+    def remove_from_window(self, days: int, leaving: dict[str, np.ndarray]) -> None:
+        """Take away the orders that left the window (`Stepping.leaving_since`)."""
+        at = leaving["pos"]
+        left = self.window_n[days][at] - leaving["n"]
+        self.window_n[days][at] = left
+        # an emptied window is exactly 0, not the rounding left over from adding and taking away
+        self.window_total[days][at] = np.where(left == 0, 0.0, self.window_total[days][at] - leaving["total"])
+
+    def table(self, as_of_us: int, feature_columns: list[str], created_us: int) -> pa.Table:
+        """The feature rows of every customer created before `as_of_us`, as the contract types.
+
+        Conventions as in `churnops.features.definitions`: 0 for counts and sums of customers
+        without orders, null for the rest; a window total is exactly 0 when the window is empty.
+        """
+        known = self.created_at_us < as_of_us
+        n = self.n[known]
+        none = n == 0
+        last_at, first_at = self.last_at[known], self.first_at[known]
+        total = self.total[known]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lifetime = (last_at - first_at) // DAY_US
+            std = np.sqrt(np.maximum(self.m2[known] / (n - 1), 0.0))
+            values: dict[str, Any] = {
+                "recency": _ints((as_of_us - last_at) // DAY_US, none),
+                "frequency": _ints(n),
+                "monetary": _floats(total),
+                "avg_order_value": _floats(total / n, none),
+                "max_order_value": _floats(self.mx[known], none),
+                "min_order_value": _floats(self.mn[known], none),
+                "std_order_value": _floats(np.where(n == 1, 0.0, std), none),
+                "customer_lifetime_days": _ints(lifetime, none),
+                "avg_days_between_orders": _floats(lifetime / np.maximum(n, 1), none),
+            }
+        for name, counts in self.firsts.items():
+            values[name] = _ints(counts[known])
+        if self.category_bits is not None:
+            values["unique_categories"] = _ints(np.bitwise_count(self.category_bits[known]).astype(np.int64))
+        for w, counts in self.window_n.items():
+            in_window = counts[known]
+            spent = np.maximum(self.window_total[w][known], 0.0)
+            values[f"orders_last_{w}d"] = _ints(in_window)
+            values[f"spend_last_{w}d"] = _floats(spent)
+        rows = int(known.sum())
+        stamp = pa.timestamp("us", tz="UTC")
+        columns = {
+            "customer_id": pa.array(self.customer_ids[known], pa.int64()),
+            "event_timestamp": pa.array(np.full(rows, as_of_us, np.int64), stamp),
+            "created_timestamp": pa.array(np.full(rows, created_us, np.int64), stamp),
+            **{name: values[name] for name in feature_columns},
+        }
+        return pa.table(columns)
+
+
+def _ints(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+    return pa.array(np.where(null, 0, values) if null is not None else values, pa.int64(), mask=null)
+
+
+def _floats(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+    return pa.array(np.where(null, 0.0, values) if null is not None else values, pa.float64(), mask=null)
