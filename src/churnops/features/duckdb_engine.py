@@ -123,16 +123,8 @@ def write_features(
 
     written: list[tuple[Path, int, int]] = []
     if len(times) == 1:
-        literal = _literal(times[0])
-        bits = has_category and _code_categories(con, literal)
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE snapshot_rows AS
-                SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
-                       CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
-                FROM ({single_snapshot_sql(literal, windows, has_product, has_category, bits)})"""
-        )
-        written.append(_write_rows(con, feature_columns, next_file(times[0])))
-        con.execute("DROP TABLE snapshot_rows")
+        rows = snapshot_rows(con, times[0], windows, optional, feature_columns, created_at)
+        written.append(_write_table(con, rows, feature_columns, next_file(times[0])))
     else:
         running, stepping = _start_stepping(con, times[-1], windows, has_product, has_category)
         # One writer thread, on its own cursor, writes snapshot i while snapshot i + 1 is computed;
@@ -162,6 +154,38 @@ def write_features(
         writer_cursor.close()
     hashes = {path: (rows, hashed) for path, rows, hashed in written}
     return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
+
+
+def snapshot_rows(
+    con: Any,
+    as_of: datetime,
+    windows: tuple[int, ...],
+    optional: set[str],
+    feature_columns: list[str],
+    created_at: datetime,
+) -> Any:
+    """The feature rows of one snapshot as an Arrow table, in the feature table's columns.
+
+    Args:
+        con: A connection from `connect_features`.
+        as_of: The snapshot time; features use orders strictly before it.
+        windows: Trailing windows in days.
+        optional: The optional order columns present (from `connect_features`).
+        feature_columns: Feature columns, in order.
+        created_at: The created_timestamp stamped on every row.
+
+    Returns:
+        A pyarrow Table: customer_id, event_timestamp, created_timestamp, then the features.
+    """
+    has_product, has_category = "product_id" in optional, "category" in optional
+    literal = _literal(as_of)
+    bits = has_category and _code_categories(con, literal)
+    query = single_snapshot_sql(literal, windows, has_product, has_category, bits)
+    return con.sql(
+        f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
+                   CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
+            FROM ({query})"""
+    ).to_arrow_table()
 
 
 def _start_stepping(

@@ -235,7 +235,8 @@ def single_snapshot_sql(
     ]
     widest = DUCKDB.minus_days.format(ts=as_of, days=max(windows)) if windows else as_of
     ctes = [
-        f"past AS (SELECT * FROM orders WHERE order_date < {as_of})",
+        # not materialized: each use scans only the columns it needs, which beats copying them once
+        f"past AS NOT MATERIALIZED (SELECT * FROM orders WHERE order_date < {as_of})",
         f"""a AS (
     SELECT p.customer_id, COUNT(*) AS n, FSUM(p.total_amount) AS total, MIN(p.total_amount) AS mn,
            MAX(p.total_amount) AS mx, MIN(p.order_date) AS first_at, MAX(p.order_date) AS last_at{bits}
