@@ -111,7 +111,6 @@ def write_features(
     Returns:
         snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
     """
-    has_product, has_category = "product_id" in optional, "category" in optional
     times = sorted({_naive_utc(s) for s in snapshots})
     files_per_day: dict[str, list[Path]] = {}
 
@@ -125,35 +124,61 @@ def write_features(
     if len(times) == 1:
         rows = snapshot_rows(con, times[0], windows, optional, feature_columns, created_at)
         written.append(_write_table(con, rows, feature_columns, next_file(times[0])))
+        if progress:
+            progress(1, 1)
     else:
-        running, stepping = _start_stepping(con, times[-1], windows, has_product, has_category)
-        # One writer thread, on its own cursor, writes snapshot i while snapshot i + 1 is computed;
-        # waiting for it before handing over the next keeps at most two snapshots in memory.
-        writer_cursor = con.cursor()
+        written = _step_through(con, times, windows, optional, feature_columns, created_at, next_file, progress)
+    hashes = {path: (rows, hashed) for path, rows, hashed in written}
+    return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
+
+
+def _step_through(
+    con: Any,
+    times: list[pd.Timestamp],
+    windows: tuple[int, ...],
+    optional: set[str],
+    feature_columns: list[str],
+    created_at: datetime,
+    next_file: Callable[[pd.Timestamp], Path],
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[Path, int, int]]:
+    """Compute the snapshots in time order, writing each as soon as it is computed.
+
+    One writer thread, on its own cursor, writes snapshot i while snapshot i + 1 is computed;
+    waiting for it before handing over the next keeps at most two snapshots in memory.
+
+    Returns:
+        (file, rows, sum of row hashes) per snapshot.
+    """
+    running, stepping = _start_stepping(con, times[-1], windows, "product_id" in optional, "category" in optional)
+    stamp = _micros(created_at)
+    written: list[tuple[Path, int, int]] = []
+    writer_cursor = con.cursor()
+    try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer") as writer:
             pending: Future[tuple[Path, int, int]] | None = None
             previous: str | None = None
-            for done, as_of in enumerate(times, start=1):
+            for as_of in times:
                 literal = _literal(as_of)
                 running.add_orders(_fetch(con, stepping.orders_since(previous, literal)))
                 for column, name in stepping.firsts():
                     running.add_firsts(name, _fetch(con, stepping.firsts_since(column, previous, literal)))
                 for days in windows:
                     running.remove_from_window(days, _fetch(con, stepping.leaving_since(days, previous, literal)))
-                rows = running.table(_micros(as_of), feature_columns, _micros(created_at))
+                rows = running.table(_micros(as_of), feature_columns, stamp)
                 if pending is not None:
                     written.append(pending.result())
                     if progress:
-                        progress(done - 1, len(times))
+                        progress(len(written), len(times))
                 pending = writer.submit(_write_table, writer_cursor, rows, feature_columns, next_file(as_of))
                 previous = literal
             if pending is not None:
                 written.append(pending.result())
                 if progress:
-                    progress(len(times), len(times))
+                    progress(len(written), len(times))
+    finally:
         writer_cursor.close()
-    hashes = {path: (rows, hashed) for path, rows, hashed in written}
-    return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
+    return written
 
 
 def snapshot_rows(
