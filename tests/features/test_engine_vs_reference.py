@@ -144,3 +144,17 @@ def test_more_than_64_categories_are_counted_exactly() -> None:
     got = compute_features(orders, customers, [as_of], WINDOWS)
     assert got["unique_categories"].max() > 5
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+
+
+def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
+    """Sub-cent amounts and sums too large for exact float cents still match the reference."""
+    orders, customers = random_shop(10)
+    orders["total_amount"] = np.round(orders["total_amount"] * 1.0007, 5)
+    # cents squared beyond 2^53: float sums of them would not be exact
+    orders.loc[orders["customer_id"] == 7, "total_amount"] = 1e6 + 12345.67 * np.arange(
+        (orders["customer_id"] == 7).sum()
+    )
+    as_of = pd.Timestamp("2024-06-01")
+    got = compute_features(orders, customers, [as_of], WINDOWS)
+    assert got.loc[got["customer_id"] == 7, "std_order_value"].iloc[0] > 0
+    assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))

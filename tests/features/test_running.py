@@ -5,21 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from churnops.features.definitions import feature_names
 from churnops.features.running import DAY_US, RunningFeatures
 
-NAMES = [
-    "recency",
-    "frequency",
-    "monetary",
-    "avg_order_value",
-    "max_order_value",
-    "min_order_value",
-    "std_order_value",
-    "customer_lifetime_days",
-    "avg_days_between_orders",
-    "orders_last_30d",
-    "spend_last_30d",
-]
+# every feature but the distinct counts, with one 30-day window
+NAMES = feature_names((30,), {"customer_id", "order_date", "total_amount"})
 
 
 def step_of(orders: dict[int, list[tuple[int, float]]]) -> dict[str, np.ndarray]:

@@ -218,6 +218,15 @@ def single_snapshot_sql(
         bits = ", BIT_COUNT(BIT_OR(CAST(1 AS UBIGINT) << cc.code)) AS category_bits"
         codes = " LEFT JOIN category_codes AS cc ON cc.category = p.category"
     lifetime = _days_between(DUCKDB, "a.last_at", "a.first_at")
+    # Whole cents below 2^53 in every sum: the float sums of cents and squared cents are exact
+    # integers (so in any order), and n * sum(c^2) - sum(c)^2 in HUGEINT is exact, so the
+    # variance is exact to one rounding without a second pass. Others take the two-pass `v`.
+    exact = (
+        "CAST(a.n * CAST(a.cents2 AS HUGEINT) - CAST(a.cents AS HUGEINT) * CAST(a.cents AS HUGEINT) AS DOUBLE)"
+        " / (a.n * (a.n - 1)) / 10000.0"
+    )
+    variance = f"CASE WHEN a.exact THEN {exact} ELSE v.ss / (a.n - 1) END"
+    cents = "ROUND(p.total_amount * 100)"
     columns = [
         "c.customer_id",
         f"{as_of} AS event_timestamp",
@@ -227,7 +236,7 @@ def single_snapshot_sql(
         "CASE WHEN a.n > 0 THEN a.total / a.n END AS avg_order_value",
         "a.mx AS max_order_value",
         "a.mn AS min_order_value",
-        "CASE WHEN a.n = 1 THEN 0.0 WHEN a.n > 1 THEN SQRT(GREATEST(v.ss / (a.n - 1), 0.0)) END AS std_order_value",
+        f"CASE WHEN a.n = 1 THEN 0.0 WHEN a.n > 1 THEN SQRT(GREATEST({variance}, 0.0)) END AS std_order_value",
         f"CASE WHEN a.n > 0 THEN {lifetime} END AS customer_lifetime_days",
         f"CASE WHEN a.n > 0 THEN {lifetime} / CAST(GREATEST(a.n, 1) AS DOUBLE) END AS avg_days_between_orders",
         *distinct_cols,
@@ -238,9 +247,11 @@ def single_snapshot_sql(
         # not materialized: each use scans only the columns it needs, which beats copying them once
         f"past AS NOT MATERIALIZED (SELECT * FROM orders WHERE order_date < {as_of})",
         f"""a AS (
+    SELECT *, in_cents AND cents2 < 9007199254740992 AS exact FROM (
     SELECT p.customer_id, COUNT(*) AS n, FSUM(p.total_amount) AS total, MIN(p.total_amount) AS mn,
-           MAX(p.total_amount) AS mx, MIN(p.order_date) AS first_at, MAX(p.order_date) AS last_at{bits}
-    FROM past AS p{codes} GROUP BY p.customer_id
+           MAX(p.total_amount) AS mx, MIN(p.order_date) AS first_at, MAX(p.order_date) AS last_at{bits},
+           BOOL_AND(p.total_amount = {cents} / 100) AS in_cents, SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2
+    FROM past AS p{codes} GROUP BY p.customer_id)
 )""",
         # the windows group only the last max(windows) days, not every order
         f"""w AS (
@@ -251,7 +262,7 @@ def single_snapshot_sql(
         # the same bits whatever order the threads deliver rows in
         """v AS (
     SELECT p.customer_id, FSUM((p.total_amount - a.total / a.n) * (p.total_amount - a.total / a.n)) AS ss
-    FROM past AS p JOIN a ON a.customer_id = p.customer_id WHERE a.n > 1 GROUP BY p.customer_id
+    FROM past AS p JOIN a ON a.customer_id = p.customer_id WHERE a.n > 1 AND NOT a.exact GROUP BY p.customer_id
 )""",
         *distinct_ctes,
     ]
