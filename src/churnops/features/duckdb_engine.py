@@ -26,6 +26,10 @@ from churnops.features.sql import Stepping, single_snapshot_sql
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
 Staged = dict[str, tuple[Path, int, str]]
 
+# Snappy, as Spark and pyarrow default to: on 2 cores it writes a 1M-row snapshot about 20%
+# faster than zstd, for files about a third larger. Writing is most of a many-snapshot run.
+PARQUET = "FORMAT parquet, COMPRESSION snappy"
+
 
 def connect_features(
     orders: Sequence[str] | pd.DataFrame,
@@ -275,7 +279,7 @@ def _write_rows(con: Any, feature_columns: list[str], path: Path) -> tuple[Path,
         The file, its rows and the sum of its row hashes (see `_hash_sql`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con.execute(f"COPY snapshot_rows TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY snapshot_rows TO '{path}' ({PARQUET})")
     ((rows, hashed),) = con.execute(f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM snapshot_rows").fetchall()
     return path, int(rows), int(hashed)
 
@@ -288,7 +292,7 @@ def _merge_day(con: Any, written: list[tuple[Path, int, int]]) -> tuple[Path, in
         return written[0][0], rows, _digest(hashed)
     merged = written[0][0].with_name("merged.parquet")
     sources = [str(path) for path, _, _ in written]
-    con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' ({PARQUET})")
     for path, _, _ in written:
         path.unlink()
     return merged, rows, _digest(hashed)
@@ -368,9 +372,7 @@ def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> Stage
         if len(files) != 1:
             merged = staging / f"merged-{snapshot}.parquet"
             sources = [str(f) for f in files]
-            con.execute(
-                f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)"
-            )
+            con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' ({PARQUET})")
             files = [merged]
         out[str(snapshot)] = (files[0], int(rows), _digest(int(digest)))
     return out
