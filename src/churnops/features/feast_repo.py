@@ -22,6 +22,7 @@ from churnops.settings import Settings
 ENTITY = "customer"
 VIEW = "customer_features"
 CURRENT_SERVICE = "churn_features_current"
+ONLINE_WRITE_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ def repo_config(settings: Settings) -> dict[str, Any]:
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
+        # Materialization asks the offline store (DuckDB SQL) for the newest row per customer
+        # instead of loading every snapshot in the window and de-duplicating in memory, and
+        # converts and writes the rows in batches, so memory stays bounded at 1M customers.
+        "materialization": {"pull_latest_features": True, "online_write_batch_size": ONLINE_WRITE_BATCH},
     }
 
 
