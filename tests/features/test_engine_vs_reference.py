@@ -158,3 +158,19 @@ def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
     got = compute_features(orders, customers, [as_of], WINDOWS)
     assert got.loc[got["customer_id"] == 7, "std_order_value"].iloc[0] > 0
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+
+
+def test_distinct_counts_by_hash_equal_counts_by_value() -> None:
+    """Where every product hashes differently, counting hashes counts the products."""
+    from churnops.features.duckdb_engine import _injective_hashes, connect_features
+    from churnops.features.sql import single_snapshot_sql
+
+    orders, customers = random_shop(11)
+    con, _ = connect_features(orders, customers)
+    as_of = "TIMESTAMP '2024-06-01 00:00:00'"
+    hashed = _injective_hashes(con, {"product_id", "category"}, as_of)
+    assert hashed == {"product_id", "category"}
+    by_hash = con.sql(single_snapshot_sql(as_of, WINDOWS, True, True, hashed=hashed)).df()
+    by_value = con.sql(single_snapshot_sql(as_of, WINDOWS, True, True)).df()
+    con.close()
+    pd.testing.assert_frame_equal(by_hash.sort_values("customer_id"), by_value.sort_values("customer_id"))

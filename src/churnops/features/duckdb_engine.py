@@ -209,7 +209,8 @@ def snapshot_rows(
     has_product, has_category = "product_id" in optional, "category" in optional
     literal = _literal(as_of)
     bits = has_category and _code_categories(con, literal)
-    query = single_snapshot_sql(literal, windows, has_product, has_category, bits)
+    hashed = _injective_hashes(con, optional, literal)
+    query = single_snapshot_sql(literal, windows, has_product, has_category, bits, hashed)
     return con.sql(
         f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
                    CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
@@ -222,7 +223,14 @@ def _start_stepping(
 ) -> tuple[RunningFeatures, Stepping]:
     """Prepare the orders for stepping up to `last` and the running totals (no orders yet)."""
     literal = _literal(last)
-    stepping = Stepping(has_product, has_category, has_category and _code_categories(con, literal))
+    stepping = Stepping(
+        has_product,
+        has_category,
+        has_category and _code_categories(con, literal),
+        _injective_hashes(
+            con, {c for c, present in (("product_id", has_product), ("category", has_category)) if present}, literal
+        ),
+    )
     con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
     for statement in stepping.setup(literal):
         con.execute(statement)
@@ -261,6 +269,24 @@ def _code_categories(con: Any, as_of: str) -> bool:
     )
     ((count,),) = con.execute("SELECT COUNT(*) FROM category_codes").fetchall()
     return bool(count <= 64)
+
+
+def _injective_hashes(con: Any, columns: set[str], as_of: str) -> frozenset[str]:
+    """The columns whose distinct values before `as_of` all have distinct 64-bit hashes.
+
+    For those, a distinct count over (customer, hash) equals the one over (customer, value),
+    and hashing fixed-width keys is cheaper than comparing strings. The check reads only the
+    columns' distinct values, a few thousand products, not the orders' rows.
+    """
+    injective = set()
+    for column in sorted(columns):
+        ((values, hashes),) = con.execute(
+            f"""SELECT COUNT(*), COUNT(DISTINCT hash({column}))
+                FROM (SELECT DISTINCT {column} FROM orders WHERE {column} IS NOT NULL AND order_date < {as_of})"""
+        ).fetchall()
+        if values == hashes:
+            injective.add(column)
+    return frozenset(injective)
 
 
 def _write_table(cursor: Any, rows: Any, feature_columns: list[str], path: Path) -> tuple[Path, int, int]:

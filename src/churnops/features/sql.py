@@ -172,7 +172,12 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
 
 
 def single_snapshot_sql(
-    as_of: str, windows: tuple[int, ...], has_product: bool, has_category: bool, category_bits: bool = False
+    as_of: str,
+    windows: tuple[int, ...],
+    has_product: bool,
+    has_category: bool,
+    category_bits: bool = False,
+    hashed: frozenset[str] = frozenset(),
 ) -> str:
     """The DuckDB feature query for one snapshot: one grouping plus the variance and distincts.
 
@@ -187,6 +192,8 @@ def single_snapshot_sql(
         category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
             relation `category_codes(category, code)` (codes 0..63). It turns a distinct
             count into a plain aggregate of the main grouping; only for at most 64 categories.
+        hashed: Columns whose distinct values have distinct 64-bit hashes (checked by the
+            caller): their distinct counts compare the hashes, which is cheaper than strings.
 
     Returns:
         A SELECT over the relations `orders` and `customers` (and `category_codes`).
@@ -208,7 +215,8 @@ def single_snapshot_sql(
             continue
         distinct_ctes.append(
             f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
-            f"(SELECT DISTINCT customer_id, {column} FROM past WHERE {column} IS NOT NULL) AS pairs "
+            f"(SELECT DISTINCT customer_id, {_distinct_key(column, hashed)} FROM past WHERE {column} IS NOT NULL) "
+            "AS pairs "
             "GROUP BY customer_id)"
         )
         distinct_joins.append(f"LEFT JOIN d_{column} ON d_{column}.customer_id = c.customer_id")
@@ -291,6 +299,7 @@ class Stepping:
     has_product: bool
     has_category: bool
     category_bits: bool = False
+    hashed: frozenset[str] = frozenset()  # as in `single_snapshot_sql`
 
     def firsts(self) -> list[tuple[str, str]]:
         """(raw column, feature) of the distinct counts kept as first-order tables."""
@@ -301,10 +310,11 @@ class Stepping:
         ]
 
     def setup(self, last: str) -> list[str]:
-        """Statements creating `positions` (customer_id, created_at, pos: 0.. by customer_id),
-        `ordered` (the orders before `last` by position, sorted by time) and one
-        `firsts_<column>` table per distinct count (the time of each customer's first order of
-        each product or category).
+        """Statements preparing the relations the steps read.
+
+        They create `positions` (customer_id, created_at, pos: 0.. by customer_id), `ordered`
+        (the orders before `last` by position, sorted by time) and one `firsts_<column>` table
+        per distinct count (the time of each customer's first order of each product or category).
 
         Args:
             last: SQL timestamp literal of the last snapshot.
@@ -331,13 +341,15 @@ class Stepping:
                     SELECT p.pos, MIN(o.order_date) AS first_at
                     FROM orders AS o JOIN positions AS p ON p.customer_id = o.customer_id
                     WHERE o.{column} IS NOT NULL AND o.order_date < {last}
-                    GROUP BY p.pos, o.{column} ORDER BY first_at"""
+                    GROUP BY p.pos, {_distinct_key(column, self.hashed, "o")} ORDER BY first_at"""
             )
         return statements
 
     def orders_since(self, since: str | None, until: str) -> str:
-        """Per position, the orders in [since, until): count, sum, min, max, first and last
-        time (micros), the sum of squared deviations from their mean (m2) and the category mask.
+        """Per position, aggregates of the orders in [since, until).
+
+        Count, sum, min, max, first and last time (micros), the sum of squared deviations from
+        their mean (m2) and, with `category_bits`, the category mask.
         """
         bits = self.has_category and self.category_bits
         mask = ", BIT_OR(CAST(1 AS UBIGINT) << category_code) AS category_bits" if bits else ""
@@ -358,16 +370,20 @@ SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
     def leaving_since(self, days: int, since: str | None, until: str) -> str:
         """Per position, the orders that left the `days` window between the two snapshots."""
 
-        def shifted(ts: str | None) -> str | None:
-            return DUCKDB.minus_days.format(ts=ts, days=int(days)) if ts else None
+        def shifted(ts: str) -> str:
+            return DUCKDB.minus_days.format(ts=ts, days=int(days))
 
-        return (
-            "SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total FROM ordered "
-            f"WHERE {_between('order_date', shifted(since), shifted(until))} GROUP BY pos"
-        )
+        left = _between("order_date", shifted(since) if since else None, shifted(until))
+        return f"SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total FROM ordered WHERE {left} GROUP BY pos"
 
 
-def _between(column: str, since: str | None, until: str | None) -> str:
+def _distinct_key(column: str, hashed: frozenset[str], table: str = "") -> str:
+    """What a distinct count compares: the value, or its hash where hashes are known distinct."""
+    value = f"{table}.{column}" if table else column
+    return f"hash({value})" if column in hashed else value
+
+
+def _between(column: str, since: str | None, until: str) -> str:
     """`column` in [since, until); no lower bound when `since` is None."""
     lower = f"{column} >= {since} AND " if since else ""
     return f"{lower}{column} < {until}"
