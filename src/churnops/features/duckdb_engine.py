@@ -154,7 +154,7 @@ def _step_through(
     Returns:
         (file, rows, sum of row hashes) per snapshot.
     """
-    running, stepping = _start_stepping(con, times[-1], windows, "product_id" in optional, "category" in optional)
+    running, stepping = _start_stepping(con, times[-1], windows, optional)
     stamp = _micros(created_at)
     written: list[tuple[Path, int, int]] = []
     writer_cursor = con.cursor()
@@ -219,17 +219,16 @@ def snapshot_rows(
 
 
 def _start_stepping(
-    con: Any, last: pd.Timestamp, windows: tuple[int, ...], has_product: bool, has_category: bool
+    con: Any, last: pd.Timestamp, windows: tuple[int, ...], optional: set[str]
 ) -> tuple[RunningFeatures, Stepping]:
     """Prepare the orders for stepping up to `last` and the running totals (no orders yet)."""
     literal = _literal(last)
+    has_category = "category" in optional
     stepping = Stepping(
-        has_product,
+        "product_id" in optional,
         has_category,
         has_category and _code_categories(con, literal),
-        _injective_hashes(
-            con, {c for c, present in (("product_id", has_product), ("category", has_category)) if present}, literal
-        ),
+        _injective_hashes(con, optional, literal),
     )
     con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
     for statement in stepping.setup(literal):
