@@ -100,7 +100,7 @@ def write_features(
     created_at: datetime,
     progress: Callable[[int, int], None] | None = None,
 ) -> Staged:
-    """Compute every snapshot and write each to `staging/snapshot=YYYY-MM-DD/part_0.parquet`.
+    """Compute every snapshot and write each as one file under `staging/snapshot=YYYY-MM-DD/`.
 
     Args:
         con: A connection from `connect_features`.
