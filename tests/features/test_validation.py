@@ -77,7 +77,7 @@ def test_a_good_snapshot_passes() -> None:
         (lambda f: f.assign(max_order_value=[12.0, None]), "max >= mean"),
         (lambda f: f.assign(min_order_value=[16.0, None]), "mean >= min"),
         (lambda f: f.assign(orders_last_30d=[5, 0]), "orders_last_30d <= frequency"),
-        (lambda f: pd.concat([f, f.head(1)], ignore_index=True), "customer_id"),
+        (lambda f: pd.concat([f, f.head(1)], ignore_index=True), "one row per customer and snapshot"),
         (lambda f: f.head(1), "one row per known customer (2)"),
         (lambda f: f.assign(customer_id=[1, None]), "customer_id"),
     ],
@@ -86,3 +86,11 @@ def test_broken_snapshots_are_refused(change, message: str) -> None:  # type: ig
     with pytest.raises(FeatureValidationError, match="2024-05-01") as info:
         validate_snapshot(change(_good()), SPECS, "2024-05-01", expected_rows=2)
     assert message in str(info.value)
+
+
+def test_a_row_wise_failure_is_reported_once_with_the_customer() -> None:
+    """A check over whole rows names the failing customer once, not every column of the row."""
+    with pytest.raises(FeatureValidationError) as info:
+        validate_snapshot(_good().assign(max_order_value=[12.0, None]), SPECS, "2024-05-01", expected_rows=2)
+    lines = str(info.value).splitlines()
+    assert lines[1:] == ["  customer_id: max >= mean: 1 failing (e.g. [1])"]

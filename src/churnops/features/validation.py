@@ -39,6 +39,12 @@ def feature_schema(specs: tuple[FeatureSpec, ...], expected_rows: int | None = N
         )
     names = {s.name for s in specs}
     frame_checks = [
+        # a frame check rather than the schema's `unique=`: pandas' duplicated() is ~4x cheaper
+        # at 1M rows, and the check name says what broke
+        pa.Check(
+            lambda df: ~df.duplicated(["customer_id", "event_timestamp"], keep="first"),
+            name="one row per customer and snapshot",
+        ),
         pa.Check(
             lambda df: (
                 (df["max_order_value"] >= df["avg_order_value"] - 1e-9 * df["avg_order_value"].abs())
@@ -72,8 +78,6 @@ def feature_schema(specs: tuple[FeatureSpec, ...], expected_rows: int | None = N
     return pa.DataFrameSchema(
         columns,
         checks=frame_checks,
-        unique=["customer_id", "event_timestamp"],
-        report_duplicates="exclude_first",
         name="customer_features",
     )
 
@@ -90,6 +94,9 @@ def validate_snapshot(
         feature_schema(specs, expected_rows).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
+        # a row-wise check over the frame reports every column of a bad row: keep its key only
+        row_wise = (cases["schema_context"] == "DataFrameSchema") & cases["index"].notna()
+        cases = cases[~row_wise | (cases["column"] == "customer_id")]
         lines = [f"feature snapshot {snapshot} failed validation:"]
         for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
             examples = group["failure_case"].head(3).tolist()
