@@ -17,9 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from churnops.data.tables import parquet_scan
+from churnops.features.definitions import feature_names
 from churnops.features.running import RunningFeatures
 from churnops.features.sql import Stepping, single_snapshot_sql
 
@@ -192,7 +195,7 @@ def snapshot_rows(
     optional: set[str],
     feature_columns: list[str],
     created_at: datetime,
-) -> Any:
+) -> pa.Table:
     """The feature rows of one snapshot as an Arrow table, in the feature table's columns.
 
     Args:
@@ -209,7 +212,7 @@ def snapshot_rows(
     has_product, has_category = "product_id" in optional, "category" in optional
     literal = _literal(as_of)
     bits = has_category and _code_categories(con, literal)
-    hashed = _injective_hashes(con, optional, literal)
+    hashed = _injective_hashes(con, optional - {"category"} if bits else optional, literal)
     query = single_snapshot_sql(literal, windows, has_product, has_category, bits, hashed)
     return con.sql(
         f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
@@ -223,12 +226,12 @@ def _start_stepping(
 ) -> tuple[RunningFeatures, Stepping]:
     """Prepare the orders for stepping up to `last` and the running totals (no orders yet)."""
     literal = _literal(last)
-    has_category = "category" in optional
+    bits = "category" in optional and _code_categories(con, literal)
     stepping = Stepping(
         "product_id" in optional,
-        has_category,
-        has_category and _code_categories(con, literal),
-        _injective_hashes(con, optional, literal),
+        "category" in optional,
+        bits,
+        _injective_hashes(con, optional - {"category"} if bits else optional, literal),
     )
     con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
     for statement in stepping.setup(literal):
@@ -247,8 +250,6 @@ def _start_stepping(
 
 def _fetch(con: Any, query: str) -> dict[str, Any]:
     """Columns of a query as numpy arrays; nulls (an unknown created_at, no category) filled."""
-    import numpy as np
-
     fill = {"created_at": np.iinfo(np.int64).max}
     columns = con.execute(query).fetchnumpy()
     return {k: np.ma.filled(v, fill.get(k, 0)) if np.ma.isMaskedArray(v) else v for k, v in columns.items()}
@@ -315,12 +316,16 @@ def _merge_day(con: Any, written: list[tuple[Path, int, int]]) -> tuple[Path, in
     hashed = sum(h for _, _, h in written) % 2**64
     if len(written) == 1:
         return written[0][0], rows, _digest(hashed)
-    merged = written[0][0].with_name("merged.parquet")
-    sources = [str(path) for path, _, _ in written]
-    con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' ({PARQUET})")
-    for path, _, _ in written:
-        path.unlink()
+    merged = _merge_files(con, [path for path, _, _ in written], written[0][0].with_name("merged.parquet"))
     return merged, rows, _digest(hashed)
+
+
+def _merge_files(con: Any, files: list[Path], merged: Path) -> Path:
+    """Copy several Parquet files of one snapshot day into one and remove them."""
+    con.execute(f"COPY (SELECT * FROM {parquet_scan([str(f) for f in files])}) TO '{merged}' ({PARQUET})")
+    for path in files:
+        path.unlink()
+    return merged
 
 
 def _hash_sql(feature_columns: list[str]) -> str:
@@ -358,8 +363,6 @@ def compute_features(
         One row per (customer known at the snapshot, snapshot): customer_id, event_timestamp
         (naive, like the snapshots given) and the feature columns.
     """
-    from churnops.features.definitions import feature_names
-
     con, optional = connect_features(orders, customers)
     names = feature_names(windows, {"customer_id", "order_date", "total_amount", *optional})
     try:
@@ -395,9 +398,6 @@ def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> Stage
     for snapshot, rows, digest in hashed:
         files = sorted((staging / f"snapshot={snapshot}").glob("*.parquet"))
         if len(files) != 1:
-            merged = staging / f"merged-{snapshot}.parquet"
-            sources = [str(f) for f in files]
-            con.execute(f"COPY (SELECT * FROM read_parquet({sources})) TO '{merged}' ({PARQUET})")
-            files = [merged]
+            files = [_merge_files(con, files, staging / f"merged-{snapshot}.parquet")]
         out[str(snapshot)] = (files[0], int(rows), _digest(int(digest)))
     return out
