@@ -160,20 +160,42 @@ def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
 
 
-def test_distinct_counts_by_hash_equal_counts_by_value() -> None:
-    """Where every product hashes differently, counting hashes counts the products."""
-    from churnops.features.duckdb_engine import _injective_hashes, connect_features
-    from churnops.features.sql import single_snapshot_sql
+def test_distinct_counts_by_hash_equal_counts_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where every product hashes differently, the stepping path's first-order tables group by
+    the hash; grouping by the value gives the same features."""
+    from churnops.features import duckdb_engine
 
     orders, customers = random_shop(11)
-    con, _ = connect_features(orders, customers)
-    as_of = "TIMESTAMP '2024-06-01 00:00:00'"
-    hashed = _injective_hashes(con, {"product_id", "category"}, as_of)
-    assert hashed == {"product_id", "category"}
-    by_hash = con.sql(single_snapshot_sql(as_of, WINDOWS, True, True, hashed=hashed)).df()
-    by_value = con.sql(single_snapshot_sql(as_of, WINDOWS, True, True)).df()
+    snapshots = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-01")]
+    con, _ = duckdb_engine.connect_features(orders, customers)
+    assert duckdb_engine._injective_hashes(con, {"product_id", "category"}, "TIMESTAMP '2024-06-01'") == {
+        "product_id",
+        "category",
+    }
     con.close()
-    pd.testing.assert_frame_equal(
-        by_hash.sort_values("customer_id").reset_index(drop=True),
-        by_value.sort_values("customer_id").reset_index(drop=True),
+    by_hash = compute_features(orders, customers, snapshots, WINDOWS)
+    monkeypatch.setattr(duckdb_engine, "_injective_hashes", lambda con, columns, as_of: frozenset())
+    by_value = compute_features(orders, customers, snapshots, WINDOWS)
+    pd.testing.assert_frame_equal(by_hash, by_value)
+    assert by_hash["unique_products"].max() > 1
+
+
+def test_distinct_counts_skip_missing_values_and_unknown_customers() -> None:
+    """Null products count for nothing, and orders of customers not (yet) known are left out."""
+    from churnops.features.duckdb_engine import connect_features, distinct_counts
+
+    customers = pd.DataFrame({"customer_id": [5, 3, 9], "created_at": pd.to_datetime(["2024-01-01"] * 3)})
+    orders = pd.DataFrame(
+        {
+            "customer_id": [3, 3, 3, 3, 5, 5, 42],
+            "order_date": pd.to_datetime(["2024-02-01"] * 6 + ["2024-02-02"]),
+            "total_amount": [1.0] * 7,
+            "product_id": ["b", "a", "b", None, None, "c", "a"],
+        }
     )
+    orders.loc[3, "order_date"] = pd.Timestamp("2024-09-01")  # after the snapshot
+    orders.loc[3, "product_id"] = "z"
+    con, _ = connect_features(orders, customers)
+    counts = distinct_counts(con, "product_id", "TIMESTAMP '2024-06-01'").to_pandas()
+    con.close()
+    assert dict(zip(counts["customer_id"], counts["n"], strict=True)) == {5: 1, 3: 2, 9: 0}

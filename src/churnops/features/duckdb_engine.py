@@ -212,13 +212,64 @@ def snapshot_rows(
     has_product, has_category = "product_id" in optional, "category" in optional
     literal = _literal(as_of)
     bits = has_category and _code_categories(con, literal)
-    hashed = _injective_hashes(con, optional - {"category"} if bits else optional, literal)
-    query = single_snapshot_sql(literal, windows, has_product, has_category, bits, hashed)
-    return con.sql(
-        f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
-                   CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
-            FROM ({query})"""
-    ).to_arrow_table()
+    counted = sorted(optional - {"category"} if bits else optional)
+    for column in counted:
+        con.register(f"distinct_{column}", distinct_counts(con, column, literal))
+    try:
+        query = single_snapshot_sql(literal, windows, has_product, has_category, bits)
+        return con.sql(
+            f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
+                       CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
+                FROM ({query})"""
+        ).to_arrow_table()
+    finally:
+        for column in counted:
+            con.unregister(f"distinct_{column}")
+
+
+def distinct_counts(con: Any, column: str, as_of: str) -> pa.Table:
+    """Per known customer, how many distinct values of `column` they ordered before `as_of`.
+
+    Each (customer, value) pair becomes one integer: the customer's row number times the
+    number of values, plus the value's code. Sorting those integers (numpy's vectorised sort:
+    about 0.06 s for 10M 32-bit keys) puts equal pairs side by side, so each customer's count
+    is the number of distinct keys in their run. It is exact, and several times cheaper than
+    the hash table of ~9M (customer, product) pairs a SQL distinct count builds.
+
+    Args:
+        con: A connection from `connect_features`.
+        column: An optional order column (product_id, category).
+        as_of: SQL timestamp literal; only orders strictly before it count.
+
+    Returns:
+        A table (customer_id, n) with one row per known customer.
+    """
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE value_codes AS
+            SELECT {column} AS value, ROW_NUMBER() OVER (ORDER BY {column}) - 1 AS code
+            FROM (SELECT DISTINCT {column} FROM orders WHERE {column} IS NOT NULL AND order_date < {as_of})"""
+    )
+    ((values,),) = con.execute("SELECT COUNT(*) FROM value_codes").fetchall()
+    ids = con.execute("SELECT customer_id FROM customers ORDER BY rowid").fetchnumpy()["customer_id"]
+    counts = np.zeros(len(ids), dtype=np.int64)
+    if values and len(ids):
+        if len(ids) * values >= 2**63:
+            raise ValueError(f"{len(ids):,} customers x {values:,} distinct {column} values do not fit 63 bits")
+        width = "UINTEGER" if len(ids) * values < 2**32 else "BIGINT"
+        keys = con.execute(
+            f"""SELECT CAST(c.rowid * {values} + v.code AS {width}) AS k
+                FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id
+                JOIN value_codes AS v ON v.value = o.{column}
+                WHERE o.order_date < {as_of}"""
+        ).fetchnumpy()["k"]
+        keys.sort()
+        first = np.ones(len(keys), dtype=bool)
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        owners = keys[first]
+        owners //= values  # the customer's row number
+        counts += np.bincount(owners, minlength=len(ids))
+    con.execute("DROP TABLE value_codes")
+    return pa.table({"customer_id": ids, "n": counts})
 
 
 def _start_stepping(

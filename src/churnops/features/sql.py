@@ -177,9 +177,8 @@ def single_snapshot_sql(
     has_product: bool,
     has_category: bool,
     category_bits: bool = False,
-    hashed: frozenset[str] = frozenset(),
 ) -> str:
-    """The DuckDB feature query for one snapshot: one grouping plus the variance and distincts.
+    """The DuckDB feature query for one snapshot: one grouping plus the windows and variance.
 
     Used when only one snapshot is needed (serving); it skips the preparation that pays off
     only for many snapshots. Same columns and conventions as `features_from_buckets_sql`.
@@ -192,11 +191,11 @@ def single_snapshot_sql(
         category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
             relation `category_codes(category, code)` (codes 0..63). It turns a distinct
             count into a plain aggregate of the main grouping; only for at most 64 categories.
-        hashed: Columns whose distinct values have distinct 64-bit hashes (checked by the
-            caller): their distinct counts compare the hashes, which is cheaper than strings.
 
     Returns:
-        A SELECT over the relations `orders` and `customers` (and `category_codes`).
+        A SELECT over the relations `orders` and `customers` (and `category_codes`), and, for
+        each distinct count not in the mask, `distinct_<column>(customer_id, n)`: the count
+        per customer, computed outside this query (`duckdb_engine.distinct_counts`).
     """
     window_aggs = []
     window_cols = []
@@ -206,20 +205,13 @@ def single_snapshot_sql(
         window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
         window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
         window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
-    distinct_ctes = []
     distinct_joins = []
     distinct_cols = []
     for column, name in _distinct_features(has_product, has_category):
         if column == "category" and category_bits:
             distinct_cols.append(f"CAST(COALESCE(a.category_bits, 0) AS BIGINT) AS {name}")
             continue
-        distinct_ctes.append(
-            f"d_{column} AS (SELECT customer_id, COUNT(*) AS n FROM "
-            f"(SELECT DISTINCT customer_id, {_distinct_key(column, hashed)} FROM past WHERE {column} IS NOT NULL) "
-            "AS pairs "
-            "GROUP BY customer_id)"
-        )
-        distinct_joins.append(f"LEFT JOIN d_{column} ON d_{column}.customer_id = c.customer_id")
+        distinct_joins.append(f"LEFT JOIN distinct_{column} AS d_{column} ON d_{column}.customer_id = c.customer_id")
         distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
     bits, codes = "", ""
     if has_category and category_bits:
@@ -272,7 +264,6 @@ def single_snapshot_sql(
     SELECT p.customer_id, FSUM((p.total_amount - a.total / a.n) * (p.total_amount - a.total / a.n)) AS ss
     FROM past AS p JOIN a ON a.customer_id = p.customer_id WHERE a.n > 1 AND NOT a.exact GROUP BY p.customer_id
 )""",
-        *distinct_ctes,
     ]
     return (
         f"WITH {', '.join(ctes)}\nSELECT {', '.join(columns)} FROM customers AS c "
@@ -299,7 +290,9 @@ class Stepping:
     has_product: bool
     has_category: bool
     category_bits: bool = False
-    hashed: frozenset[str] = frozenset()  # as in `single_snapshot_sql`
+    # columns whose distinct values have distinct 64-bit hashes (checked by the caller): their
+    # first-order tables group by the hash, which is cheaper than by the string
+    hashed: frozenset[str] = frozenset()
 
     def firsts(self) -> list[tuple[str, str]]:
         """(raw column, feature) of the distinct counts kept as first-order tables."""
