@@ -160,26 +160,6 @@ def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
 
 
-def test_distinct_counts_by_hash_equal_counts_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where every product hashes differently, the stepping path's first-order tables group by
-    the hash; grouping by the value gives the same features."""
-    from churnops.features import duckdb_engine
-
-    orders, customers = random_shop(11)
-    snapshots = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-01")]
-    con, _ = duckdb_engine.connect_features(orders, customers)
-    assert duckdb_engine._injective_hashes(con, {"product_id", "category"}, "TIMESTAMP '2024-06-01'") == {
-        "product_id",
-        "category",
-    }
-    con.close()
-    by_hash = compute_features(orders, customers, snapshots, WINDOWS)
-    monkeypatch.setattr(duckdb_engine, "_injective_hashes", lambda con, columns, as_of: frozenset())
-    by_value = compute_features(orders, customers, snapshots, WINDOWS)
-    pd.testing.assert_frame_equal(by_hash, by_value)
-    assert by_hash["unique_products"].max() > 1
-
-
 def test_distinct_counts_skip_missing_values_and_unknown_customers() -> None:
     """Null products count for nothing, and orders of customers not (yet) known are left out."""
     from churnops.features.duckdb_engine import connect_features, distinct_counts

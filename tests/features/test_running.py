@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from churnops.features.definitions import feature_names
-from churnops.features.running import DAY_US, RunningFeatures
+from churnops.features.running import DAY_US, FirstOrders, RunningFeatures, first_occurrences
 
 # every feature but the distinct counts, with one 30-day window
 NAMES = feature_names((30,), {"customer_id", "order_date", "total_amount"})
@@ -84,3 +84,34 @@ def test_customers_without_orders_get_zero_counts_and_null_statistics() -> None:
     )
     assert [quiet[name] for name in ("recency", "std_order_value", "avg_order_value")] == [None, None, None]
     assert rows[0]["std_order_value"] == 0.0
+
+
+@pytest.mark.parametrize("offset", [0, 2**40], ids=["packed sort", "stable argsort"])
+def test_first_occurrences_marks_the_earliest_row_of_each_key(offset: int) -> None:
+    """Both sorting paths (keys below 2^32 packed with the row; larger keys) agree with a loop."""
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 50, 2_000).astype(np.uint64) + np.uint64(offset)
+    seen: set[int] = set()
+    expected = []
+    for key in keys.tolist():
+        expected.append(key not in seen)
+        seen.add(key)
+    got = first_occurrences(keys)
+    assert got.tolist() == expected
+    assert got.sum() == len(seen)
+    assert not first_occurrences(np.array([], dtype=np.uint64)).any()
+
+
+def test_first_orders_hand_out_each_pair_once_at_its_first_order() -> None:
+    """A pair counts in the first snapshot after its first order, never again, and an order
+    exactly at a snapshot counts only in the next one."""
+    day = DAY_US
+    positions = np.array([0, 1, 0, 0, 1, 2])
+    at = np.array([1, 2, 3, 5, 5, 9]) * day
+    codes = np.array([7, 7, 7, 8, 7, 0])
+    firsts = FirstOrders(positions, at, codes, values=10)
+    assert firsts.until(3 * day).tolist() == [0, 1]  # the order at day 3 repeats (0, 7)
+    assert firsts.until(5 * day).tolist() == []  # orders exactly at day 5 wait
+    assert firsts.until(6 * day).tolist() == [0]  # (0, 8) is new, (1, 7) is not
+    assert firsts.until(10 * day).tolist() == [2]
+    assert firsts.until(20 * day).tolist() == []

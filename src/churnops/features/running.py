@@ -8,7 +8,8 @@ snapshot; memory holds one value per customer and total, never the customer x sn
 
 The fold is exact bookkeeping: counts and sums add, minima and maxima compare, the sum of
 squared deviations (M2) merges with Chan's formula, and window totals add the orders that
-entered and take away those that left.
+entered and take away those that left. Distinct products count the first order of each
+(customer, product) pair, found once for the whole run (`FirstOrders`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class RunningFeatures:
             self.window_n[w][at] += n_b
             self.window_total[w][at] += total_b
 
-    def add_firsts(self, name: str, firsts: dict[str, np.ndarray]) -> None:
-        """Count products (or categories) first ordered in this step (`Stepping.firsts_since`)."""
-        self.firsts[name][firsts["pos"]] += firsts["n"]
+    def add_firsts(self, name: str, positions: np.ndarray) -> None:
+        """Count products (or categories) first ordered in this step, one position per pair."""
+        if len(positions):
+            self.firsts[name] += np.bincount(positions, minlength=len(self.n))
 
     def remove_from_window(self, days: int, leaving: dict[str, np.ndarray]) -> None:
         """Take away the orders that left the window (`Stepping.leaving_since`)."""
@@ -144,3 +146,66 @@ def _ints(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
 
 def _floats(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
     return pa.array(np.where(null, 0.0, values) if null is not None else values, pa.float64(), mask=null)
+
+
+class FirstOrders:
+    """The first order of each (customer, value) pair, handed out snapshot by snapshot.
+
+    Built once from every coded order in time order; each snapshot then takes the positions
+    of the pairs first ordered since the previous one (`until`), so a distinct count is a
+    running count of first orders.
+    """
+
+    def __init__(self, positions: np.ndarray, at_us: np.ndarray, codes: np.ndarray, values: int) -> None:
+        """Find the first orders.
+
+        Args:
+            positions: Customer position of each order, in time order.
+            at_us: Order time in micros, ascending.
+            codes: The order's value code, 0..values-1.
+            values: How many values there are.
+        """
+        keys = positions.astype(np.uint64)
+        keys *= np.uint64(values)
+        keys += codes.astype(np.uint64, copy=False)
+        first = first_occurrences(keys)
+        del keys
+        self.positions = positions[first].astype(np.int64)
+        self.at_us = at_us[first].astype(np.int64)
+        self.done = 0
+
+    def until(self, as_of_us: int) -> np.ndarray:
+        """Positions of the pairs first ordered before `as_of_us` and not handed out yet."""
+        end = int(np.searchsorted(self.at_us, as_of_us, side="left"))
+        taken = self.positions[self.done : end]
+        self.done = max(self.done, end)
+        return taken
+
+
+def first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """A mask of the first row holding each key.
+
+    Keys and row numbers below 2^32 are packed into one 64-bit integer and sorted with numpy's
+    vectorised sort (about 0.3 s for 10M rows); larger ones take a stable argsort (about 4x
+    slower). Either way equal keys end up side by side, earliest row first.
+    """
+    rows = len(keys)
+    mask = np.zeros(rows, dtype=bool)
+    if not rows:
+        return mask
+    order: np.ndarray
+    if rows < 2**32 and int(keys.max()) < 2**32:
+        packed = keys.astype(np.uint64)  # in place from here: a 10M-row run holds few copies
+        packed <<= np.uint64(32)
+        packed |= np.arange(rows, dtype=np.uint64)
+        packed.sort()
+        order = (packed & np.uint64(0xFFFFFFFF)).view(np.int64)  # row numbers: an index as is
+        packed >>= np.uint64(32)
+        ordered = packed
+    else:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+    starts = np.ones(rows, dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    mask[order[starts]] = True
+    return mask

@@ -189,11 +189,11 @@ def single_snapshot_sql(
         has_product: The orders carry product_id.
         has_category: The orders carry category.
         category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
-            relation `category_codes(category, code)` (codes 0..63). It turns a distinct
+            relation `codes_category(value, code)` (codes 0..63). It turns a distinct
             count into a plain aggregate of the main grouping; only for at most 64 categories.
 
     Returns:
-        A SELECT over the relations `orders` and `customers` (and `category_codes`), and, for
+        A SELECT over the relations `orders` and `customers` (and `codes_category`), and, for
         each distinct count not in the mask, `distinct_<column>(customer_id, n)`: the count
         per customer, computed outside this query (`duckdb_engine.distinct_counts`).
     """
@@ -216,7 +216,7 @@ def single_snapshot_sql(
     bits, codes = "", ""
     if has_category and category_bits:
         bits = ", BIT_COUNT(BIT_OR(CAST(1 AS UBIGINT) << cc.code)) AS category_bits"
-        codes = " LEFT JOIN category_codes AS cc ON cc.category = p.category"
+        codes = " LEFT JOIN codes_category AS cc ON cc.value = p.category"
     lifetime = _days_between(DUCKDB, "a.last_at", "a.first_at")
     # Whole cents below 2^53 in every sum: the float sums of cents and squared cents are exact
     # integers (so in any order), and n * sum(c^2) - sum(c)^2 in HUGEINT is exact, so the
@@ -278,9 +278,11 @@ class Stepping:
 
     `setup` numbers the customers (`positions`) and prepares the orders; then, for each
     snapshot in time order, the `*_since` queries aggregate per customer position only the
-    orders between the previous snapshot and this one: the orders themselves (`orders_since`),
-    the first orders of each (customer, product) pair (`firsts_since`) and, per trailing window,
-    the orders that left the window (`leaving_since`). The running totals are folded outside SQL.
+    orders between the previous snapshot and this one: the orders themselves (`orders_since`)
+    and, per trailing window, the orders that left the window (`leaving_since`). The running
+    totals are folded outside SQL. Distinct products (and categories, when more than 64) count
+    the first order of each (customer, value) pair: `coded_orders` hands the coded orders to
+    `churnops.features.running.FirstOrders`, which finds those first orders once.
 
     Each step's sum of squared deviations is two-pass around that step's mean, so it is exact to
     rounding; sums are DuckDB's compensated FSUM, so every figure is the same on every run.
@@ -290,12 +292,9 @@ class Stepping:
     has_product: bool
     has_category: bool
     category_bits: bool = False
-    # columns whose distinct values have distinct 64-bit hashes (checked by the caller): their
-    # first-order tables group by the hash, which is cheaper than by the string
-    hashed: frozenset[str] = frozenset()
 
     def firsts(self) -> list[tuple[str, str]]:
-        """(raw column, feature) of the distinct counts kept as first-order tables."""
+        """(raw column, feature) of the distinct counts taken from first orders."""
         return [
             (column, name)
             for column, name in _distinct_features(self.has_product, self.has_category)
@@ -305,9 +304,9 @@ class Stepping:
     def setup(self, last: str) -> list[str]:
         """Statements preparing the relations the steps read.
 
-        They create `positions` (customer_id, created_at, pos: 0.. by customer_id), `ordered`
-        (the orders before `last` by position, sorted by time) and one `firsts_<column>` table
-        per distinct count (the time of each customer's first order of each product or category).
+        They create `positions` (customer_id, created_at, pos: 0.. by customer_id) and `ordered`:
+        the orders before `last` by position, sorted by time, with the code of each optional
+        column (`<column>_code`, from the relations `codes_<column>(value, code)`).
 
         Args:
             last: SQL timestamp literal of the last snapshot.
@@ -315,11 +314,10 @@ class Stepping:
         Returns:
             Statements to run in order.
         """
-        code, codes = "", ""
-        if self.has_category and self.category_bits:
-            code = ", cc.code AS category_code"
-            codes = " LEFT JOIN category_codes AS cc ON cc.category = o.category"
-        statements = [
+        coded = [c for c, _ in _distinct_features(self.has_product, self.has_category)]
+        code = "".join(f", codes_{c}.code AS {c}_code" for c in coded)
+        codes = "".join(f" LEFT JOIN codes_{c} ON codes_{c}.value = o.{c}" for c in coded)
+        return [
             """CREATE OR REPLACE TEMP TABLE positions AS
                SELECT customer_id, created_at, CAST(ROW_NUMBER() OVER (ORDER BY customer_id) - 1 AS BIGINT) AS pos
                FROM customers""",
@@ -328,15 +326,12 @@ class Stepping:
                 FROM orders AS o JOIN positions AS p ON p.customer_id = o.customer_id{codes}
                 WHERE o.order_date < {last} ORDER BY o.order_date""",
         ]
-        for column, _ in self.firsts():
-            statements.append(
-                f"""CREATE OR REPLACE TEMP TABLE firsts_{column} AS
-                    SELECT p.pos, MIN(o.order_date) AS first_at
-                    FROM orders AS o JOIN positions AS p ON p.customer_id = o.customer_id
-                    WHERE o.{column} IS NOT NULL AND o.order_date < {last}
-                    GROUP BY p.pos, {_distinct_key(column, self.hashed, "o")} ORDER BY first_at"""
-            )
-        return statements
+
+    def coded_orders(self, column: str) -> str:
+        """Position, time (micros) and value code of the orders with a `column` value, in time
+        order (with `preserve_insertion_order` on)."""
+        code = f"{column}_code"
+        return f"SELECT pos, epoch_us(order_date) AS at, {code} AS code FROM ordered WHERE {code} IS NOT NULL"
 
     def orders_since(self, since: str | None, until: str) -> str:
         """Per position, aggregates of the orders in [since, until).
@@ -356,10 +351,6 @@ d AS (
 m AS (SELECT s.pos, FSUM({deviation} * {deviation}) AS m2 FROM step AS s JOIN d ON d.pos = s.pos GROUP BY s.pos)
 SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
 
-    def firsts_since(self, column: str, since: str | None, until: str) -> str:
-        """Per position, how many products (or categories) were first ordered in [since, until)."""
-        return f"SELECT pos, COUNT(*) AS n FROM firsts_{column} WHERE {_between('first_at', since, until)} GROUP BY pos"
-
     def leaving_since(self, days: int, since: str | None, until: str) -> str:
         """Per position, the orders that left the `days` window between the two snapshots."""
 
@@ -368,12 +359,6 @@ SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
 
         left = _between("order_date", shifted(since) if since else None, shifted(until))
         return f"SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total FROM ordered WHERE {left} GROUP BY pos"
-
-
-def _distinct_key(column: str, hashed: frozenset[str], table: str = "") -> str:
-    """What a distinct count compares: the value, or its hash where hashes are known distinct."""
-    value = f"{table}.{column}" if table else column
-    return f"hash({value})" if column in hashed else value
 
 
 def _between(column: str, since: str | None, until: str) -> str:
