@@ -66,6 +66,34 @@ def test_table_has_weekly_snapshots_lineage_and_a_stable_hash(shop: Settings) ->
     assert not list(Path(table.root).glob("_staging-*"))
 
 
+def test_a_snapshot_failing_validation_stops_the_run_and_publishes_nothing(
+    shop: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each snapshot is validated before it is written; the third one breaking a rule stops
+    the run with pandera's reason, and the table committed before stays as it was."""
+    from churnops.features import validation
+    from churnops.pipelines import features as pipeline
+
+    first = build_features(shop, publish_to_feast=False)
+    table = feature_table(shop)
+    before = table.manifest_path.read_text()
+    seen: list[str] = []
+
+    def corrupt_the_third(frame: pd.DataFrame, specs, snapshot: str, expected_rows: int | None = None) -> None:  # type: ignore[no-untyped-def]
+        seen.append(snapshot)
+        if len(seen) == 3:
+            frame = frame.assign(frequency=frame["frequency"] - 10**6)
+        validation.validate_snapshot(frame, specs, snapshot, expected_rows)
+
+    monkeypatch.setattr(pipeline, "validate_snapshot", corrupt_the_third)
+    with pytest.raises(validation.FeatureValidationError, match=r"frequency: frequency >= 0"):
+        build_features(shop, publish_to_feast=False)
+    assert len(seen) < len(first.snapshots)  # it stopped early
+    assert table.manifest_path.read_text() == before
+    assert sorted(table.files()) == sorted(str(p) for p in Path(table.root).glob("snapshot=*/*.parquet"))
+    assert not list(Path(table.root).glob("_staging-*"))
+
+
 def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Settings) -> None:
     report = build_features(shop)
     latest = pd.Timestamp(report.snapshots[-1], tz="UTC")

@@ -31,6 +31,8 @@ from churnops.features.sql import Stepping, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
 Staged = dict[str, tuple[Path, int, str]]
+# a check of one snapshot's rows before they are written: (snapshot time, rows) -> None or raise
+Check = Callable[[pd.Timestamp, pa.Table], None]
 
 # Snappy, as Spark and pyarrow default to: on 2 cores it writes a 1M-row snapshot about 20%
 # faster than zstd, for files about a third larger. Writing is most of a many-snapshot run.
@@ -106,6 +108,7 @@ def write_features(
     staging: Path,
     created_at: datetime,
     progress: Callable[[int, int], None] | None = None,
+    check: Check | None = None,
 ) -> Staged:
     """Compute every snapshot and write each as one file under `staging/snapshot=YYYY-MM-DD/`.
 
@@ -118,6 +121,8 @@ def write_features(
         staging: Empty folder to write into.
         created_at: The created_timestamp stamped on every row (Feast keeps the newest).
         progress: Called with (snapshots done, snapshots in all) after each snapshot.
+        check: Called with each snapshot's time and rows before they are written, on a writer
+            thread; what it raises stops the run and is raised here (validation).
 
     Returns:
         snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash).
@@ -134,11 +139,13 @@ def write_features(
     written: list[tuple[Path, int, int]] = []
     if len(times) == 1:
         rows = snapshot_rows(con, times[0], windows, optional, feature_columns, created_at)
+        if check:
+            check(times[0], rows)
         written.append(_write_table(con, rows, feature_columns, next_file(times[0])))
         if progress:
             progress(1, 1)
     else:
-        written = _step_through(con, times, windows, optional, feature_columns, created_at, next_file, progress)
+        written = _step_through(con, times, windows, optional, feature_columns, created_at, next_file, progress, check)
     hashes = {path: (rows, hashed) for path, rows, hashed in written}
     return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
 
@@ -152,6 +159,7 @@ def _step_through(
     created_at: datetime,
     next_file: Callable[[pd.Timestamp], Path],
     progress: Callable[[int, int], None] | None,
+    check: Check | None,
 ) -> list[tuple[Path, int, int]]:
     """Compute the snapshots in time order, writing each as soon as it is computed.
 
@@ -169,7 +177,9 @@ def _step_through(
     for _ in range(WRITERS):
         cursors.put(con.cursor())
 
-    def write(rows: pa.Table, path: Path) -> tuple[Path, int, int]:
+    def write(as_of: pd.Timestamp, rows: pa.Table, path: Path) -> tuple[Path, int, int]:
+        if check:
+            check(as_of, rows)
         cursor = cursors.get()
         try:
             return _write_table(cursor, rows, feature_columns, path)
@@ -195,7 +205,7 @@ def _step_through(
                 rows = running.table(_micros(as_of), feature_columns, stamp)
                 if len(pending) == WRITERS:
                     collect(pending.popleft())
-                pending.append(writers.submit(write, rows, next_file(as_of)))
+                pending.append(writers.submit(write, as_of, rows, next_file(as_of)))
                 previous = literal
             while pending:
                 collect(pending.popleft())

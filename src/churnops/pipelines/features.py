@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from churnops.data.tables import order_span, read_customers
 from churnops.features.definitions import FeatureSpec, feature_specs
@@ -117,16 +119,24 @@ def build_features(
             if total > 1 and (done == total or done % 10 == 0):
                 say(f"  {done}/{total} snapshots written")
 
-        staged, specs = _compute(settings, files, customers, snapshots, windows, staging, step)
-        timings["compute"] = time.perf_counter() - started
-
-        started = time.perf_counter()
         created = pd.to_datetime(customers["created_at"])
-        for snapshot, (path, _rows, _hash) in sorted(staged.items()):
-            frame = pd.read_parquet(path)
-            known = int((created < pd.Timestamp(snapshot)).sum())
-            validate_snapshot(frame, specs, snapshot, expected_rows=known)
-        timings["validate"] = time.perf_counter() - started
+        created = created.dt.tz_convert(None) if created.dt.tz is not None else created
+
+        def validate(as_of: pd.Timestamp, frame: pd.DataFrame, specs: tuple[FeatureSpec, ...]) -> None:
+            known = int((created < as_of).sum())
+            validate_snapshot(frame, specs, f"{as_of:%Y-%m-%d}", expected_rows=known)
+
+        try:
+            staged, specs, validated = _compute(settings, files, customers, snapshots, windows, staging, step, validate)
+            timings["compute"] = time.perf_counter() - started
+            if not validated:  # the engine wrote without validating: read each snapshot back
+                started = time.perf_counter()
+                for snapshot, (path, _rows, _hash) in sorted(staged.items()):
+                    validate(pd.Timestamp(snapshot), pd.read_parquet(path), specs)
+                timings["validate"] = time.perf_counter() - started
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing of a failed run stays behind
+            raise
         say(f"validated {len(staged)} snapshot(s)")
 
         manifest = table.commit(staged, raw_lineage(settings), [s.name for s in specs], cfg.engine)
@@ -164,7 +174,14 @@ def _compute(
     windows: tuple[int, ...],
     staging: Path,
     progress: Callable[[int, int], None],
-) -> tuple[dict[str, tuple[Path, int, str]], tuple[FeatureSpec, ...]]:
+    validate: Callable[[pd.Timestamp, pd.DataFrame, tuple[FeatureSpec, ...]], None],
+) -> tuple[dict[str, tuple[Path, int, str]], tuple[FeatureSpec, ...], bool]:
+    """Compute and stage every snapshot with the configured engine.
+
+    Returns:
+        The staged snapshots, the feature columns, and whether each snapshot was validated
+        on the way (DuckDB validates each before writing it; Spark's output is read back).
+    """
     times = [datetime.combine(d, datetime.min.time()) for d in snapshots]
     created_at = datetime.now(UTC)
     cfg = settings.features
@@ -172,19 +189,22 @@ def _compute(
         from churnops.features.spark_engine import write_features_spark
 
         staged, columns = write_features_spark(files, customers, times, windows, staging, created_at, cfg.spark_master)
-    else:
-        from churnops.features.duckdb_engine import connect_features, write_features
+        return staged, feature_specs(windows, columns), False
+    from churnops.features.duckdb_engine import connect_features, write_features
 
-        con, optional = connect_features(
-            files, customers, threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit
+    con, optional = connect_features(files, customers, threads=cfg.duckdb_threads, memory_limit=cfg.duckdb_memory_limit)
+    specs = feature_specs(windows, {"customer_id", "order_date", "total_amount", *optional})
+
+    def check(as_of: pd.Timestamp, rows: pa.Table) -> None:
+        validate(as_of, rows.to_pandas(), specs)
+
+    try:
+        staged = write_features(
+            con, times, windows, optional, [s.name for s in specs], staging, created_at, progress, check
         )
-        columns = {"customer_id", "order_date", "total_amount", *optional}
-        names = [s.name for s in feature_specs(windows, columns)]
-        try:
-            staged = write_features(con, times, windows, optional, names, staging, created_at, progress)
-        finally:
-            con.close()
-    return staged, feature_specs(windows, columns)
+    finally:
+        con.close()
+    return staged, specs, True
 
 
 def publish(settings: Settings, table: FeatureTable, specs: tuple[FeatureSpec, ...], snapshots: list[datetime]) -> None:
