@@ -117,7 +117,7 @@ def build_features(
 
         def step(done: int, total: int) -> None:
             if total > 1 and (done == total or done % 10 == 0):
-                say(f"  {done}/{total} snapshots written")
+                say(f"  {done}/{total} snapshots validated and written")
 
         created = pd.to_datetime(customers["created_at"])
         created = created.dt.tz_convert(None) if created.dt.tz is not None else created
