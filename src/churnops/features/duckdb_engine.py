@@ -300,7 +300,8 @@ def _start_stepping(
     the first orders behind each distinct count."""
     literal = _literal(last)
     values = {column: _code_values(con, column, literal) for column in sorted(optional)}
-    stepping = Stepping("product_id" in optional, "category" in optional, values.get("category", 65) <= 64)
+    bits = "category" in values and values["category"] <= 64  # categories as a 64-bit mask
+    stepping = Stepping("product_id" in optional, "category" in optional, bits)
     con.execute("SET preserve_insertion_order = true")  # keep `ordered` sorted: steps skip by zone maps
     try:
         for statement in stepping.setup(literal):
