@@ -1,6 +1,7 @@
 """The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames).
 
-One snapshot is one grouping query. Many snapshots are computed in time order: for each, SQL
+One snapshot is one grouping query, plus distinct product counts from sorted integer keys
+(`distinct_counts`). Many snapshots are computed in time order: for each, SQL
 aggregates only the orders since the previous snapshot (and those leaving each trailing window),
 the running totals per customer are folded forward (`churnops.features.running`), and the
 snapshot is written to its own Parquet file at once. Memory holds the orders' few numeric
@@ -27,15 +28,15 @@ import pyarrow.parquet as pq
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
 from churnops.features.running import FirstOrders, RunningFeatures
-from churnops.features.sql import Stepping, single_snapshot_sql
+from churnops.features.sql import Stepping, counted_apart, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
 Staged = dict[str, tuple[Path, int, str]]
 # a check of one snapshot's rows before they are written: (snapshot time, rows) -> None or raise
 Check = Callable[[pd.Timestamp, pa.Table], None]
 
-# Snappy, as Spark and pyarrow default to: on 2 cores it writes a 1M-row snapshot about 20%
-# faster than zstd, for files about a third larger. Writing is most of a many-snapshot run.
+# DuckDB's writer merges a day's files (several snapshot times on one day) in snappy, like
+# the snapshots themselves, which pyarrow writes (`_write_table`).
 PARQUET = "FORMAT parquet, COMPRESSION snappy"
 WRITERS = 2  # snapshots written at once while the next is computed
 
@@ -239,7 +240,7 @@ def snapshot_rows(
     has_product, has_category = "product_id" in optional, "category" in optional
     literal = _literal(as_of)
     bits = has_category and _code_values(con, "category", literal) <= 64
-    counted = sorted(optional - {"category"} if bits else optional)
+    counted = [column for column, _ in counted_apart(has_product, has_category, bits)]
     for column in counted:
         con.register(f"distinct_{column}", distinct_counts(con, column, literal))
     try:

@@ -58,6 +58,19 @@ def _distinct_features(has_product: bool, has_category: bool) -> list[tuple[str,
     return pairs + ([("category", "unique_categories")] if has_category else [])
 
 
+def counted_apart(has_product: bool, has_category: bool, category_bits: bool) -> list[tuple[str, str]]:
+    """(raw column, feature) of the distinct counts not taken from the 64-bit category mask.
+
+    DuckDB counts these outside the main grouping: by sorting coded pairs for one snapshot
+    (`duckdb_engine.distinct_counts`), by first orders for many (`running.FirstOrders`).
+    """
+    return [
+        (column, name)
+        for column, name in _distinct_features(has_product, has_category)
+        if not (column == "category" and category_bits)
+    ]
+
+
 def _days_between(dialect: Dialect, later: str, earlier: str) -> str:
     """Whole days elapsed (floor), like pandas' Timedelta.days."""
     return f"CAST(FLOOR(({dialect.micros.format(x=later)} - {dialect.micros.format(x=earlier)}) / {DAY_US}) AS BIGINT)"
@@ -207,16 +220,14 @@ def single_snapshot_sql(
         window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
     distinct_joins = []
     distinct_cols = []
-    for column, name in _distinct_features(has_product, has_category):
-        if column == "category" and category_bits:
-            distinct_cols.append(f"CAST(COALESCE(a.category_bits, 0) AS BIGINT) AS {name}")
-            continue
-        distinct_joins.append(f"LEFT JOIN distinct_{column} AS d_{column} ON d_{column}.customer_id = c.customer_id")
-        distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
     bits, codes = "", ""
     if has_category and category_bits:
         bits = ", BIT_COUNT(BIT_OR(CAST(1 AS UBIGINT) << cc.code)) AS category_bits"
         codes = " LEFT JOIN codes_category AS cc ON cc.value = p.category"
+        distinct_cols.append("CAST(COALESCE(a.category_bits, 0) AS BIGINT) AS unique_categories")
+    for column, name in counted_apart(has_product, has_category, category_bits):
+        distinct_joins.append(f"LEFT JOIN distinct_{column} AS d_{column} ON d_{column}.customer_id = c.customer_id")
+        distinct_cols.append(f"CAST(COALESCE(d_{column}.n, 0) AS BIGINT) AS {name}")
     lifetime = _days_between(DUCKDB, "a.last_at", "a.first_at")
     # Whole cents below 2^53 in every sum: the float sums of cents and squared cents are exact
     # integers (so in any order), and n * sum(c^2) - sum(c)^2 in HUGEINT is exact, so the
@@ -295,11 +306,7 @@ class Stepping:
 
     def firsts(self) -> list[tuple[str, str]]:
         """(raw column, feature) of the distinct counts taken from first orders."""
-        return [
-            (column, name)
-            for column, name in _distinct_features(self.has_product, self.has_category)
-            if not (column == "category" and self.category_bits)
-        ]
+        return counted_apart(self.has_product, self.has_category, self.category_bits)
 
     def setup(self, last: str) -> list[str]:
         """Statements preparing the relations the steps read.
