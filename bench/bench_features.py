@@ -118,10 +118,10 @@ staged = write_features(con, [as_of], (7, 30, 90), optional, [s.name for s in sp
 con.close()
 table.commit(staged, [], [s.name for s in specs], "duckdb")
 t = time.perf_counter()
-publish(settings, table, specs, [as_of.to_pydatetime()])
+publish(settings, table, specs, sorted(staged))
 materialize = time.perf_counter() - t
 from churnops.features import feast_repo
-store = feast_repo.open_store(settings)
+store = feast_repo.FeastFeatureStore(settings).store
 service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
 rng = np.random.default_rng(0)
 def lookups(batch, n):

@@ -6,14 +6,13 @@ that repeats on every retry alerts the team once.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from churnops.jsonl import append_line, read_lines
 from churnops.settings import AlertSettings
 
 log = logging.getLogger("churnops.alerts")
@@ -59,23 +58,11 @@ class FileSink:
 
     def sent_keys(self) -> set[str]:
         """Keys of alerts already in the file."""
-        if not self.path.exists():
-            return set()
-        keys = set()
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                keys.add(json.loads(line)["key"])
-            except (json.JSONDecodeError, KeyError):
-                continue
-        return keys
+        return {str(record["key"]) for record in read_lines(self.path) if "key" in record}
 
     def send(self, alert: Alert) -> None:
         """Append one line and fsync it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(alert), default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.path, asdict(alert))
 
 
 class WebhookSink:

@@ -3,33 +3,72 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import time
-from datetime import date, datetime
+import warnings
+from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from churnops.settings import ConfigError, Settings, load_settings
+from churnops.workspace import BUSY_EXIT_CODE, WorkspaceBusyError, WorkspaceError
+
+console = Console(soft_wrap=True)  # messages wrap in the terminal, never mid-value in a pipe
+err_console = Console(stderr=True)
+
+# Third-party loggers kept at ERROR unless -v: they announce migrations, deprecations, ibis
+# and SQLAlchemy details that are not the user's business.
+THIRD_PARTY_LOGGERS = ("mlflow", "alembic", "feast", "ibis", "sqlalchemy", "urllib3", "httpx", "py4j", "numexpr")
+
+
+class _Group(TyperGroup):
+    """Accepts -v/--verbose after the command too, and turns the errors every command can meet
+    (bad configuration, a busy or unusable workspace) into one line and an exit status."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        flags = [a for a in args if a in ("-v", "--verbose")]
+        rest = [a for a in args if a not in ("-v", "--verbose")]
+        return super().parse_args(ctx, flags[:1] + rest)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            _print_error(str(exc))
+            raise typer.Exit(2) from exc
+        except WorkspaceBusyError as exc:
+            _print_error(str(exc))
+            raise typer.Exit(BUSY_EXIT_CODE) from exc
+        except WorkspaceError as exc:
+            _print_error(str(exc))
+            raise typer.Exit(2) from exc
+
 
 app = typer.Typer(
     name="churnops",
+    cls=_Group,
     help=(
         "MLOps for customer-churn prediction.\n\n"
-        "Typical first steps: `churnops simulate` writes a simulated shop into the sources, "
-        "`churnops ingest` loads them into the raw lake, `churnops status` shows the workspace. "
-        "`churnops run` does all of it."
+        "`churnops run` does the whole daily pipeline (simulate -> ingest -> features -> train -> gate -> "
+        "register) for one logical date. Step by step: `simulate` writes a simulated shop into the sources, "
+        "`ingest` loads them into the raw lake, `features` computes and publishes features, `train` trains, "
+        "gates and registers, `backtest` replays training as of a past date, `status` shows the workspace, "
+        "`ui` opens MLflow's UI on it.\n\n"
+        f"Exit status: 0 done, 1 the work failed (the message says why), 2 bad usage or configuration, "
+        f"{BUSY_EXIT_CODE} the workspace is busy with another command."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -40,14 +79,19 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+DateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--date",
+        help="Logical date (YYYY-MM-DD): the run sees what was known before it. Default: the day after the "
+        "newest order (the simulated shop: the day after its last published day).",
+        show_default=False,
+    ),
+]
 
 
 def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(2) from exc
+    return load_settings(config)
 
 
 def _parse_day(value: str | None, option: str) -> date | None:
@@ -61,7 +105,7 @@ def _parse_day(value: str | None, option: str) -> date | None:
 
 
 def _progress_line(line: str) -> None:
-    console.print(f"  {line}")
+    console.print(Text(f"  {line}"))
 
 
 def _print_error(message: str) -> None:
@@ -74,14 +118,60 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _next(message: str) -> None:
+    console.print(Text(f"next: {message}", style="dim"))
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> Table:
+    """A compact table that fits 80 columns: numbers are never cut, long text wraps."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False, title_justify="left"
+    )
+    for i, header in enumerate(headers):
+        cells = [str(r[i]) for r in rows]
+        if numeric[i]:
+            width = max([len(c) for c in cells] + [1])
+            table.add_column(header, justify="right", no_wrap=True, min_width=width)
+        else:
+            table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    return table
+
+
+def _configure_output(verbose: bool) -> None:
+    """Quiet by default: our warnings and errors only; -v shows INFO and third-party output."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see training.candidates: threads that wait yield the core
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"churnops {version('churnops')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show progress details and third-party output.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_output(verbose)
+
+
+# --- simulate ------------------------------------------------------------------------------
 
 
 @app.command()
@@ -107,7 +197,6 @@ def simulate(
 
     settings = _settings(config)
     target = _parse_day(until, "--until")
-    started = time.perf_counter()
     with console.status(f"simulating {settings.simulation.customers:,} customers ..."):
         try:
             report = run_simulation(settings, target, stream_url=stream)
@@ -118,8 +207,8 @@ def simulate(
         f"published {span}: {report.customers_upserted:,} customers upserted, "
         f"{report.orders_written:,} orders in {report.order_files:,} daily files"
         + (f", {report.stream_entries:,} stream entries" if stream else "")
-        + f" ({time.perf_counter() - started:.1f}s)"
     )
+    _next(f"`churnops ingest --date {report.until}` loads them into the raw lake")
 
 
 @app.command("serve-orders-api")
@@ -146,60 +235,199 @@ def serve_orders_api(
         api.server.server_close()
 
 
+# --- the steps -----------------------------------------------------------------------------
+
+
+def _show_ingest(result: Any) -> None:
+    rows = [
+        [
+            r["source"],
+            r["table"],
+            r["status"],
+            f"{r['rows_read']:,}",
+            f"{r['rows_accepted']:,}",
+            f"{r['rows_quarantined']:,}",
+            f"{r['files_quarantined']:,}",
+        ]
+        for r in result.sources
+    ]
+    console.print(
+        _table(
+            f"ingest {result.date}",
+            ["source", "table", "status", "read", "accepted", "bad rows", "bad files"],
+            rows,
+            [False, False, False, True, True, True, True],
+        )
+    )
+    for r in result.sources:
+        if r["reasons"]:
+            reasons = ", ".join(f"{k}: {v:,}" for k, v in r["reasons"].items())
+            console.print(Text(f"  quarantined from {r['source']}: {reasons}"))
+
+
+def _show_features(report: Any) -> None:
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    console.print(
+        f"features: {len(report.snapshots)} snapshot(s) {report.snapshots[0]} .. {report.snapshots[-1]}, "
+        f"{report.rows:,} rows, content hash {report.content_hash[:12]} ({timings}); {report.online}"
+    )
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    if value is None or value != value:  # NaN
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _show_train(result: Any) -> None:
+    rows = []
+    for c in result.candidates:
+        mark = " *" if c.name == result.challenger else ""
+        h = c.holdout
+        rows.append(
+            [
+                c.name + mark,
+                _f(h.get("f1")),
+                _f(h.get("precision")),
+                _f(h.get("recall")),
+                _f(h.get("roc_auc")),
+                _f(h.get("pr_auc")),
+                f"{_f(c.cv_f1_mean)}±{_f(c.cv_f1_std)}",
+                _f(c.threshold),
+            ]
+        )
+    b = result.baselines
+    rows.append(
+        [
+            "everyone churns",
+            _f(b.get("everyone_churns_f1")),
+            _f(b.get("everyone_churns_precision")),
+            _f(b.get("everyone_churns_recall")),
+            "-",
+            "-",
+            "-",
+            "-",
+        ]
+    )
+    rows.append(["recency score", "-", "-", "-", _f(b.get("recency_roc_auc")), _f(b.get("recency_pr_auc")), "-", "-"])
+    total = sum(result.rows.values())
+    reused = "; unchanged inputs: reused" if result.reused else ""
+    console.print(
+        _table(
+            f"candidates on the holdout ({result.rows['holdout']:,} of {total:,} rows){reused}",
+            ["model", "F1", "prec", "recall", "ROC AUC", "PR AUC", "CV F1", "thresh"],
+            rows,
+            [False, *[True] * 7],
+        )
+    )
+    console.print(Text("* the challenger: best on validation data by training.selection_metric", style="dim"))
+
+
+def _show_gate(verdict: Any) -> None:
+    gate = verdict.gate
+    headline = "gate passed" if gate.passed else "gate FAILED"
+    console.print(f"{headline} ({gate.confidence:.0%} paired bootstrap, {gate.rounds} rounds):")
+    for condition in gate.conditions:
+        console.print(Text(f"  {condition.describe(gate.confidence)}"))
+    if not verdict.passed:
+        alerted = "the team was alerted" if verdict.alerted else "already alerted for this failure"
+        console.print(Text(f"  nothing registered; {alerted}"))
+
+
+def _show_register(result: Any, settings: Settings) -> None:
+    what = "already registered as" if result.reused else "registered"
+    champion = " and champion (the first model)" if result.promoted_to_champion else ""
+    console.print(
+        f"{what} {settings.mlflow.model_name} version {result.version} as challenger{champion}, "
+        f"feature service {result.feature_service}"
+    )
+    for version in result.removed_incomplete:
+        console.print(Text(f"  removed half-recorded version {version}"))
+
+
+def _show_step(step: Any, result: Any, settings: Settings) -> None:
+    from churnops.pipelines.features import FeatureReport
+    from churnops.pipelines.promotion import GateVerdict, Registered
+    from churnops.pipelines.steps import Ingested, Simulated
+    from churnops.pipelines.train import TrainResult
+
+    if result is None:
+        console.print(Text(f"{step.name}: skipped (its condition did not hold)", style="dim"))
+    elif isinstance(result, Simulated):
+        console.print(
+            f"simulate: {result.skipped}"
+            if result.skipped
+            else f"published {result.orders_written:,} orders up to {result.until}"
+        )
+    elif isinstance(result, Ingested):
+        _show_ingest(result)
+    elif isinstance(result, FeatureReport):
+        _show_features(result)
+    elif isinstance(result, TrainResult):
+        _show_train(result)
+    elif isinstance(result, GateVerdict):
+        _show_gate(result)
+    elif isinstance(result, Registered):
+        _show_register(result, settings)
+
+
+def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any:
+    from churnops.data.validation import BatchRejectedError
+    from churnops.features.validation import FeatureValidationError
+    from churnops.pipelines.features import FeatureBuildError
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.simulate import SimulationError
+    from churnops.pipelines.steps import run_steps
+    from churnops.pipelines.train import TrainingError
+    from churnops.registry.mlflow_registry import RegistryError
+
+    def on_step(step: Any, result: Any, seconds: float) -> None:
+        _show_step(step, result, settings)
+
+    def begin(line: str) -> None:
+        _progress_line(line)
+
+    try:
+        return run_steps(settings, day, only=only, progress=begin, on_step=on_step)
+    except (
+        SimulationError,
+        IngestError,
+        BatchRejectedError,
+        FeatureBuildError,
+        FeatureValidationError,
+        TrainingError,
+        RegistryError,
+    ) as exc:
+        raise _fail(str(exc)) from exc
+
+
 @app.command()
 def ingest(
     config: ConfigOption = None,
-    date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date",
-            help="Logical ingest date (YYYY-MM-DD); its partition is written or replaced. Default: today.",
-        ),
-    ] = None,
+    date_: DateOption = None,
     source: Annotated[
         list[str] | None,
         typer.Option("--source", "-s", help="Ingest only this source (repeatable). Default: all enabled."),
     ] = None,
 ) -> None:
-    """Load every enabled source into the raw lake, validating and quarantining bad rows.
+    """Load every enabled source into the raw lake, validating and quarantining bad rows and files.
 
-    Exit status 1 when a batch is rejected (missing required column, too many bad rows, a
-    volume drop); the message says which source and why, and nothing of it is published.
+    The logical date names the partition written (a rerun of the date replaces it, never
+    duplicates). Exit status 1 when a batch is rejected (missing required column, too many bad
+    rows, a volume drop); the message says which source and why, and nothing of it is published.
     """
-    from churnops.pipelines.ingest import IngestError, SourceReport
+    from churnops.pipelines.ingest import IngestError, default_ingest_date
     from churnops.pipelines.ingest import ingest as run_ingest
-    from churnops.runlog import WorkspaceBusyError
+    from churnops.pipelines.steps import Ingested
 
     settings = _settings(config)
-    day = _parse_day(date_, "--date") or datetime.now().date()
-    table = Table(title=f"ingest {day}")
-    for col in ("source", "table", "status", "read", "accepted", "quarantined", "seconds"):
-        table.add_column(col, justify="right" if col in ("read", "accepted", "quarantined", "seconds") else "left")
-
-    def show(report: SourceReport) -> None:
-        console.print(
-            f"  {report.source}: {report.status}, {report.rows_read:,} read, "
-            f"{report.rows_quarantined:,} quarantined ({report.seconds:.1f}s)"
-        )
-        table.add_row(
-            report.source,
-            report.table,
-            report.status,
-            f"{report.rows_read:,}",
-            f"{report.rows_accepted:,}",
-            f"{report.rows_quarantined:,}",
-            f"{report.seconds:.1f}",
-        )
-
     try:
-        reports = run_ingest(settings, day, only=source, on_source=show)
-    except (IngestError, WorkspaceBusyError) as exc:
+        day = _parse_day(date_, "--date") or default_ingest_date(settings)
+        reports = run_ingest(settings, day, only=source)
+    except IngestError as exc:
         raise _fail(str(exc)) from exc
-    console.print(table)
-    for report in reports:
-        if report.reasons:
-            reasons = ", ".join(f"{k}: {v:,}" for k, v in report.reasons.items())
-            console.print(f"  quarantine reasons for {report.source}: {reasons}")
+    _show_ingest(Ingested(day.isoformat(), [r.__dict__ for r in reports]))
+    _next(f"`churnops features --as-of {day}` computes features from it; `churnops status` shows the lake")
 
 
 @app.command()
@@ -209,7 +437,8 @@ def features(
         str | None,
         typer.Option(
             "--as-of",
-            help="Latest snapshot date (features as of 00:00 that day). Default: the day after the last order.",
+            help="Logical date: the latest snapshot (features as of 00:00 that day). Default: the day after the "
+            "last order.",
         ),
     ] = None,
     latest_only: Annotated[
@@ -222,118 +451,185 @@ def features(
 
     Snapshots go back from --as-of every `features.cadence_days` (weekly by default) while
     orders precede them; each sees only orders strictly before it. A rerun replaces the
-    snapshots it computes. The online store receives the newest row of every customer.
+    snapshots it computes. The online store receives the table's newest snapshot; a backfill
+    of older dates leaves it alone.
     """
     from churnops.features.validation import FeatureValidationError
     from churnops.pipelines.features import FeatureBuildError, build_features
-    from churnops.runlog import WorkspaceBusyError
 
     settings = _settings(config)
     day = _parse_day(as_of, "--as-of")
-
     try:
-        with console.status("computing features ..."):
-            report = build_features(
-                settings, day, history=not latest_only, publish_to_feast=not no_feast, progress=_progress_line
-            )
-    except (FeatureBuildError, FeatureValidationError, WorkspaceBusyError) as exc:
+        report = build_features(
+            settings, day, history=not latest_only, publish_to_feast=not no_feast, progress=_progress_line
+        )
+    except (FeatureBuildError, FeatureValidationError) as exc:
         raise _fail(str(exc)) from exc
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
-    console.print(
-        f"features: {len(report.snapshots)} snapshot(s) {report.snapshots[0]} .. {report.snapshots[-1]}, "
-        f"{report.rows:,} rows, content hash {report.content_hash[:12]} ({timings})"
-    )
+    _show_features(report)
+    _next("`churnops train` trains on them; `feast plan` in the workspace's feature_repo/ shows the Feast objects")
 
 
 @app.command()
-def train(config: ConfigOption = None) -> None:
-    """Train the candidates on Feast's point-in-time training set, gate the best, register it.
+def train(config: ConfigOption = None, date_: DateOption = None) -> None:
+    """Train the candidates, gate the challenger, register it: the steps train, gate and register.
 
-    Labels: churned = no order in (snapshot, snapshot + training.horizon_days]; only snapshots
-    whose horizon has passed are used. Every candidate is an MLflow run. The best (by
-    training.selection_metric on validation data) must reach gate.min_f1 on the holdout and,
-    if a champion exists, not be worse than it (paired bootstrap). A pass registers a new
-    version with the alias `challenger` (and `champion` if there is none yet); a failure
-    registers nothing, alerts the team once and exits with status 1.
+    Labels: churned = no order in [snapshot, snapshot + training.horizon_days); only snapshots
+    whose window closes before the logical date are used, split by time with a horizon between
+    fit, validation and holdout. Every candidate is an MLflow run, shown beside the baselines
+    "everyone churns" and the recency score. The gate passes the challenger only if, on the
+    holdout, its F1 reaches gate.min_f1 and beats "everyone churns" by gate.min_lift_f1, its
+    ROC AUC beats the recency score by gate.min_lift_auc, and it is not worse than the champion
+    (each by the lower bound of a paired bootstrap). A pass registers a version with the alias
+    `challenger` (and `champion` if there is none yet); a failure registers nothing, alerts the
+    team once and exits with status 1. Unchanged inputs reuse the earlier training.
     """
-    from churnops.pipelines.train import GateFailedError, TrainingError
-    from churnops.pipelines.train import train as run_train
-    from churnops.runlog import WorkspaceBusyError
+    from churnops.pipelines.promotion import GateVerdict, Registered
+    from churnops.pipelines.train import default_logical_date
 
     settings = _settings(config)
+    from churnops.pipelines.train import TrainingError
 
     try:
-        with console.status("training ..."):
-            report = run_train(settings, progress=_progress_line)
-    except GateFailedError as exc:
-        alerted = "the team was alerted" if exc.report.alerted else "already alerted for this failure"
-        raise _fail(f"{exc}; nothing was registered ({alerted})") from exc
-    except (TrainingError, WorkspaceBusyError) as exc:
+        day = _parse_day(date_, "--date") or default_logical_date(settings)
+    except TrainingError as exc:
         raise _fail(str(exc)) from exc
-    table = Table(title=f"candidates ({report.rows:,} labelled rows)")
-    for col in ("candidate", "F1", "precision", "recall", "ROC AUC", "PR AUC", "CV F1", "threshold", "seconds"):
-        table.add_column(col, justify="left" if col == "candidate" else "right")
-    for c in report.candidates:
-        mark = " *" if c.name == report.challenger else ""
-        table.add_row(
-            c.name + mark,
-            f"{c.holdout['f1']:.3f}",
-            f"{c.holdout['precision']:.3f}",
-            f"{c.holdout['recall']:.3f}",
-            f"{c.holdout['roc_auc']:.3f}",
-            f"{c.holdout['pr_auc']:.3f}",
-            f"{c.cv_f1_mean:.3f}±{c.cv_f1_std:.3f}",
-            f"{c.threshold:.3f}",
-            f"{c.seconds:.1f}",
-        )
-    console.print(table)
-    gate = report.gate
-    versus = (
-        f"; vs champion {gate.metric} {gate.difference:+.4f} (CI {gate.ci_low:+.4f} .. {gate.ci_high:+.4f})"
-        if gate.compared_with_champion and gate.difference is not None
-        else "; no champion to compare with"
-    )
-    console.print(f"gate passed: F1 {gate.challenger_f1:.3f} >= {gate.min_f1}{versus}")
-    promoted = " and champion (first model)" if report.promoted_to_champion else ""
-    console.print(f"registered {settings.mlflow.model_name} version {report.version} as challenger{promoted}")
+    results = _run_steps(settings, day, ("train", "gate", "register"))
+    verdict = results.get(GateVerdict)
+    if not verdict.passed:
+        raise _fail("the challenger failed the gate; nothing was registered")
+    registered = results.get(Registered)
+    _next(f"`churnops registry promote --to staging` stages version {registered.version}; `churnops ui` shows the runs")
 
+
+@app.command()
+def run(config: ConfigOption = None, date_: DateOption = None) -> None:
+    """Run the daily pipeline for one logical date: simulate (if the sources are the simulated shop),
+    ingest, features, train, gate, register.
+
+    The steps are the declared list in `churnops.pipelines.steps`, the same one the Airflow DAG
+    is built from. The run stops at the first failing step; a failing gate stops before register.
+    """
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.promotion import GateVerdict, existing_registry
+    from churnops.pipelines.steps import default_run_date
+
+    settings = _settings(config)
+    try:
+        day = _parse_day(date_, "--date") or default_run_date(settings)
+    except IngestError as exc:
+        raise _fail(str(exc)) from exc
+    console.rule(f"churnops run {day}")
+    results = _run_steps(settings, day, None)
+    verdict = results.find(GateVerdict)
+    if verdict is not None and not verdict.passed:
+        raise _fail("the challenger failed the gate; nothing was registered (see the conditions above)")
+    registry = existing_registry(settings)
+    champion = registry.holder("champion") if registry else None
+    console.rule("done")
+    console.print(f"champion: {settings.mlflow.model_name} version {champion or '(none yet)'}")
+    _next("`churnops status` shows the workspace; `churnops ui` opens MLflow's UI on it (http://127.0.0.1:5000)")
+
+
+@app.command()
+def backtest(
+    cutoff: Annotated[
+        list[str],
+        typer.Option("--cutoff", help="Date D to replay training as of (repeatable: a rolling-origin evaluation)."),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """What if we had deployed on date D? Train with only what was known before D, score every
+    customer at D, and judge against what happened in [D, D + horizon), beside the baselines.
+
+    Writes <workspace>/backtests/<D>.json. Runs go to the MLflow experiment
+    `mlflow.backtest_experiment`; nothing is registered, no alias moves, the online store and
+    the Feast registry are left alone.
+    """
+    from churnops.features.validation import FeatureValidationError
+    from churnops.pipelines.backtest import backtest as run_backtest
+    from churnops.pipelines.train import TrainingError
+
+    settings = _settings(config)
+    days = sorted({d for d in (_parse_day(c, "--cutoff") for c in cutoff) if d is not None})
+    results = []
+    for day in days:
+        console.rule(f"backtest {day}")
+        try:
+            results.append(run_backtest(settings, day, progress=_progress_line).result)
+        except (TrainingError, FeatureValidationError) as exc:
+            raise _fail(f"backtest at {day}: {exc}") from exc
+    rows = []
+    for result in results:
+        everyone = result.baselines["everyone_churns"]
+        recency = result.baselines["recency"]
+        for name, m in result.models.items():
+            mark = " *" if name == result.best else ""
+            rows.append([result.cutoff, name + mark, _f(m["f1"]), _f(m["roc_auc"]), _f(m["pr_auc"]), _f(m["brier"])])
+        rows.append([result.cutoff, "everyone churns", _f(everyone["f1"]), "-", "-", "-"])
+        rows.append([result.cutoff, "recency score", "-", _f(recency["roc_auc"]), _f(recency["pr_auc"]), "-"])
+    console.print(
+        _table(
+            f"backtests (horizon {settings.training.horizon_days} days)",
+            ["cutoff", "model", "F1", "ROC AUC", "PR AUC", "Brier"],
+            rows,
+            [False, False, True, True, True, True],
+        )
+    )
+    console.print(
+        Text("* what the training stage would have picked (by validation data, not this result)", style="dim")
+    )
+    for result in results:
+        console.print(
+            Text(f"{result.cutoff}: {result.customers:,} customers, churn rate {result.churn_rate:.1%}", style="dim")
+        )
+    _next(f"results are in {settings.paths.backtests}/; `churnops ui` shows the runs")
+
+
+# --- registry ------------------------------------------------------------------------------
 
 registry_app = typer.Typer(
-    help="Model versions and their aliases (challenger, staging, champion).", no_args_is_help=True
+    help="Model versions and their aliases (challenger -> staging -> champion).", no_args_is_help=True
 )
 app.add_typer(registry_app, name="registry")
 
-NEXT_ALIAS_SOURCE = {"staging": "challenger", "champion": "staging", "challenger": None}
 
+def _open_registry(settings: Settings) -> Any:
+    from churnops.pipelines.promotion import existing_registry
 
-def _registry(config: Path | None) -> tuple[Settings, Any]:
-    from churnops.pipelines.train import model_registry
-
-    settings = _settings(config)
-    return settings, model_registry(settings)
+    return existing_registry(settings)
 
 
 @registry_app.command("list")
 def registry_list(config: ConfigOption = None) -> None:
     """List the registered model's versions with their aliases and key metrics."""
-    _, registry = _registry(config)
-    versions = registry.versions()
+    settings = _settings(config)
+    registry = _open_registry(settings)
+    versions = registry.versions() if registry else []
     if not versions:
-        console.print(f"no versions of {registry.model_name} yet (run `churnops train`)")
+        console.print(f"no versions of {settings.mlflow.model_name} yet")
+        _next("`churnops train` (or `churnops run`) trains and registers one")
         return
-    table = Table(title=registry.model_name)
-    for col in ("version", "aliases", "candidate", "threshold", "created", "run"):
-        table.add_column(col)
+    rows = []
     for v in versions:
-        table.add_row(
-            v["version"],
-            ", ".join(v["aliases"]),
-            v["tags"].get("candidate", ""),
-            v["tags"].get("threshold", ""),
-            v["created"],
-            v["run_id"][:12],
+        complete = v["tags"].get("churnops.complete") == "true"
+        rows.append(
+            [
+                v["version"],
+                ", ".join(v["aliases"]) + ("" if complete else " (incomplete)"),
+                v["tags"].get("candidate", ""),
+                v["tags"].get("threshold", "")[:5],
+                v["tags"].get("logical_date", ""),
+                v["run_id"][:12],
+            ]
         )
-    console.print(table)
+    console.print(
+        _table(
+            registry.model_name,
+            ["version", "aliases", "candidate", "thresh", "as of", "run"],
+            rows,
+            [True, False, False, True, False, False],
+        )
+    )
 
 
 @registry_app.command("history")
@@ -342,18 +638,24 @@ def registry_history(
     alias: Annotated[str | None, typer.Option(help="Only moves of this alias.")] = None,
 ) -> None:
     """Every alias move: when, which alias, from which version to which, who and why."""
-    _, registry = _registry(config)
-    moves = registry.history(alias)
+    settings = _settings(config)
+    registry = _open_registry(settings)
+    moves = registry.history(alias) if registry else []
     if not moves:
         console.print("no alias moves yet")
         return
-    table = Table(title=f"alias history of {registry.model_name}")
-    for col in ("at", "alias", "version", "previous", "actor", "reason", "F1"):
-        table.add_column(col)
-    for m in moves:
-        f1 = f"{m.metrics['f1']:.3f}" if "f1" in m.metrics else ""
-        table.add_row(m.at, m.alias, m.version, m.previous or "", m.actor, m.reason, f1)
-    console.print(table)
+    rows = [
+        [m.at[:16].replace("T", " "), m.alias, m.version, m.previous or "", m.actor, m.reason, _f(m.metrics.get("f1"))]
+        for m in moves
+    ]
+    console.print(
+        _table(
+            f"alias history of {registry.model_name}",
+            ["at (UTC)", "alias", "to", "from", "actor", "reason", "F1"],
+            rows,
+            [False, False, True, True, False, False, True],
+        )
+    )
 
 
 @registry_app.command("promote")
@@ -369,22 +671,18 @@ def registry_promote(
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "manual promotion",
 ) -> None:
     """Point an alias at a version; the move is recorded with time, actor, reason and metrics."""
+    from churnops.pipelines.promotion import model_registry
     from churnops.registry.mlflow_registry import RegistryError
 
-    _, registry = _registry(config)
-    target = version
-    if target is None:
-        source = NEXT_ALIAS_SOURCE.get(to)
-        chain = [source, "challenger"] if source else []
-        for alias in chain:
-            if alias and (target := registry.holder(alias)):
-                break
-        if target is None:
-            raise _fail(f"give --version: no version holds the alias before {to!r}")
-    try:
-        move = registry.move(to, target, reason)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    settings = _settings(config)
+    if _open_registry(settings) is None:
+        raise _fail("nothing is registered yet; run `churnops train` first")
+    with settings.paths.lock("churnops registry promote"):
+        registry = model_registry(settings)
+        try:
+            move = registry.promote(to, version, reason)
+        except RegistryError as exc:
+            raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: {to} -> version {move.version} (was {move.previous or 'unset'})")
 
 
@@ -393,46 +691,64 @@ def registry_rollback(
     config: ConfigOption = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "manual rollback",
 ) -> None:
-    """Move `champion` back to the version that held it before the current one."""
+    """Move `champion` back to the version that held it before; a second rollback goes further back."""
+    from churnops.pipelines.promotion import model_registry
     from churnops.registry.mlflow_registry import RegistryError
 
-    _, registry = _registry(config)
-    try:
-        move = registry.rollback(reason)
-    except RegistryError as exc:
-        raise _fail(str(exc)) from exc
+    settings = _settings(config)
+    if _open_registry(settings) is None:
+        raise _fail("nothing is registered yet; nothing to roll back")
+    with settings.paths.lock("churnops registry rollback"):
+        registry = model_registry(settings)
+        try:
+            move = registry.rollback(reason)
+        except RegistryError as exc:
+            raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
+
+
+# --- looking at the workspace --------------------------------------------------------------
 
 
 @app.command()
 def status(config: ConfigOption = None) -> None:
-    """Show what is in the workspace: sources, raw partitions, row counts, last runs."""
+    """Show what is in the workspace: sources, raw partitions and their event dates, features, runs."""
     from churnops.pipelines.status import workspace_status
 
     settings = _settings(config)
     state = workspace_status(settings)
-    console.print(f"workspace [bold]{state.workspace}[/bold], lake {state.lake_uri}")
+    console.print(Text(f"workspace {state.workspace}, lake {state.lake_uri}"))
     console.print(f"simulated sources published up to: {state.simulated_until or 'nothing yet'}")
-    sources = Table(title="sources")
-    for col in ("name", "kind", "table", "enabled"):
-        sources.add_column(col)
-    for s in state.sources:
-        sources.add_row(s["name"], s["kind"], s["table"], "yes" if s["enabled"] else "no")
-    console.print(sources)
-    raw = Table(title="raw lake")
-    for col in ("table", "partitions", "rows", "quarantined", "first", "last", "sources"):
-        raw.add_column(col)
-    for t in state.tables:
-        raw.add_row(
-            t.table,
-            str(t.partitions),
-            f"{t.rows:,}",
-            f"{t.quarantined:,}",
-            t.first_date or "",
-            t.last_date or "",
-            ", ".join(t.sources),
+    console.print(
+        _table(
+            "sources",
+            ["name", "kind", "table", "enabled"],
+            [[s["name"], s["kind"], s["table"], "yes" if s["enabled"] else "no"] for s in state.sources],
+            [False] * 4,
         )
-    console.print(raw if state.tables else "raw lake: empty (run `churnops ingest`)")
+    )
+    if state.tables:
+        rows = [
+            [
+                t.table,
+                str(t.partitions),
+                f"{t.rows:,}",
+                f"{t.quarantined:,}",
+                f"{t.first_date or ''}..{t.last_date or ''}",
+                f"{t.first_event or '?'}..{t.last_event or '?'}",
+            ]
+            for t in state.tables
+        ]
+        console.print(
+            _table(
+                "raw lake",
+                ["table", "parts", "rows", "quarant.", "ingest dates", "event dates"],
+                rows,
+                [False, True, True, True, False, False],
+            )
+        )
+    else:
+        console.print("raw lake: empty (run `churnops ingest`)")
     if state.features:
         f = state.features
         console.print(
@@ -442,71 +758,30 @@ def status(config: ConfigOption = None) -> None:
     else:
         console.print("feature table: empty (run `churnops features`)")
     if state.runs:
-        runs = Table(title="last runs")
-        for col in ("logged at", "command", "date", "status"):
-            runs.add_column(col)
-        for r in state.runs:
-            runs.add_row(
-                r.get("logged_at", ""),
+        rows = [
+            [
+                r.get("logged_at", "")[:16].replace("T", " "),
                 r.get("command", ""),
                 r.get("ingest_date", r.get("date", "")),
                 r.get("status", ""),
-            )
-        console.print(runs)
+            ]
+            for r in state.runs
+        ]
+        console.print(_table("last runs", ["ran at (UTC)", "step", "logical date", "status"], rows, [False] * 4))
     else:
         console.print("no runs yet")
 
 
 @app.command()
-def run(
+def ui(
     config: ConfigOption = None,
-    date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date",
-            help="Logical date of the run. Default: the simulation's last published day, else today.",
-        ),
-    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
-    """Run the whole pipeline that exists so far on embedded defaults.
-
-    Today that is: simulate the shop (if its sources are not written yet), ingest every
-    source into the raw lake, compute features and publish them to Feast, train and gate the
-    candidates and register the challenger, and show the workspace status.
-    """
-    from churnops.pipelines.ingest import IngestError
-    from churnops.pipelines.ingest import ingest as run_ingest
-    from churnops.pipelines.simulate import SimulationPaths, published_until
-    from churnops.pipelines.simulate import simulate as run_simulation
+    """Open MLflow's UI on the workspace's tracking store, on loopback; Ctrl-C stops it and all its workers."""
+    from churnops.pipelines.ui import serve_mlflow_ui
 
     settings = _settings(config)
-    paths = SimulationPaths.from_settings(settings)
-    _, until = published_until(paths.sources_dir)
-    if until is None:
-        console.rule("simulate")
-        with console.status(f"simulating {settings.simulation.customers:,} customers ..."):
-            report = run_simulation(settings)
-        console.print(f"published {report.orders_written:,} orders up to {report.until}")
-        until = report.until
-    day = _parse_day(date_, "--date") or until
-    console.rule(f"ingest {day}")
-    try:
-        reports = run_ingest(
-            settings,
-            day,
-            on_source=lambda r: console.print(
-                f"  {r.source}: {r.status}, {r.rows_read:,} rows read, {r.rows_quarantined:,} quarantined"
-            ),
-        )
-    except IngestError as exc:
-        raise _fail(str(exc)) from exc
-    del reports
-    console.rule("features")
-    features(config, as_of=None, latest_only=False, no_feast=False)
-    console.rule("train")
-    train(config)
-    console.rule("status")
-    status(config)
+    serve_mlflow_ui(settings, port, say=lambda line: console.print(Text(line)))
 
 
 def main() -> None:

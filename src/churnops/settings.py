@@ -6,6 +6,7 @@ README.md ("Configuration"); a wrong key or type is reported with its dotted pat
 
 from __future__ import annotations
 
+import difflib
 import os
 from datetime import date
 from pathlib import Path
@@ -15,11 +16,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from churnops.workspace import Workspace
+
 TableName = Literal["orders", "customers", "products"]
 FileFormat = Literal["csv", "parquet", "jsonl"]
 
 DEFAULT_CONFIG_FILE = "churnops.yaml"
 WORKSPACE_PLACEHOLDER = "{workspace}"
+
+# Documented CHURNOPS_* variables that are not settings (README, "Environment variables").
+NON_SETTING_VARIABLES = frozenset({"CHURNOPS_CONFIG", "CHURNOPS_ACTOR"})
 
 
 class ConfigError(ValueError):
@@ -102,8 +108,30 @@ class FileSource(_SourceBase):
         "incremental",
         description="incremental: each file is ingested once; snapshot: every run reads all.",
     )
-    csv_delimiter: str = ","
+    csv_delimiter: str = Field(
+        ",", description="One character, or `whitespace`: runs of spaces or tabs (leading spaces ignored)."
+    )
+    derive_order_id: bool = Field(
+        False,
+        description="Orders without an id: derive one from the file's path (relative to the source) and "
+        "the row's position in it; stable across reruns and moves.",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _one_character(cls, delimiter: str) -> str:
+        if delimiter != "whitespace" and len(delimiter) != 1:
+            raise ValueError("give one character, or `whitespace`")
+        return delimiter
+
+    @model_validator(mode="after")
+    def _derived_ids_are_for_orders(self) -> FileSource:
+        if self.derive_order_id and self.table != "orders":
+            raise ValueError("derive_order_id applies to order sources only")
+        if self.derive_order_id and "order_id" in self.columns:
+            raise ValueError("derive_order_id and a mapped order_id column exclude each other")
+        return self
 
 
 class HttpSource(_SourceBase):
@@ -220,11 +248,123 @@ class FeastSettings(_Strict):
     redis_connection_string: str = "127.0.0.1:6379"
 
 
+Algorithm = Literal["lightgbm", "hist_gradient_boosting", "random_forest", "gradient_boosting"]
+
+# The hyperparameters each algorithm's estimator takes (its get_params() names; a test keeps
+# these equal to the installed libraries), checked when settings load so that a typo fails at
+# once instead of after minutes of training (LightGBM would ignore it with a warning).
+ALGORITHM_PARAMS: dict[str, frozenset[str]] = {
+    "lightgbm": frozenset(
+        [
+            "boosting_type",
+            "class_weight",
+            "colsample_bytree",
+            "importance_type",
+            "learning_rate",
+            "max_depth",
+            "min_child_samples",
+            "min_child_weight",
+            "min_split_gain",
+            "n_estimators",
+            "num_leaves",
+            "objective",
+            "reg_alpha",
+            "reg_lambda",
+            "subsample",
+            "subsample_for_bin",
+            "subsample_freq",
+        ]
+    ),
+    "hist_gradient_boosting": frozenset(
+        [
+            "categorical_features",
+            "class_weight",
+            "early_stopping",
+            "interaction_cst",
+            "l2_regularization",
+            "learning_rate",
+            "loss",
+            "max_bins",
+            "max_depth",
+            "max_features",
+            "max_iter",
+            "max_leaf_nodes",
+            "min_samples_leaf",
+            "monotonic_cst",
+            "n_iter_no_change",
+            "scoring",
+            "tol",
+            "validation_fraction",
+            "warm_start",
+        ]
+    ),
+    "random_forest": frozenset(
+        [
+            "bootstrap",
+            "ccp_alpha",
+            "class_weight",
+            "criterion",
+            "max_depth",
+            "max_features",
+            "max_leaf_nodes",
+            "max_samples",
+            "min_impurity_decrease",
+            "min_samples_leaf",
+            "min_samples_split",
+            "min_weight_fraction_leaf",
+            "monotonic_cst",
+            "n_estimators",
+            "oob_score",
+            "warm_start",
+        ]
+    ),
+    "gradient_boosting": frozenset(
+        [
+            "ccp_alpha",
+            "criterion",
+            "init",
+            "learning_rate",
+            "loss",
+            "max_depth",
+            "max_features",
+            "max_leaf_nodes",
+            "min_impurity_decrease",
+            "min_samples_leaf",
+            "min_samples_split",
+            "min_weight_fraction_leaf",
+            "n_estimators",
+            "n_iter_no_change",
+            "subsample",
+            "tol",
+            "validation_fraction",
+            "warm_start",
+        ]
+    ),
+}
+# Set by churnops itself: the seed, the threading and quiet output.
+MANAGED_PARAMS = frozenset({"random_state", "n_jobs", "verbose"})
+
+
 class CandidateSettings(_Strict):
     """One model to train: a known algorithm and its hyperparameters."""
 
-    algorithm: Literal["lightgbm", "hist_gradient_boosting", "random_forest", "gradient_boosting"]
+    algorithm: Algorithm
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> CandidateSettings:
+        known = ALGORITHM_PARAMS[self.algorithm]
+        problems = []
+        for key in sorted(self.params):
+            if key in MANAGED_PARAMS:
+                problems.append(f"params.{key}: set by churnops (training.seed and its threading), not here")
+            elif key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"params.{key}: not a {self.algorithm} parameter{hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def default_candidates() -> dict[str, CandidateSettings]:
@@ -264,7 +404,7 @@ DESIGN_CANDIDATES: dict[str, dict[str, Any]] = {
 class TrainingSettings(_Strict):
     """Labels, the training set, candidates and how the challenger is picked."""
 
-    horizon_days: int = Field(90, gt=0, description="Churned = no order in (snapshot, snapshot + horizon].")
+    horizon_days: int = Field(90, gt=0, description="Churned = no order in [snapshot, snapshot + horizon).")
     split: Literal["time", "random"] = "time"
     holdout_snapshots: int = Field(4, gt=0, description="Time split: the latest complete snapshots held out.")
     validation_snapshots: int = Field(
@@ -275,7 +415,12 @@ class TrainingSettings(_Strict):
     seed: int = 42
     selection_metric: Literal["f1", "roc_auc", "pr_auc", "precision", "recall", "accuracy"] = "f1"
     max_rows: int | None = Field(
-        200_000, gt=0, description="Sample at most this many labelled rows; null: use them all."
+        200_000, gt=0, description="Fit on at most this many labelled rows (sampled); null: all of them."
+    )
+    max_eval_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Sample validation and holdout to at most this many rows each; null (default): keep all.",
     )
     candidates: dict[str, CandidateSettings] = Field(default_factory=default_candidates)
 
@@ -283,7 +428,16 @@ class TrainingSettings(_Strict):
 class GateSettings(_Strict):
     """The quality gate between training and the registry."""
 
-    min_f1: float = Field(0.7, ge=0, le=1)
+    min_f1: float = Field(0.7, ge=0, le=1, description="Floor for the lower confidence bound of the F1.")
+    min_lift_f1: float = Field(
+        0.02, ge=-1, le=1, description="The F1 must beat the 'everyone churns' F1 by this (lower bound)."
+    )
+    min_lift_auc: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="The ROC AUC must beat the recency score's by this (lower bound; 0: better with confidence).",
+    )
     relative_metric: Literal["f1", "roc_auc"] = "f1"
     non_inferiority_margin: float = Field(0.01, ge=0, description="The challenger may be this much worse.")
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -296,6 +450,7 @@ class MlflowSettings(_Strict):
     tracking_uri: str = "sqlite:///{workspace}/mlflow.db"
     artifact_location: str = "{workspace}/mlartifacts"
     experiment: str = "churn"
+    backtest_experiment: str = "churn-backtest"
     model_name: str = "churn_predictor"
 
 
@@ -338,6 +493,13 @@ class Settings(BaseSettings):
         # environment wins over the file and unknown keys from either are reported.
         return (init_settings,)
 
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_a_directory(cls, workspace: Path) -> Path:
+        if workspace.exists() and not workspace.is_dir():
+            raise ValueError(f"{workspace} is a file, not a directory")
+        return workspace
+
     @field_validator("sources")
     @classmethod
     def _unique_source_names(cls, sources: list[Source]) -> list[Source]:
@@ -361,6 +523,11 @@ class Settings(BaseSettings):
                     setattr(src, attr, value.replace(WORKSPACE_PLACEHOLDER, ws))
         return self
 
+    @property
+    def paths(self) -> Workspace:
+        """Where everything lives under the workspace directory."""
+        return Workspace(self.workspace)
+
     def enabled_sources(self, table: str | None = None) -> list[Source]:
         """Enabled sources, customers first so orders can be checked against them."""
         order = {"customers": 0, "products": 1, "orders": 2}
@@ -382,6 +549,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif e["type"] == "value_error":
+            lines.append(f"  {key}: {str(e['msg']).removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -440,17 +609,34 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
 
 
 def _env_values() -> dict[str, Any]:
-    """CHURNOPS_* variables as a nested dict (values parsed as YAML scalars)."""
+    """CHURNOPS_* variables as a nested dict.
+
+    A value stays the string it is, and the setting's type converts it (so a string setting
+    takes "no" or "2024" as written); an empty value is null; a value starting with `[` or `{`
+    is parsed as YAML, for list and mapping settings.
+    """
     out: dict[str, Any] = {}
     for key, raw in os.environ.items():
-        if not key.startswith("CHURNOPS_") or key == "CHURNOPS_CONFIG":
+        if not key.startswith("CHURNOPS_") or key in NON_SETTING_VARIABLES:
             continue
         path = key[len("CHURNOPS_") :].lower().split("__")
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        node[path[-1]] = _env_value(key, raw)
     return out
+
+
+def _env_value(key: str, raw: str) -> Any:
+    text = raw.strip()
+    if not text:
+        return None
+    if text[0] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: not a valid YAML list or mapping: {exc}") from exc
+    return raw
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

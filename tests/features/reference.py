@@ -36,6 +36,7 @@ def reference_features(
         }
     )
     features["avg_days_between_orders"] = features["customer_lifetime_days"] / features["frequency"].clip(lower=1)
+    features = features.join(order_day_features(past, as_of, features["recency"]))
     for days in windows:
         recent = past[past["order_date"] >= as_of - pd.Timedelta(days=days)].groupby("customer_id")
         features[f"orders_last_{days}d"] = recent.size()
@@ -85,6 +86,27 @@ def design_reference_features(
     return features.reset_index()
 
 
+def order_day_features(past: pd.DataFrame, as_of: pd.Timestamp, recency: pd.Series) -> pd.DataFrame:
+    """Beyond the design document: customer age and the gaps between distinct order days."""
+    days = past.assign(day=past["order_date"].dt.floor("D"))[["customer_id", "day"]].drop_duplicates()
+    days = days.sort_values(["customer_id", "day"])
+    gaps = days.groupby("customer_id")["day"].diff().dt.days
+    by_customer = gaps.groupby(days["customer_id"])
+    out = pd.DataFrame(
+        {
+            "customer_age_days": (as_of - past.groupby("customer_id")["order_date"].min()).dt.days,
+            "order_days": days.groupby("customer_id").size(),
+            "mean_gap_days": by_customer.mean(),
+            "std_gap_days": by_customer.std(),
+        }
+    )
+    out.loc[by_customer.count() == 1, "std_gap_days"] = 0.0
+    out["overdue_ratio"] = recency / out["mean_gap_days"]
+    return out
+
+
+NULL_WHEN_FEWER_THAN_TWO_ORDER_DAYS = ["mean_gap_days", "std_gap_days", "overdue_ratio"]
+
 NULL_WHEN_NO_ORDERS = [
     "recency",
     "avg_order_value",
@@ -93,6 +115,7 @@ NULL_WHEN_NO_ORDERS = [
     "std_order_value",
     "customer_lifetime_days",
     "avg_days_between_orders",
+    "customer_age_days",
 ]
 
 
@@ -101,7 +124,12 @@ def to_project(reference: pd.DataFrame) -> pd.DataFrame:
     out = reference.copy()
     none = out["frequency"] == 0
     for column in NULL_WHEN_NO_ORDERS:
-        out[column] = out[column].astype("float64").where(~none, np.nan)
+        if column in out:
+            out[column] = out[column].astype("float64").where(~none, np.nan)
+    if "order_days" in out:
+        single = out["order_days"] < 2
+        for column in NULL_WHEN_FEWER_THAN_TWO_ORDER_DAYS:
+            out[column] = out[column].astype("float64").where(~single, np.nan)
     return out
 
 

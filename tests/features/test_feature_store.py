@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,14 @@ def shop(tmp_path: Path) -> Settings:
 
 
 def _online(settings: Settings, customers: list[int]) -> pd.DataFrame:
-    store = feast_repo.open_store(settings)
+    store = feast_repo.FeastFeatureStore(settings).store
     service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
     rows = [{"customer_id": c} for c in customers]
     return store.get_online_features(features=service, entity_rows=rows).to_df()
 
 
 def _historical(settings: Settings, entity: pd.DataFrame) -> pd.DataFrame:
-    store = feast_repo.open_store(settings)
+    store = feast_repo.FeastFeatureStore(settings).store
     service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
     return store.get_historical_features(entity_df=entity, features=service).to_df()
 
@@ -111,7 +111,7 @@ def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Setti
 
 def test_materializing_the_same_window_twice_leaves_an_identical_online_store(shop: Settings) -> None:
     report = build_features(shop)
-    db = feast_repo.FeastPaths.from_settings(shop).online_db
+    db = feast_repo.FeastFeatureStore(shop).online_db
 
     def dump() -> list[tuple[object, ...]]:
         with sqlite3.connect(db) as con:
@@ -119,12 +119,57 @@ def test_materializing_the_same_window_twice_leaves_an_identical_online_store(sh
             return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
 
     before = dump()
-    store = feast_repo.open_store(shop)
-    end = datetime.fromisoformat(report.snapshots[-1]).replace(tzinfo=UTC) + timedelta(seconds=1)
-    start = datetime.fromisoformat(report.snapshots[0]).replace(tzinfo=UTC)
-    feast_repo.materialize(store, end=end, start=start)
+    feast_repo.FeastFeatureStore(shop).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
     assert dump() == before
     assert len(before) > 1000
+
+
+def test_a_backfill_leaves_the_online_store_holding_the_newest_snapshot(shop: Settings) -> None:
+    """Features recomputed for an older date change the offline table only."""
+    build_features(shop)
+    db = feast_repo.FeastFeatureStore(shop).online_db
+
+    def dump() -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as con:
+            table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
+
+    before = dump()
+    report = build_features(shop, date(2024, 4, 1))
+    assert report.snapshots[-1] == "2024-04-01"
+    assert "left alone" in report.online
+    assert dump() == before
+    newest = feature_table(shop).manifest()
+    assert max(newest.snapshots) == "2024-07-01"  # the newer snapshots are still in the table
+
+
+def test_feast_plan_in_the_workspace_repository_reports_no_changes(shop: Settings) -> None:
+    """The repository holds Feast's own Python definitions, equal to what was applied."""
+    import subprocess
+    import sys
+
+    build_features(shop)
+    repo = shop.workspace / "feature_repo"
+    assert (repo / "definitions.py").exists()
+    feast = Path(sys.executable).with_name("feast")
+    out = subprocess.run([str(feast), "plan"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "No changes to registry" in text, text
+    assert "Deleted" not in text
+
+
+def test_materialization_reports_its_batches_and_prints_no_colour(
+    shop: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    lines: list[str] = []
+    build_features(shop, progress=lines.append)
+    written = [line for line in lines if "online store:" in line]
+    assert written, lines
+    assert written[-1].strip().startswith("online store: 1,")  # every customer, counted
+    captured = capfd.readouterr()
+    assert "\x1b[" not in captured.out + captured.err
+    assert "Materializing" not in captured.out
 
 
 def test_a_corrected_source_row_shows_up_after_rematerializing(shop: Settings) -> None:
@@ -162,12 +207,7 @@ def _hand_made_table(settings: Settings) -> None:
         part.to_parquet(path, index=False)
         staged[snapshot] = (path, len(part), "x")
     table.commit(staged, [], [s.name for s in specs], "hand")
-    store = feast_repo.open_store(settings)
-    objects = feast_repo.definitions(settings, table.glob, specs)
-    feast_repo.apply_repo(
-        store,
-        [objects["entity"], objects["view"], feast_repo.feature_service(feast_repo.CURRENT_SERVICE, objects["view"])],
-    )
+    feast_repo.FeastFeatureStore(settings, table).apply(specs)
 
 
 @pytest.mark.parametrize(

@@ -46,10 +46,10 @@ def _assert_intact(lake: RawLake) -> None:
     for table in lake.tables():
         for manifest in lake.manifests(table):
             for part in manifest.parts:
-                assert os.path.exists(part.data.path)
-                assert len(pd.read_parquet(part.data.path)) == part.data.rows
+                assert os.path.exists(lake.locate(part.data.path))
+                assert len(pd.read_parquet(lake.locate(part.data.path))) == part.data.rows
                 if part.quarantine:
-                    assert os.path.exists(part.quarantine.path)
+                    assert os.path.exists(lake.locate(part.quarantine.path))
             assert len(lake.read(table)) == manifest.rows
 
 
@@ -103,5 +103,5 @@ def test_sigkill_mid_write_leaves_the_lake_intact_and_the_rerun_completes_it(tmp
     assert orders["order_id"].is_unique
     stray = [p for p in Path(lake.root).rglob("*") if p.is_file() and (".tmp-" in p.name)]
     assert stray == []
-    referenced = {p.data.path for m in lake.manifests("orders") for p in m.parts}
+    referenced = {lake.locate(p.data.path) for m in lake.manifests("orders") for p in m.parts}
     assert {str(p) for p in orders_dir.glob("*.parquet")} == referenced

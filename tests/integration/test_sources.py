@@ -226,7 +226,7 @@ def test_stream_source_acks_only_after_commit_and_never_duplicates(simulated: Se
 
     source_module_read = source_module.read_source
     try:
-        source_module.read_source = lambda src, state: read_without_ack(src, state)  # type: ignore[assignment]
+        source_module.read_source = lambda src, state, *_: read_without_ack(src, state)  # type: ignore[assignment]
         import churnops.pipelines.ingest as ingest_module
 
         ingest_module.read_source = source_module.read_source  # type: ignore[attr-defined]
@@ -243,7 +243,7 @@ def test_stream_source_acks_only_after_commit_and_never_duplicates(simulated: Se
     assert report.rows_read == 200  # the 400 redelivered entries were already in the lake
     assert client.xpending(stream, "churnops-ingest")["pending"] == 0
     again = ingest_source(stream_source, lake, date(2024, 4, 30), cfg.ingest)
-    assert again.status == "empty"
+    assert again.status == "no new data"
     orders = lake.read("orders")
     assert len(orders) == 600
     assert orders["order_id"].is_unique

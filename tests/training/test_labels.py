@@ -1,20 +1,20 @@
-"""Labels on hand-made histories: churned = no order in (snapshot, snapshot + horizon]."""
+"""Labels on hand-made histories: churned = no order in [snapshot, snapshot + horizon)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from churnops.training.labels import label_customers
+from churnops.training.labels import complete_snapshots, label_customers
 
 SNAP = pd.Timestamp("2024-03-01")
 
 
-def _label(orders: list[tuple[int, str]], data_end: str = "2024-12-31", horizon: int = 90) -> dict[int, int]:
+def _label(orders: list[tuple[int, str]], known_until: str = "2024-12-31", horizon: int = 90) -> dict[int, int]:
     frame = pd.DataFrame(
         {"customer_id": [c for c, _ in orders], "order_date": pd.to_datetime([d for _, d in orders], format="ISO8601")}
     )
-    labels = label_customers(frame, [SNAP], horizon, pd.Timestamp(data_end).to_pydatetime())
+    labels = label_customers(frame, [SNAP], horizon, pd.Timestamp(known_until).to_pydatetime())
     return dict(zip(labels["customer_id"], labels["churned"], strict=True))
 
 
@@ -22,9 +22,12 @@ def _label(orders: list[tuple[int, str]], data_end: str = "2024-12-31", horizon:
     ("later_order", "churned"),
     [
         ("2024-03-15", 0),  # inside the horizon
-        ("2024-05-30 00:00:00", 0),  # exactly on snapshot + 90 days: inside (the window is closed on the right)
-        ("2024-05-30 00:00:01", 1),  # one second past the horizon
-        ("2024-03-01 00:00:00", 1),  # exactly on the snapshot: neither a feature nor inside the window
+        ("2024-03-01", 0),  # date-only, on the snapshot day: the label side, so the customer came back
+        ("2024-03-01 00:00:00", 0),  # exactly at the snapshot time: not a feature, so a label
+        ("2024-02-29", 1),  # the day before the snapshot: a feature, not inside the window
+        ("2024-05-29", 0),  # date-only, the last day inside [snapshot, snapshot + 90 days)
+        ("2024-05-29 23:59:59", 0),  # the last second inside
+        ("2024-05-30", 1),  # exactly snapshot + 90 days: the window is open on the right
         (None, 1),  # no later order at all
     ],
 )
@@ -35,6 +38,28 @@ def test_boundaries(later_order: str | None, churned: int) -> None:
     assert _label(orders) == {1: churned}
 
 
+def test_date_only_orders_on_and_next_to_snapshot_days_each_count_once() -> None:
+    """Weekly snapshots over date-only orders: every order is a feature of later snapshots and a
+    label of the snapshot on its own day, never lost between the two."""
+    frame = pd.DataFrame(
+        {
+            "customer_id": [1, 1, 1, 2, 2],
+            "order_date": pd.to_datetime(["2024-01-01", "2024-01-08", "2024-01-09", "2024-01-07", "2024-01-15"]),
+        }
+    )
+    snaps = [pd.Timestamp("2024-01-08"), pd.Timestamp("2024-01-15"), pd.Timestamp("2024-01-22")]
+    labels = label_customers(frame, snaps, 7, pd.Timestamp("2024-02-01").to_pydatetime())
+    got = {(int(r.customer_id), str(r.event_timestamp.date())): int(r.churned) for r in labels.itertuples()}
+    assert got == {
+        (1, "2024-01-08"): 0,  # orders on 01-08 (the snapshot day) and 01-09
+        (2, "2024-01-08"): 1,  # next order on 01-15 = 01-08 + 7 days: outside [01-08, 01-15)
+        (1, "2024-01-15"): 1,  # nothing in [01-15, 01-22)
+        (2, "2024-01-15"): 0,  # the order on 01-15 itself
+        (1, "2024-01-22"): 1,
+        (2, "2024-01-22"): 1,
+    }
+
+
 def test_a_customer_without_an_order_before_the_snapshot_is_not_labelled() -> None:
     """Customer 2 first buys after the snapshot; customer 3 first buys exactly on it."""
     assert _label([(1, "2024-02-01"), (2, "2024-04-01"), (3, "2024-03-01")]) == {1: 1}
@@ -42,8 +67,17 @@ def test_a_customer_without_an_order_before_the_snapshot_is_not_labelled() -> No
 
 def test_an_unfinished_horizon_is_never_labelled() -> None:
     orders = [(1, "2024-02-01"), (1, "2024-05-01")]
-    assert _label(orders, data_end="2024-05-29") == {}
-    assert _label(orders, data_end="2024-05-30") == {1: 0}
+    assert _label(orders, known_until="2024-05-29") == {}
+    assert _label(orders, known_until="2024-05-30") == {1: 0}
+
+
+def test_orders_at_or_after_the_logical_date_are_not_read() -> None:
+    """A label never depends on what was not known yet: an order on the logical date itself is
+    ignored, even though it falls inside a window that closes at that date."""
+    frame = pd.DataFrame({"customer_id": [1, 1], "order_date": pd.to_datetime(["2024-01-05", "2024-01-31"])})
+    until = pd.Timestamp("2024-01-31").to_pydatetime()
+    labels = label_customers(frame, [pd.Timestamp("2024-01-10")], 21, until)
+    assert labels["churned"].tolist() == [1]
 
 
 def test_several_snapshots_each_look_at_their_own_window() -> None:
@@ -52,3 +86,8 @@ def test_several_snapshots_each_look_at_their_own_window() -> None:
     labels = label_customers(frame, snaps, 30, pd.Timestamp("2024-12-31").to_pydatetime())
     assert labels["churned"].tolist() == [0, 1]
     assert labels["event_timestamp"].tolist() == snaps
+
+
+def test_complete_snapshots_close_their_window_by_the_logical_date() -> None:
+    snaps = [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08"), pd.Timestamp("2024-01-15")]
+    assert complete_snapshots(snaps, 7, pd.Timestamp("2024-01-15").to_pydatetime()) == snaps[:2]

@@ -90,3 +90,91 @@ def test_the_example_config_file_loads() -> None:
     s = load_settings(example)
     assert [src.name for src in s.sources] == ["shop_customers", "catalog", "order_files"]
     assert s.simulation.scenarios[0].kind == "price_shift"
+
+
+def test_documented_variables_that_are_not_settings_are_not_read_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CHURNOPS_ACTOR names who moves an alias; it is not a settings key."""
+    monkeypatch.setenv("CHURNOPS_ACTOR", "alice")
+    assert load_settings().mlflow.model_name == "churn_predictor"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "read"),
+    [
+        ("CHURNOPS_MLFLOW__MODEL_NAME", "no", lambda s: s.mlflow.model_name == "no"),
+        ("CHURNOPS_MLFLOW__EXPERIMENT", "2024", lambda s: s.mlflow.experiment == "2024"),
+        ("CHURNOPS_TRAINING__MAX_ROWS", "", lambda s: s.training.max_rows is None),
+        ("CHURNOPS_TRAINING__MAX_ROWS", "5000", lambda s: s.training.max_rows == 5000),
+        ("CHURNOPS_FEAST__TTL_DAYS", "14", lambda s: s.feast.ttl_days == 14),
+        ("CHURNOPS_FEATURES__WINDOWS", "[7, 14]", lambda s: s.features.windows == [7, 14, 30]),
+        ("CHURNOPS_SIMULATION__START", "2024-02-01", lambda s: str(s.simulation.start) == "2024-02-01"),
+    ],
+)
+def test_environment_values_take_the_setting_s_type(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, read: object
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert read(load_settings())  # type: ignore[operator]
+
+
+def test_an_empty_value_where_null_is_not_allowed_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURNOPS_MLFLOW__EXPERIMENT", "")
+    with pytest.raises(ConfigError, match=r"mlflow\.experiment"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"num_leavs": 31}, "params.num_leavs: not a lightgbm parameter; did you mean 'num_leaves'?"),
+        ({"n_jobs": 4}, "params.n_jobs: set by churnops"),
+        ({"random_state": 1}, "params.random_state: set by churnops"),
+    ],
+)
+def test_a_typo_in_candidate_params_fails_when_settings_load(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, training={"candidates": {"fast": {"algorithm": "lightgbm", "params": params}}})
+    assert "training.candidates.fast" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_the_known_parameters_are_the_installed_estimators_own() -> None:
+    """The list checked at load time stays equal to what the libraries accept."""
+    import lightgbm
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+
+    from churnops.settings import ALGORITHM_PARAMS, MANAGED_PARAMS
+
+    estimators = {
+        "lightgbm": lightgbm.LGBMClassifier(),
+        "hist_gradient_boosting": HistGradientBoostingClassifier(),
+        "random_forest": RandomForestClassifier(),
+        "gradient_boosting": GradientBoostingClassifier(),
+    }
+    for algorithm, estimator in estimators.items():
+        assert ALGORITHM_PARAMS[algorithm] == set(estimator.get_params()) - MANAGED_PARAMS, algorithm
+
+
+def test_a_workspace_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ws"
+    path.write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        load_settings(None, workspace=str(path))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"csv_delimiter": ";;"}, "give one character, or `whitespace`"),
+        ({"derive_order_id": True, "table": "customers"}, "derive_order_id applies to order sources only"),
+        ({"derive_order_id": True, "columns": {"order_id": "ref"}}, "exclude each other"),
+    ],
+)
+def test_file_source_options_are_checked(source: dict[str, object], message: str) -> None:
+    body = {"kind": "file", "name": "f", "table": "orders", "path": "x/*.txt", **source}
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, sources=[body])

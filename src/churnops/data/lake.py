@@ -9,7 +9,8 @@ Layout under the lake URI (a local directory or s3://bucket/prefix, through fssp
 Data files are written first under fresh names that no manifest references; the manifest is
 then replaced in one atomic step (rename on a local disk, a single PUT on object storage). A
 reader sees only files a manifest lists, so a writer killed at any moment leaves the previous
-state intact, and the next commit of the partition removes the unreferenced files.
+state intact, and the next commit of the partition removes the unreferenced files. Manifests
+name files relative to the lake root, so a moved or copied lake reads its own files.
 """
 
 from __future__ import annotations
@@ -117,7 +118,15 @@ class RawLake:
 
     def partition_dir(self, table: str, ingest_date: date) -> str:
         """Directory of one partition (inside the filesystem, without protocol)."""
-        return f"{self.root}/raw/{table}/ingest_date={ingest_date.isoformat()}"
+        return f"{self.root}/{self._partition(table, ingest_date)}"
+
+    @staticmethod
+    def _partition(table: str, ingest_date: date) -> str:
+        return f"raw/{table}/ingest_date={ingest_date.isoformat()}"
+
+    def locate(self, path: str) -> str:
+        """A file named in a manifest (relative to the lake root) as a path in the filesystem."""
+        return f"{self.root}/{path}" if path.startswith("raw/") else path  # older manifests: absolute
 
     def tables(self) -> list[str]:
         """Tables that have at least one directory in the lake."""
@@ -151,18 +160,18 @@ class RawLake:
         Returns:
             The file's location, row count, schema and sha256 of its bytes.
         """
-        folder = self.partition_dir(table, ingest_date)
+        encoded = encode_parquet(frame)
+        return self.write_encoded(table, ingest_date, encoded, quarantine=quarantine)
+
+    def write_encoded(self, table: str, ingest_date: date, encoded: EncodedFile, *, quarantine: bool) -> PartFile:
+        """Write an already encoded file (see `encode_parquet`) into the partition, uncommitted."""
+        folder = self._partition(table, ingest_date)
         if quarantine:
             folder = f"{folder}/{QUARANTINE_DIR}"
         name = f"{'quarantine' if quarantine else 'part'}-{uuid.uuid4().hex}.parquet"
         path = f"{folder}/{name}"
-        table_arrow = pa.Table.from_pandas(frame, preserve_index=False)
-        buffer = io.BytesIO()
-        pq.write_table(table_arrow, buffer, compression="zstd")
-        payload = buffer.getvalue()
-        self._write_bytes(path, payload)
-        schema = [[f.name, str(f.type)] for f in table_arrow.schema]
-        return PartFile(path=path, rows=len(frame), sha256=hashlib.sha256(payload).hexdigest(), schema=schema)
+        self._write_bytes(self.locate(path), encoded.payload)
+        return PartFile(path=path, rows=encoded.rows, sha256=encoded.sha256, schema=encoded.schema)
 
     def commit(self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None) -> Manifest:
         """Publish parts in one atomic step and remove files no manifest references.
@@ -192,12 +201,15 @@ class RawLake:
 
     def data_files(self, table: str) -> list[str]:
         """Committed data files of `table` as full URIs, oldest partition first."""
-        return [self._full(p.data.path) for m in self.manifests(table) for p in m.parts]
+        return [self._full(self.locate(p.data.path)) for m in self.manifests(table) for p in m.parts]
 
     def quarantine_files(self, table: str) -> list[str]:
         """Committed quarantine files of `table` as full URIs."""
         return [
-            self._full(p.quarantine.path) for m in self.manifests(table) for p in m.parts if p.quarantine is not None
+            self._full(self.locate(p.quarantine.path))
+            for m in self.manifests(table)
+            for p in m.parts
+            if p.quarantine is not None
         ]
 
     def read(self, table: str, columns: list[str] | None = None, *, quarantine: bool = False) -> pd.DataFrame:
@@ -216,7 +228,7 @@ class RawLake:
             for p in m.parts:
                 if p.data.path in skip or column not in {name for name, _ in p.data.schema}:
                     continue
-                arrays.append(pq.read_table(p.data.path, columns=[column], filesystem=self.fs)[column])
+                arrays.append(pq.read_table(self.locate(p.data.path), columns=[column], filesystem=self.fs)[column])
         if not arrays:
             return pa.chunked_array([], type=pa.null())
         return pa.chunked_array([c for a in arrays for c in a.chunks])
@@ -235,12 +247,32 @@ class RawLake:
 
     def _remove_unreferenced(self, table: str, ingest_date: date, manifest: Manifest) -> None:
         folder = self.partition_dir(table, ingest_date)
-        referenced = {p.data.path for p in manifest.parts}
-        referenced |= {p.quarantine.path for p in manifest.parts if p.quarantine}
+        referenced = {self.locate(p.data.path) for p in manifest.parts}
+        referenced |= {self.locate(p.quarantine.path) for p in manifest.parts if p.quarantine}
         for path in self.fs.find(folder):
             name = path.rsplit("/", 1)[-1]
             if (name.endswith(".parquet") and path not in referenced) or ".tmp-" in name:
                 self.fs.rm_file(path)
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """A frame encoded as Parquet bytes, with what its manifest entry records."""
+
+    payload: bytes
+    rows: int
+    sha256: str
+    schema: list[list[str]]
+
+
+def encode_parquet(frame: pd.DataFrame) -> EncodedFile:
+    """Encode a frame (index dropped) as zstd Parquet and hash the bytes, before writing anything."""
+    table_arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    buffer = io.BytesIO()
+    pq.write_table(table_arrow, buffer, compression="zstd")
+    payload = buffer.getvalue()
+    schema = [[f.name, str(f.type)] for f in table_arrow.schema]
+    return EncodedFile(payload, len(frame), hashlib.sha256(payload).hexdigest(), schema)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -172,9 +172,9 @@ def _write_daily_orders(orders: pd.DataFrame, folder: Path, first_day: date, unt
         stamp = np.datetime64(pd.Timestamp(day))
         lo = np.searchsorted(days, stamp, side="left")
         hi = np.searchsorted(days, stamp, side="right")
-        path = folder / f"orders-{day.isoformat()}.{suffix}"
-        _write_atomic(named.iloc[lo:hi], path, fmt)
-        written += 1
+        if hi > lo:  # a day without orders has no file, as a shop's daily export would not
+            _write_atomic(named.iloc[lo:hi], folder / f"orders-{day.isoformat()}.{suffix}", fmt)
+            written += 1
         day += timedelta(days=1)
     return written
 

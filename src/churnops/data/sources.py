@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import fsspec
 import httpx
 import pandas as pd
+import pyarrow as pa
 
 from churnops.settings import FileSource, HttpSource, Source, SqlSource, StreamSource
 
@@ -52,14 +54,17 @@ class Batch:
     frame: pd.DataFrame
     watermark: dict[str, Any] = field(default_factory=dict)
     on_committed: Callable[[], None] | None = None
+    bad_files: list[BadFile] = field(default_factory=list)
 
 
-def read_source(source: Source, state: ReadState) -> Batch:
+def read_source(source: Source, state: ReadState, required: Mapping[str, str] | None = None) -> Batch:
     """Read the next batch from any configured source.
 
     Args:
         source: The source's settings.
         state: What earlier runs read (see `ReadState`).
+        required: Contract column -> source column a batch must have (files lacking one are
+            set aside whole).
 
     Returns:
         The batch, with raw values in the source's own column names.
@@ -67,7 +72,7 @@ def read_source(source: Source, state: ReadState) -> Batch:
     if isinstance(source, SqlSource):
         return read_sql(source, state)
     if isinstance(source, FileSource):
-        return read_files(source, state)
+        return read_files(source, state, required or {})
     if isinstance(source, HttpSource):
         return read_http(source, state)
     return read_stream(source, state)
@@ -156,48 +161,147 @@ def _like(value: Any, reference: Any) -> Any:
 
 # --- files -------------------------------------------------------------------------------
 
+DERIVED_ORDER_ID = "__churnops_order_id"  # the column `derive_order_id` adds
+_GLOB_CHARS = "*?["
 
-def read_files(source: FileSource, state: ReadState) -> Batch:
-    """Read CSV, Parquet or JSONL files matched by a path or glob, local or remote."""
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file quarantined whole: it could not be read as a batch of rows."""
+
+    name: str
+    reason: str
+
+
+def source_base(path: str) -> str:
+    """The folder a file source's names are relative to: the path up to its first glob part."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if any(c in part for c in _GLOB_CHARS):
+            return "/".join(parts[:i])
+    return "/".join(parts[:-1])
+
+
+def read_files(source: FileSource, state: ReadState, required: Mapping[str, str] | None = None) -> Batch:
+    """Read CSV, Parquet or JSONL files matched by a path or glob, local or remote.
+
+    Files are named relative to the source's folder (the path up to its first glob part), so a
+    moved or copied workspace recognises the files it already ingested. A file that cannot be
+    read as rows (unreadable, binary, empty, header only, a field longer than the reader's
+    block, a required column missing) is set aside whole with its reason, and the others are
+    read.
+
+    Args:
+        source: The source's settings.
+        state: What earlier runs read.
+        required: Contract column -> source column every file must have.
+
+    Returns:
+        The rows of the readable files, with `bad_files` for the rest.
+    """
     try:
-        fs, _ = fsspec.core.url_to_fs(source.path, **source.storage_options)
-        matched = sorted(fs.glob(fs._strip_protocol(source.path)))
+        fs, pattern = fsspec.core.url_to_fs(source.path, **source.storage_options)
+        matched = sorted(fs.glob(pattern))
     except (OSError, ValueError) as exc:
         raise SourceError(f"source {source.name!r}: cannot list {source.path}: {exc}") from exc
+    base = source_base(pattern)
+    named = [(path, path[len(base) :].lstrip("/") if base else path) for path in matched]
     if source.mode == "incremental":
-        matched = [p for p in matched if p not in state.files_elsewhere]
+        named = [(path, name) for path, name in named if name not in state.files_elsewhere]
     frames = []
-    for path in matched:
-        frames.append(_read_one_file(fs, path, source))
+    bad: list[BadFile] = []
+    for path, name in named:
+        try:
+            frame = _read_one_file(fs, path, source)
+        except _BadFileError as exc:
+            bad.append(BadFile(name, str(exc)))
+            continue
+        missing = [
+            f"{c} (looked for {s!r})"
+            for c, s in (required or {}).items()
+            if s not in frame.columns and s != DERIVED_ORDER_ID
+        ]
+        if missing:
+            has = ", ".join(map(str, frame.columns))
+            bad.append(BadFile(name, f"missing required column(s) {', '.join(missing)}; it has: {has}"))
+            continue
+        if frame.empty:
+            bad.append(BadFile(name, "no rows (header only)"))
+            continue
+        if source.derive_order_id:
+            frame[DERIVED_ORDER_ID] = [f"{name}#{i}" for i in range(1, len(frame) + 1)]
+        frames.append(frame)
+    if named and not frames and all(b.reason.startswith("missing required column") for b in bad):
+        # every file lacks a column: the configuration's mapping is wrong, not one file
+        raise SourceError(
+            f"source {source.name!r}: no file has the required columns: {bad[0].reason}; nothing published"
+        )
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Batch(frame, {"mode": source.mode, "files": matched})
+    return Batch(frame, {"mode": source.mode, "files": [name for _, name in named]}, bad_files=bad)
+
+
+class _BadFileError(ValueError):
+    """This one file cannot be read as rows."""
 
 
 def _read_one_file(fs: fsspec.AbstractFileSystem, path: str, source: FileSource) -> pd.DataFrame:
     fmt = source.format or _format_from_suffix(path)
     try:
-        with fs.open(path, "rb") as handle:
+        with fs.open(path, "rb", compression="infer") as handle:
+            head = handle.read(8192)
+            if not head:
+                raise _BadFileError("empty file")
+            if fmt != "parquet" and b"\x00" in head:
+                raise _BadFileError(f"binary content, not {fmt} text")
+            handle.seek(0)
             if fmt == "parquet":
-                return pd.read_parquet(handle)
-            if fmt == "jsonl":
-                return pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
-            return _read_csv_as_text(handle, source.csv_delimiter)
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"source {source.name!r}: cannot read {path} as {fmt}: {exc}") from exc
+                frame = pd.read_parquet(handle)
+            elif fmt == "jsonl":
+                frame = pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
+            else:
+                frame = _read_csv_as_text(handle, source.csv_delimiter)
+    except _BadFileError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
+        raise _BadFileError(_reading_problem(fmt, exc)) from exc
+    if frame.empty and not len(frame.columns):
+        raise _BadFileError("no rows")
+    return frame
+
+
+def _reading_problem(fmt: str, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "straddling" in text or ("block" in text.lower() and "size" in text.lower()):
+        return f"a field is longer than the reader's block of {_block_bytes():,} bytes ({text})"
+    return f"cannot be read as {fmt}: {text}"
+
+
+CSV_BLOCK_BYTES = 1 << 24  # pyarrow reads CSV in blocks; a row may span two of them, not more
+
+
+def _block_bytes() -> int:
+    return CSV_BLOCK_BYTES
 
 
 def _read_csv_as_text(handle: Any, delimiter: str) -> pd.DataFrame:
-    """Read every CSV column as text so parsing, not the reader, decides what is valid."""
+    """Read every CSV column as text so parsing, not the reader, decides what is valid.
+
+    `whitespace` splits on runs of spaces or tabs and ignores leading ones (column-aligned
+    exports); CRLF line ends are read like LF.
+    """
     import csv
     import io
 
     import pyarrow.csv as pacsv
 
+    if delimiter == "whitespace":
+        return pd.read_csv(handle, sep=r"\s+", dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
     first = handle.readline().decode("utf-8-sig")
     handle.seek(0)
     names = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
     table = pacsv.read_csv(
         handle,
+        read_options=pacsv.ReadOptions(block_size=_block_bytes()),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, "string"), strings_can_be_null=True),
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -11,6 +14,18 @@ import pandera.pandas as pa
 from churnops.data.contracts import TableContract
 
 QUARANTINE_COLUMNS = ["source", "row_number", "reason", "source_row"]
+
+
+class NamedReason(Protocol):
+    """A file set aside whole: its name and why."""
+
+    @property
+    def name(self) -> str:
+        """The file, relative to its source."""
+
+    @property
+    def reason(self) -> str:
+        """Why it was set aside."""
 
 
 class BatchRejectedError(RuntimeError):
@@ -164,3 +179,15 @@ def _quarantine_frame(raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series
             "source_row": as_json.splitlines(),
         }
     ).astype({"reason": "string", "source_row": "string"})
+
+
+def bad_file_rows(source: str, bad_files: Sequence[NamedReason]) -> pd.DataFrame:
+    """Quarantine rows for files set aside whole: row_number -1, the file's name as the source row."""
+    return pd.DataFrame(
+        {
+            "source": pd.Series([source] * len(bad_files), dtype="string"),
+            "row_number": pd.Series([-1] * len(bad_files), dtype="int64"),
+            "reason": pd.Series([f"file set aside: {f.reason}" for f in bad_files], dtype="string"),
+            "source_row": pd.Series([json.dumps({"file": f.name}) for f in bad_files], dtype="string"),
+        }
+    )

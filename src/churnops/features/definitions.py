@@ -6,7 +6,8 @@ Conventions (documented in README.md, "Features"):
   (recency, order-value statistics, lifetime, days between orders) are null, because no
   value is honest there (a recency of 0 would read as "just ordered");
 - the standard deviation of a single order is 0;
-- recency and lifetime are whole days (floor of the elapsed time), as pandas `.dt.days`.
+- recency, lifetime and customer age are whole days (floor of the elapsed time), as pandas `.dt.days`;
+- gaps are between distinct order days (UTC dates), so null below two order days.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ BASE_FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("std_order_value", "float64", "Sample standard deviation of amounts (0 for one order).", False),
     FeatureSpec("customer_lifetime_days", "int64", "Whole days from first to last order.", False),
     FeatureSpec("avg_days_between_orders", "float64", "Lifetime days / max(frequency, 1).", False),
+    FeatureSpec(
+        "customer_age_days",
+        "int64",
+        "Whole days from the first order to the snapshot (the T of buy-till-you-die).",
+        False,
+    ),
+    FeatureSpec("order_days", "int64", "Distinct days (UTC) with an order.", True),
+    FeatureSpec("mean_gap_days", "float64", "Mean days between consecutive order days (null below two).", False),
+    FeatureSpec("std_gap_days", "float64", "Sample std of those gaps (0 for a single gap; null below two).", False),
+    FeatureSpec(
+        "overdue_ratio", "float64", "Recency / mean gap: how overdue the next order is (null below two).", False
+    ),
     FeatureSpec("unique_products", "int64", "Distinct products ordered.", True, needs="product_id"),
     FeatureSpec("unique_categories", "int64", "Distinct categories ordered.", True, needs="category"),
 )

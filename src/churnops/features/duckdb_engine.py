@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
-from churnops.features.running import FirstOrders, RunningFeatures
+from churnops.features.running import DAY_US, FirstOrders, OrderDays, RunningFeatures, day_gaps, gap_statistics
 from churnops.features.sql import Stepping, counted_apart, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
@@ -87,7 +87,19 @@ def connect_features(
         "CAST(created_at AS TIMESTAMP) AS created_at FROM customers_input"
     )
     con.unregister("customers_input")
+    # Whole cents everywhere (money usually is): sums are then exact sums of cents, so a
+    # snapshot has the same bits whether computed alone or stepped to among many.
+    con.execute(
+        "CREATE TEMP TABLE amount_mode AS SELECT COALESCE(BOOL_AND(total_amount = ROUND(total_amount * 100) / 100 "
+        "AND ABS(total_amount) < 1e13), true) AS cents FROM orders"
+    )
     return con, set(optional)
+
+
+def whole_cents(con: Any) -> bool:
+    """Whether every order amount of the connection is a whole number of cents."""
+    ((cents,),) = con.execute("SELECT cents FROM amount_mode").fetchall()
+    return bool(cents)
 
 
 def _literal(as_of: datetime) -> str:
@@ -171,7 +183,7 @@ def _step_through(
     Returns:
         (file, rows, sum of row hashes) per snapshot, in time order.
     """
-    running, stepping, firsts = _start_stepping(con, times[-1], windows, optional)
+    running, stepping, firsts, order_days = _start_stepping(con, times[-1], windows, optional)
     stamp = _micros(created_at)
     written: list[tuple[Path, int, int]] = []
     cursors: Queue[Any] = Queue()
@@ -201,6 +213,7 @@ def _step_through(
                 running.add_orders(_fetch(con, stepping.orders_since(previous, literal)))
                 for name, first_orders in firsts.items():
                     running.add_firsts(name, first_orders.until(_micros(as_of)))
+                running.add_order_days(*order_days.until(_micros(as_of)))
                 for days in windows:
                     running.remove_from_window(days, _fetch(con, stepping.leaving_since(days, previous, literal)))
                 rows = running.table(_micros(as_of), feature_columns, stamp)
@@ -243,8 +256,9 @@ def snapshot_rows(
     counted = [column for column, _ in counted_apart(has_product, has_category, bits)]
     for column in counted:
         con.register(f"distinct_{column}", distinct_counts(con, column, literal))
+    con.register("order_day_stats", order_day_stats(con, literal))
     try:
-        query = single_snapshot_sql(literal, windows, has_product, has_category, bits)
+        query = single_snapshot_sql(literal, windows, has_product, has_category, bits, whole_cents(con))
         return con.sql(
             f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
                        CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
@@ -253,6 +267,51 @@ def snapshot_rows(
     finally:
         for column in counted:
             con.unregister(f"distinct_{column}")
+        con.unregister("order_day_stats")
+
+
+def order_day_stats(con: Any, as_of: str) -> pa.Table:
+    """Per known customer, the distinct order days before `as_of` and the gaps between them.
+
+    As `distinct_counts` does for products, each (customer, day) becomes one integer key, and
+    sorting the keys puts each customer's days side by side in order. The statistics come from
+    `running.gap_statistics`, which the many-snapshot path uses too.
+
+    Returns:
+        A table (customer_id, order_days, mean_gap_days, std_gap_days), one row per customer.
+    """
+    ids = con.execute("SELECT customer_id FROM customers ORDER BY rowid").fetchnumpy()["customer_id"]
+    rows = con.execute(
+        f"""SELECT c.rowid AS pos, CAST(FLOOR(epoch_us(o.order_date) / {DAY_US}) AS BIGINT) AS day
+            FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id WHERE o.order_date < {as_of}"""
+    ).fetchnumpy()
+    size = len(ids)
+    order_days = np.zeros(size, dtype=np.int64)
+    gap_sum = np.zeros(size, dtype=np.int64)
+    gap_sq = np.zeros(size, dtype=np.int64)
+    if len(rows["day"]):
+        first = int(rows["day"].min())
+        span = int(rows["day"].max()) - first + 1
+        width = np.uint32 if size * span < 2**32 else np.uint64
+        keys = rows["pos"].astype(width) * width(span) + (rows["day"] - first).astype(width)
+        keys.sort()
+        distinct = np.ones(len(keys), dtype=bool)
+        np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
+        keys = keys[distinct].astype(np.int64)
+        owners, days = keys // span, keys % span
+        gaps = day_gaps(owners, days).astype(np.float64)
+        order_days = np.bincount(owners, minlength=size).astype(np.int64)
+        gap_sum = np.rint(np.bincount(owners, weights=gaps, minlength=size)).astype(np.int64)
+        gap_sq = np.rint(np.bincount(owners, weights=gaps * gaps, minlength=size)).astype(np.int64)
+    mean, std, no_gap = gap_statistics(order_days, gap_sum, gap_sq)
+    return pa.table(
+        {
+            "customer_id": ids,
+            "order_days": order_days,
+            "mean_gap_days": pa.array(mean, pa.float64(), mask=no_gap),
+            "std_gap_days": pa.array(std, pa.float64(), mask=no_gap),
+        }
+    )
 
 
 def distinct_counts(con: Any, column: str, as_of: str) -> pa.Table:
@@ -296,9 +355,9 @@ def distinct_counts(con: Any, column: str, as_of: str) -> pa.Table:
 
 def _start_stepping(
     con: Any, last: pd.Timestamp, windows: tuple[int, ...], optional: set[str]
-) -> tuple[RunningFeatures, Stepping, dict[str, FirstOrders]]:
-    """Prepare the orders for stepping up to `last`, the running totals (no orders yet) and
-    the first orders behind each distinct count."""
+) -> tuple[RunningFeatures, Stepping, dict[str, FirstOrders], OrderDays]:
+    """Prepare the orders for stepping up to `last`, the running totals (no orders yet), the
+    first orders behind each distinct count, and the order days."""
     literal = _literal(last)
     values = {column: _code_values(con, column, literal) for column in sorted(optional)}
     bits = "category" in values and values["category"] <= 64  # categories as a 64-bit mask
@@ -311,6 +370,9 @@ def _start_stepping(
         for column, name in stepping.firsts():
             coded = _fetch(con, stepping.coded_orders(column))
             firsts[name] = FirstOrders(coded["pos"], coded["at"], coded["code"], values[column])
+        timed = _fetch(con, stepping.order_times())
+        days = OrderDays(timed["pos"], timed["at"])
+        del timed
     finally:
         con.execute("SET preserve_insertion_order = false")
     known = _fetch(con, "SELECT customer_id, epoch_us(created_at) AS created_at FROM positions ORDER BY pos")
@@ -320,8 +382,9 @@ def _start_stepping(
         windows,
         list(firsts),
         stepping.category_bits,
+        whole_cents(con),
     )
-    return running, stepping, firsts
+    return running, stepping, firsts, days
 
 
 def _fetch(con: Any, query: str) -> dict[str, Any]:

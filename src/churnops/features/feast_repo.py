@@ -1,55 +1,52 @@
-"""The project's Feast feature repository: entity, source, feature view and feature services.
+"""The project's Feast feature repository, behind the small `FeatureStore` interface.
 
-Definitions are built from the settings and the feature declarations, so there is one list of
-features. The repository lives in `<workspace>/feature_repo/` (its `feature_store.yaml` is
-written there, so the `feast` CLI works in that folder too). Offline store: Feast's `duckdb`
-store (its `file` store drops entity rows in point-in-time joins). Online store: SQLite by
-default, Redis by configuration.
+The repository lives in `<workspace>/feature_repo/`: `feature_store.yaml` (paths relative to
+the folder, so a moved workspace keeps working) and `definitions.py`, Feast's own Python repo
+file, written from the feature declarations. Applying loads that file and applies exactly
+what it defines, so `feast plan` in the folder reports no changes after a run, and the `feast`
+CLI works there. Offline store: Feast's `duckdb` store (its `file` store drops entity rows in
+point-in-time joins). Online store: SQLite by default, Redis by configuration.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import contextlib
+import importlib.util
+import io
+import logging
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from churnops.features.definitions import FeatureSpec
+from churnops.features.table import FeatureTable
 from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ENTITY = "customer"
 VIEW = "customer_features"
+SOURCE = "customer_features_source"
 CURRENT_SERVICE = "churn_features_current"
 ONLINE_WRITE_BATCH = 50_000
-
-
-@dataclass(frozen=True)
-class FeastPaths:
-    """Where the feature repository and its stores live."""
-
-    repo: Path
-    registry: Path
-    online_db: Path
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FeastPaths:
-        """Paths under the workspace."""
-        repo = (settings.workspace / "feature_repo").resolve()
-        return cls(repo=repo, registry=repo / "registry.db", online_db=repo / "online_store.db")
+DEFINITIONS_FILE = "definitions.py"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def repo_config(settings: Settings) -> dict[str, Any]:
     """The content of feature_store.yaml for these settings."""
-    paths = FeastPaths.from_settings(settings)
-    online: dict[str, Any] = {"type": "sqlite", "path": str(paths.online_db)}
+    online: dict[str, Any] = {"type": "sqlite", "path": "online_store.db"}
     if settings.feast.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.feast.redis_connection_string}
     return {
         "project": settings.feast.project,
         "provider": "local",
-        "registry": str(paths.registry),
+        "registry": "registry.db",
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
@@ -60,75 +57,298 @@ def repo_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def open_store(settings: Settings) -> Any:
-    """A FeatureStore for the workspace's repository (writes feature_store.yaml)."""
-    from feast import FeatureStore
-
-    paths = FeastPaths.from_settings(settings)
-    paths.repo.mkdir(parents=True, exist_ok=True)
-    config_file = paths.repo / "feature_store.yaml"
-    text = yaml.safe_dump(repo_config(settings), sort_keys=False)
-    if not config_file.exists() or config_file.read_text() != text:
-        config_file.write_text(text)
-    return FeatureStore(repo_path=str(paths.repo))
-
-
-def definitions(settings: Settings, source_glob: str, specs: tuple[FeatureSpec, ...]) -> dict[str, Any]:
-    """Entity, file source and feature view over the feature table.
+def definitions_source(
+    settings: Settings,
+    table: FeatureTable,
+    specs: tuple[FeatureSpec, ...],
+    services: dict[str, list[str] | None],
+    stamps: tuple[datetime, datetime] | None = None,
+) -> str:
+    """Feast's Python repo file for the feature table and these feature services.
 
     Args:
         settings: For the TTL.
-        source_glob: Glob over the feature table's Parquet files.
+        table: The feature table the file source reads.
         specs: The features the table holds.
+        services: service name -> the features it serves (None: all of them).
+        stamps: When the source was created and last updated in the registry (default: now).
 
     Returns:
-        `entity`, `source` and `view`.
+        The text of `definitions.py`.
     """
-    from feast import Entity, FeatureView, Field, FileSource, ValueType
-    from feast.data_format import ParquetFormat
-    from feast.types import Float64, Int64
-
-    entity = Entity(name=ENTITY, join_keys=["customer_id"], value_type=ValueType.INT64, description="A shop customer.")
-    source = FileSource(
-        name="customer_features_source",
-        path=source_glob,
-        file_format=ParquetFormat(),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
+    now = datetime.now(UTC)
+    created, updated = stamps or (now, now)
+    fields = "\n".join(
+        f"        Field(name={s.name!r}, dtype={'Int64' if s.dtype == 'int64' else 'Float64'}, "
+        f"description={s.description!r}),"
+        for s in specs
     )
-    view = FeatureView(
-        name=VIEW,
-        entities=[entity],
-        ttl=timedelta(days=settings.feast.ttl_days),
-        schema=[
-            Field(name=s.name, dtype=Int64 if s.dtype == "int64" else Float64, description=s.description) for s in specs
-        ],
-        source=source,
-        online=True,
-        description="Customer RFM, order-value, lifetime, activity-window and diversity features.",
+    lines = [
+        '"""Feast definitions of the churnops feature table, written by churnops on every apply (edits are',
+        'overwritten: change the feature declarations or the settings instead)."""',
+        "",
+        "from datetime import datetime, timedelta, timezone",
+        "",
+        "from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType",
+        "from feast.data_format import ParquetFormat",
+        "from feast.types import Float64, Int64",
+        "",
+        f"customer = Entity(name={ENTITY!r}, join_keys=['customer_id'], value_type=ValueType.INT64, "
+        "description='A shop customer.')",
+        "",
+        "source = FileSource(",
+        f"    name={SOURCE!r},",
+        f"    path={table.glob!r},",
+        "    file_format=ParquetFormat(),",
+        "    timestamp_field='event_timestamp',",
+        "    created_timestamp_column='created_timestamp',",
+        ")",
+        "# Feast stamps a data source with the time it is constructed, and `feast plan` compares the",
+        "# stamps: pinning them to the registry's keeps a plan of unchanged definitions empty.",
+        f"source.created_timestamp = {_datetime_literal(created)}",
+        f"source.last_updated_timestamp = {_datetime_literal(updated)}",
+        "",
+        "customer_features = FeatureView(",
+        f"    name={VIEW!r},",
+        "    entities=[customer],",
+        f"    ttl=timedelta(days={int(settings.feast.ttl_days)}),",
+        "    schema=[",
+        fields,
+        "    ],",
+        "    source=source,",
+        "    online=True,",
+        "    description='Customer RFM, order-value, lifetime, gap, activity-window and diversity features.',",
+        ")",
+        "",
+    ]
+    for number, (name, features) in enumerate(sorted(services.items())):
+        projection = "customer_features" if features is None else f"customer_features[{list(features)!r}]"
+        lines.append(f"service_{number} = FeatureService(name={name!r}, features=[{projection}])")
+    return "\n".join(lines) + "\n"
+
+
+def _datetime_literal(moment: datetime) -> str:
+    m = moment.astimezone(UTC)
+    return (
+        f"datetime({m.year}, {m.month}, {m.day}, {m.hour}, {m.minute}, {m.second}, {m.microsecond}, "
+        "tzinfo=timezone.utc)"
     )
-    return {"entity": entity, "source": source, "view": view}
 
 
-def feature_service(name: str, view: Any, features: list[str] | None = None) -> Any:
-    """A feature service: the contract between one model version's training and serving."""
-    from feast import FeatureService
+class FeastFeatureStore:
+    """The workspace's Feast repository: apply, materialize the newest snapshot, join, serve."""
 
-    projection = view if features is None else view[features]
-    return FeatureService(name=name, features=[projection])
+    def __init__(self, settings: Settings, table: FeatureTable | None = None) -> None:
+        self.settings = settings
+        self.table = table or FeatureTable(settings.paths.feature_table.resolve())
+        self.repo = settings.paths.feature_repo.resolve()
+        self._store: Any = None
+
+    @property
+    def online_db(self) -> Path:
+        """The SQLite online store (when that is the configured one)."""
+        return self.repo / "online_store.db"
+
+    @property
+    def store(self) -> Any:
+        """Feast's FeatureStore for the repository (writes feature_store.yaml if it changed)."""
+        if self._store is None:
+            from feast import FeatureStore as Feast
+
+            self.repo.mkdir(parents=True, exist_ok=True)
+            config_file = self.repo / "feature_store.yaml"
+            text = yaml.safe_dump(repo_config(self.settings), sort_keys=False)
+            if not config_file.exists() or config_file.read_text() != text:
+                config_file.write_text(text)
+            self._store = Feast(repo_path=str(self.repo))
+        return self._store
+
+    def exists(self) -> bool:
+        """Whether anything was applied yet."""
+        return (self.repo / "registry.db").exists()
+
+    def services(self) -> dict[str, list[str] | None]:
+        """Registered feature services: name -> features (None: the whole view)."""
+        if not self.exists():
+            return {}
+        out: dict[str, list[str] | None] = {}
+        for service in self.store.list_feature_services():
+            projection = service.feature_view_projections[0]
+            names = [f.name for f in projection.features]
+            out[service.name] = None if service.name == CURRENT_SERVICE else names
+        return out
+
+    def apply(self, specs: tuple[FeatureSpec, ...], services: dict[str, list[str] | None] | None = None) -> None:
+        """Write `definitions.py` for the table, the current service and every model's service, and apply it.
+
+        Args:
+            specs: The table's features.
+            services: Feature services to add (name -> features); existing ones are kept.
+        """
+        self._repoint_infra()
+        wanted = {**self.services(), CURRENT_SERVICE: None, **(services or {})}
+        known = {s.name for s in specs}
+        wanted = {k: v for k, v in wanted.items() if v is None or set(v) <= known}
+        self.repo.mkdir(parents=True, exist_ok=True)
+        path = self.repo / DEFINITIONS_FILE
+        _write_if_changed(path, definitions_source(self.settings, self.table, specs, wanted, self._source_stamps()))
+        with quiet():
+            self._apply_repo(path)
+        # the registry re-stamps the source on apply; the file records the stamps it now holds
+        _write_if_changed(path, definitions_source(self.settings, self.table, specs, wanted, self._source_stamps()))
+
+    def _apply_repo(self, path: Path) -> None:
+        """`feast apply` of the repo file: what it defines is added or updated, the rest deleted."""
+        from feast import Entity, FeatureService, FeatureView, FileSource
+        from feast.project import Project
+        from feast.repo_contents import RepoContents
+        from feast.repo_operations import apply_total_with_repo_instance
+
+        objects = _repo_objects(path)
+        project = self.settings.feast.project
+        contents = RepoContents(
+            projects=[Project(name=project)],
+            data_sources=[o for o in objects if isinstance(o, FileSource)],
+            entities=[o for o in objects if isinstance(o, Entity)],
+            feature_views=[o for o in objects if isinstance(o, FeatureView)],
+            feature_services=[o for o in objects if isinstance(o, FeatureService)],
+            on_demand_feature_views=[],
+            stream_feature_views=[],
+            label_views=[],
+            permissions=[],
+        )
+        store = self.store
+        store.registry.apply_project(contents.projects[0], commit=True)
+        apply_total_with_repo_instance(store, project, store.registry, contents, skip_source_validation=True)
+
+    def add_service(self, name: str, features: list[str]) -> None:
+        """Register a model version's feature service (the contract between its training and serving)."""
+        self.apply(self._applied_specs(), {name: features})
+
+    def _repoint_infra(self) -> None:
+        """Point the registry's record of the SQLite online table at this workspace's file.
+
+        Feast records the table's absolute path; in a moved or copied workspace an apply would
+        otherwise tear down the table at the old path, in the original workspace.
+        """
+        if self.settings.feast.online_store != "sqlite" or not self.exists():
+            return
+        from feast.infra.infra_object import Infra
+
+        registry = self.store.registry
+        proto = registry.proto()
+        target = str(self.online_db)
+        stale = [o for o in proto.infra.infra_objects if o.HasField("sqlite_table") and o.sqlite_table.path != target]
+        for infra_object in stale:
+            infra_object.sqlite_table.path = target
+        if stale:
+            registry.update_infra(Infra.from_proto(proto.infra), self.settings.feast.project, commit=True)
+
+    def repoint(self) -> None:
+        """Re-apply the definitions when the registry still points at another folder (a moved or
+        copied workspace), so reads never go to the old location."""
+        if not self.exists():
+            return
+        self._repoint_infra()
+        path = self.store.get_feature_view(VIEW).batch_source.path
+        if path != self.table.glob:
+            log.info("the feature repository pointed at %s; re-applying for %s", path, self.table.glob)
+            self.apply(self._applied_specs())
+
+    def _source_stamps(self) -> tuple[datetime, datetime] | None:
+        """When the view's registered file source was created and last updated, if registered."""
+        if not self.exists():
+            return None
+        try:
+            source = self.store.get_feature_view(VIEW).batch_source
+        except Exception:  # Feast raises its own not-found type per registry kind
+            return None
+        if source.created_timestamp is None or source.last_updated_timestamp is None:
+            return None
+        return _utc(source.created_timestamp), _utc(source.last_updated_timestamp)
+
+    def _applied_specs(self) -> tuple[FeatureSpec, ...]:
+        """The feature declarations of the applied view, in its order."""
+        from churnops.features.definitions import feature_specs
+
+        declared = {s.name: s for s in feature_specs(tuple(self.settings.features.windows))}
+        fields = self.store.get_feature_view(VIEW).features
+        return tuple(
+            declared.get(f.name)
+            or FeatureSpec(f.name, "int64" if "Int64" in str(f.dtype) else "float64", f.description, True)
+            for f in fields
+        )
+
+    def publish_newest(self, snapshot: datetime, progress: Callable[[int, int], None] | None = None) -> None:
+        """Load one snapshot (the table's newest) into the online store, in batches.
+
+        Every customer known at the newest snapshot has a row in it, so this leaves the online
+        store holding each customer's newest values; older snapshots are never written, so a
+        backfill cannot overwrite newer rows. The snapshot file is read batch by batch and each
+        batch written through Feast (`write_to_online_store`); the interval is then recorded as
+        materialized, as `feast materialize` would.
+
+        Args:
+            snapshot: The snapshot time (its day names the table's partition).
+            progress: Called with (rows written, rows in all) after each batch.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        entry = self.table.manifest().snapshots[f"{snapshot:%Y-%m-%d}"]
+        store = self.store
+        view = store.get_feature_view(VIEW)
+        columns = ["customer_id", "event_timestamp", "created_timestamp", *(f.name for f in view.features)]
+        parquet = pq.ParquetFile(self.table.path_of(entry))
+        total, done = parquet.metadata.num_rows, 0
+        nullable_ints = {pa.int64(): pd.Int64Dtype()}.get  # nulls stay nulls, not NaN floats
+        for batch in parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns):
+            with quiet():
+                store.write_to_online_store(VIEW, batch.to_pandas(types_mapper=nullable_ints))
+            done += batch.num_rows
+            if progress:
+                progress(done, total)
+        start = snapshot.replace(tzinfo=UTC) if snapshot.tzinfo is None else snapshot
+        store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
+
+    def training_rows(self, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+        """Point-in-time join of entity rows (customer_id, event_timestamp, ...) with the features."""
+        refs = [f"{VIEW}:{name}" for name in features]
+        with quiet():
+            joined: pd.DataFrame = self.store.get_historical_features(entity_df=entities, features=refs).to_df()
+        return joined
 
 
-def apply_repo(store: Any, objects: list[Any]) -> None:
-    """The `feast apply` equivalent for these objects."""
-    store.apply(objects)
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def materialize(store: Any, end: datetime, start: datetime | None = None) -> None:
-    """Load the newest feature rows up to `end` into the online store.
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
-    Incremental by default (from the last materialization); with `start`, that window.
-    """
-    if start is None:
-        store.materialize_incremental(end_date=end, feature_views=[VIEW])
-    else:
-        store.materialize(start_date=start, end_date=end, feature_views=[VIEW])
+
+def _repo_objects(path: Path) -> list[Any]:
+    """The Feast objects a repo file defines, loaded as Feast would load them."""
+    from feast import Entity, FeatureService, FeatureView, FileSource
+
+    spec = importlib.util.spec_from_file_location("churnops_feature_repo", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = (Entity, FileSource, FeatureView, FeatureService)
+    return [value for value in vars(module).values() if isinstance(value, kinds)]
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Keep Feast's own printing (coloured, with progress bars) off the terminal; log it instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        text = _ANSI.sub("", buffer.getvalue()).strip()
+        if text:
+            log.info("feast: %s", text)

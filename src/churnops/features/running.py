@@ -34,6 +34,7 @@ class RunningFeatures:
         windows: tuple[int, ...],
         first_counts: list[str],
         category_bits: bool,
+        cents: bool = False,
     ) -> None:
         """Start with no orders.
 
@@ -43,6 +44,8 @@ class RunningFeatures:
             windows: Trailing windows in days.
             first_counts: Features counted from first orders (unique_products, ...).
             category_bits: unique_categories is the popcount of a category mask.
+            cents: Every amount is whole cents: sums are carried as exact sums of cents, so
+                they do not depend on how the orders were split into steps.
         """
         size = len(customer_ids)
         self.customer_ids = customer_ids.astype(np.int64)
@@ -58,6 +61,14 @@ class RunningFeatures:
         self.category_bits = np.zeros(size, np.uint64) if category_bits else None
         self.window_n = {w: np.zeros(size, np.int64) for w in windows}
         self.window_total = {w: np.zeros(size, np.float64) for w in windows}
+        self.cents = cents
+        # whole cents and squared cents as floats: exact integers below 2^53
+        self.total_cents = np.zeros(size, np.float64)
+        self.total_cents2 = np.zeros(size, np.float64)
+        self.window_cents = {w: np.zeros(size, np.float64) for w in windows}
+        self.order_days = np.zeros(size, np.int64)
+        self.gap_sum = np.zeros(size, np.int64)
+        self.gap_sq = np.zeros(size, np.int64)
 
     def add_orders(self, step: dict[str, np.ndarray]) -> None:
         """Fold in one step's per-customer aggregates (`Stepping.orders_since`)."""
@@ -81,6 +92,19 @@ class RunningFeatures:
         for w in self.window_n:
             self.window_n[w][at] += n_b
             self.window_total[w][at] += total_b
+        if self.cents:
+            self.total_cents[at] += step["cents"]
+            self.total_cents2[at] += step["cents2"]
+            for w in self.window_cents:
+                self.window_cents[w][at] += step["cents"]
+
+    def add_order_days(self, positions: np.ndarray, gaps: np.ndarray) -> None:
+        """Count order days first seen in this step, with each one's gap to the previous day."""
+        if len(positions):
+            size = len(self.n)
+            self.order_days += np.bincount(positions, minlength=size)
+            self.gap_sum += np.rint(np.bincount(positions, weights=gaps, minlength=size)).astype(np.int64)
+            self.gap_sq += np.rint(np.bincount(positions, weights=gaps * gaps, minlength=size)).astype(np.int64)
 
     def add_firsts(self, name: str, positions: np.ndarray) -> None:
         """Count products (or categories) first ordered in this step, one position per pair."""
@@ -94,6 +118,8 @@ class RunningFeatures:
         self.window_n[days][at] = left
         # an emptied window is exactly 0, not the rounding left over from adding and taking away
         self.window_total[days][at] = np.where(left == 0, 0.0, self.window_total[days][at] - leaving["total"])
+        if self.cents:
+            self.window_cents[days][at] -= leaving["cents"]
 
     def table(self, as_of_us: int, feature_columns: list[str], created_us: int) -> pa.Table:
         """The feature rows of every customer created before `as_of_us`, as the contract types.
@@ -109,8 +135,13 @@ class RunningFeatures:
         with np.errstate(invalid="ignore", divide="ignore"):
             lifetime = (last_at - first_at) // DAY_US
             std = np.sqrt(np.maximum(self.m2[known] / (n - 1), 0.0))
+            if self.cents:
+                total = self.total_cents[known] / 100.0
+                std = exact_cents_std(n, self.total_cents[known], self.total_cents2[known], std)
+            recency = (as_of_us - last_at) // DAY_US
+            mean_gap, std_gap, no_gap = gap_statistics(self.order_days[known], self.gap_sum[known], self.gap_sq[known])
             values: dict[str, Any] = {
-                "recency": _ints((as_of_us - last_at) // DAY_US, none),
+                "recency": _ints(recency, none),
                 "frequency": _ints(n),
                 "monetary": _floats(total),
                 "avg_order_value": _floats(total / n, none),
@@ -119,6 +150,11 @@ class RunningFeatures:
                 "std_order_value": _floats(np.where(n == 1, 0.0, std), none),
                 "customer_lifetime_days": _ints(lifetime, none),
                 "avg_days_between_orders": _floats(lifetime / np.maximum(n, 1), none),
+                "customer_age_days": _ints((as_of_us - first_at) // DAY_US, none),
+                "order_days": _ints(self.order_days[known]),
+                "mean_gap_days": _floats(mean_gap, no_gap),
+                "std_gap_days": _floats(std_gap, no_gap),
+                "overdue_ratio": _floats(recency.astype(np.float64) / mean_gap, no_gap),
             }
         for name, counts in self.firsts.items():
             values[name] = _ints(counts[known])
@@ -126,7 +162,7 @@ class RunningFeatures:
             values["unique_categories"] = _ints(np.bitwise_count(self.category_bits[known]).astype(np.int64))
         for w, counts in self.window_n.items():
             in_window = counts[known]
-            spent = np.maximum(self.window_total[w][known], 0.0)
+            spent = self.window_cents[w][known] / 100.0 if self.cents else np.maximum(self.window_total[w][known], 0.0)
             values[f"orders_last_{w}d"] = _ints(in_window)
             values[f"spend_last_{w}d"] = _floats(spent)
         rows = int(known.sum())
@@ -138,6 +174,54 @@ class RunningFeatures:
             **{name: values[name] for name in feature_columns},
         }
         return pa.table(columns)
+
+
+EXACT_LIMIT = 2.0**53  # float sums of whole numbers are exact below this
+
+
+def exact_cents_std(n: np.ndarray, cents: np.ndarray, cents2: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Sample std of whole-cent amounts from exact integer sums, where they are exact.
+
+    n * sum(c^2) - sum(c)^2 is an exact integer (Python integers where int64 would overflow),
+    rounded once to a float and divided as the single-snapshot SQL does, so both paths give
+    the same bits. Customers whose sum of squared cents reaches 2^53 keep `fallback`.
+    """
+    out = np.array(fallback, dtype=np.float64, copy=True)
+    exact = (n > 1) & (cents2 < EXACT_LIMIT)
+    if not exact.any():
+        return out
+    k = n[exact].astype(np.int64)
+    s1 = cents[exact].astype(np.int64)
+    s2 = cents2[exact].astype(np.int64)
+    small = k.astype(np.float64) * s2.astype(np.float64) < 2.0**62
+    numerator = np.empty(len(k), dtype=np.float64)
+    numerator[small] = (k[small] * s2[small] - s1[small] * s1[small]).astype(np.float64)
+    big = np.flatnonzero(~small)
+    for i in big:  # Python integers: exact at any size
+        numerator[i] = float(int(k[i]) * int(s2[i]) - int(s1[i]) * int(s1[i]))
+    variance = numerator / (k * (k - 1)).astype(np.float64) / 10000.0
+    out[exact] = np.sqrt(np.maximum(variance, 0.0))
+    return out
+
+
+def gap_statistics(
+    order_days: np.ndarray, gap_sum: np.ndarray, gap_sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and sample std of the gaps between consecutive order days, from exact integer sums.
+
+    Both DuckDB paths call this, so one snapshot has the same bits alone or among many.
+
+    Returns:
+        Mean gap, std of the gaps (0 for a single gap), and a mask of customers with fewer than
+        two order days (no gap: null).
+    """
+    gaps = order_days - 1
+    no_gap = gaps < 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = gap_sum / gaps.astype(np.float64)
+        spread = (gaps * gap_sq - gap_sum * gap_sum).astype(np.float64) / (gaps * (gaps - 1)).astype(np.float64)
+        std = np.where(gaps == 1, 0.0, np.sqrt(np.maximum(spread, 0.0)))
+    return np.where(no_gap, 0.0, mean), np.where(no_gap, 0.0, std), no_gap
 
 
 def _ints(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
@@ -180,6 +264,57 @@ class FirstOrders:
         taken = self.positions[self.done : end]
         self.done = max(self.done, end)
         return taken
+
+
+class OrderDays:
+    """The distinct order days of each customer, handed out snapshot by snapshot, each with its
+    gap (in days) to the customer's previous order day.
+
+    A day counts from the first order on it, so a snapshot in the middle of a day sees the day
+    if an order came before the snapshot. The gap of a day to the one before never changes, so
+    a running count and running sums of gaps and squared gaps give every snapshot's statistics
+    exactly.
+    """
+
+    def __init__(self, positions: np.ndarray, at_us: np.ndarray) -> None:
+        """Find each (customer, day)'s first order.
+
+        Args:
+            positions: Customer position of each order, in time order.
+            at_us: Order time in micros, ascending.
+        """
+        days = at_us // DAY_US
+        first_day = int(days.min()) if len(days) else 0
+        span = int(days.max()) - first_day + 1 if len(days) else 1
+        keys = positions.astype(np.uint64) * np.uint64(span) + (days - first_day).astype(np.uint64)
+        first = first_occurrences(keys)
+        self.positions = positions[first].astype(np.int64)
+        self.at_us = at_us[first].astype(np.int64)
+        self.gaps = day_gaps(self.positions, days[first].astype(np.int64))
+        self.done = 0
+
+    def until(self, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and gaps of the order days first seen before `as_of_us`, not handed out yet."""
+        end = int(np.searchsorted(self.at_us, as_of_us, side="left"))
+        taken = slice(self.done, max(self.done, end))
+        self.done = max(self.done, end)
+        return self.positions[taken], self.gaps[taken].astype(np.float64)
+
+
+def day_gaps(positions: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Each (customer, day)'s gap to the customer's previous day (0 for the first), in input order.
+
+    Days of one customer must come in increasing order (as they do in time order).
+    """
+    order = np.argsort(positions, kind="stable")
+    by_customer, by_day = positions[order], days[order]
+    gaps = np.zeros(len(order), dtype=np.int64)
+    if len(order) > 1:
+        same = by_customer[1:] == by_customer[:-1]
+        gaps[1:] = np.where(same, by_day[1:] - by_day[:-1], 0)
+    out = np.empty_like(gaps)
+    out[order] = gaps
+    return out
 
 
 def first_occurrences(keys: np.ndarray) -> np.ndarray:

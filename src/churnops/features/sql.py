@@ -146,6 +146,22 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
 )""",
             *window_ctes,
             *distinct_ctes,
+            # each distinct order day counts in the bucket of its first order, with its gap
+            # (whole days) to the customer's previous order day
+            f"""day_firsts AS (
+    SELECT customer_id, day, MIN(as_of) AS as_of FROM (
+        SELECT customer_id, CAST(FLOOR({dialect.micros.format(x="order_date")} / {DAY_US}) AS BIGINT) AS day, as_of
+        FROM bucketed
+    ) AS days GROUP BY customer_id, day
+)""",
+            """day_gaps AS (
+    SELECT customer_id, as_of, COALESCE(day - LAG(day) OVER (PARTITION BY customer_id ORDER BY day), 0) AS gap
+    FROM day_firsts
+)""",
+            """dagg AS (
+    SELECT customer_id, as_of, COUNT(*) AS k, SUM(gap) AS g1, SUM(gap * gap) AS g2
+    FROM day_gaps GROUP BY customer_id, as_of
+)""",
             f"""running AS (
     SELECT g.customer_id, g.as_of,
            SUM(COALESCE(agg.n, 0)) OVER w AS n,
@@ -155,10 +171,14 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
            MIN(agg.mn) OVER w AS mn,
            MAX(agg.mx) OVER w AS mx,
            MIN(agg.first_at) OVER w AS first_at,
-           MAX(agg.last_at) OVER w AS last_at
+           MAX(agg.last_at) OVER w AS last_at,
+           SUM(COALESCE(dagg.k, 0)) OVER w AS order_days,
+           SUM(COALESCE(dagg.g1, 0)) OVER w AS g1,
+           SUM(COALESCE(dagg.g2, 0)) OVER w AS g2
            {"".join(", " + c for c in window_cum + distinct_cum)}
     FROM grid AS g
     LEFT JOIN agg ON agg.customer_id = g.customer_id AND agg.as_of = g.as_of
+    LEFT JOIN dagg ON dagg.customer_id = g.customer_id AND dagg.as_of = g.as_of
     {" ".join(window_joins + distinct_joins)}
     WINDOW w AS (PARTITION BY g.customer_id ORDER BY g.as_of ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )""",
@@ -166,10 +186,13 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
     )
     variance = "GREATEST((s2 - s1 * s1 / n) / (n - 1), 0.0)"
     lifetime = _days_between(dialect, "last_at", "first_at")
+    recency = _days_between(dialect, "as_of", "last_at")
+    mean_gap = "g1 / CAST(order_days - 1 AS DOUBLE)"
+    gap_spread = "CAST((order_days - 1) * g2 - g1 * g1 AS DOUBLE) / ((order_days - 1) * (order_days - 2))"
     columns = [
         "customer_id",
         "as_of AS event_timestamp",
-        f"CASE WHEN n > 0 THEN {_days_between(dialect, 'as_of', 'last_at')} END AS recency",
+        f"CASE WHEN n > 0 THEN {recency} END AS recency",
         "CAST(n AS BIGINT) AS frequency",
         "CAST(total AS DOUBLE) AS monetary",
         "CASE WHEN n > 0 THEN total / n END AS avg_order_value",
@@ -178,6 +201,12 @@ def features_from_buckets_sql(dialect: Dialect, windows: tuple[int, ...], has_pr
         f"CASE WHEN n = 1 THEN 0.0 WHEN n > 1 THEN SQRT({variance}) END AS std_order_value",
         f"CASE WHEN n > 0 THEN {lifetime} END AS customer_lifetime_days",
         f"CASE WHEN n > 0 THEN {lifetime} / CAST(GREATEST(n, 1) AS DOUBLE) END AS avg_days_between_orders",
+        f"CASE WHEN n > 0 THEN {_days_between(dialect, 'as_of', 'first_at')} END AS customer_age_days",
+        "CAST(order_days AS BIGINT) AS order_days",
+        f"CASE WHEN order_days > 1 THEN {mean_gap} END AS mean_gap_days",
+        f"CASE WHEN order_days = 2 THEN 0.0 WHEN order_days > 2 THEN SQRT(GREATEST({gap_spread}, 0.0)) END "
+        "AS std_gap_days",
+        f"CASE WHEN order_days > 1 THEN CAST({recency} AS DOUBLE) / ({mean_gap}) END AS overdue_ratio",
         *distinct_cols,
         *window_cols,
     ]
@@ -190,6 +219,7 @@ def single_snapshot_sql(
     has_product: bool,
     has_category: bool,
     category_bits: bool = False,
+    cents: bool = False,
 ) -> str:
     """The DuckDB feature query for one snapshot: one grouping plus the windows and variance.
 
@@ -204,20 +234,28 @@ def single_snapshot_sql(
         category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
             relation `codes_category(value, code)` (codes 0..63). It turns a distinct
             count into a plain aggregate of the main grouping; only for at most 64 categories.
+        cents: Every amount is whole cents: sums are exact sums of cents, the same bits as
+            the many-snapshot path's running sums (`running.RunningFeatures`).
 
     Returns:
-        A SELECT over the relations `orders` and `customers` (and `codes_category`), and, for
-        each distinct count not in the mask, `distinct_<column>(customer_id, n)`: the count
-        per customer, computed outside this query (`duckdb_engine.distinct_counts`).
+        A SELECT over the relations `orders`, `customers`, `order_day_stats(customer_id,
+        order_days, mean_gap_days, std_gap_days)` (computed outside, `duckdb_engine.order_day_stats`)
+        and `codes_category`, and, for each distinct count not in the mask,
+        `distinct_<column>(customer_id, n)`: the count per customer, computed outside this query
+        (`duckdb_engine.distinct_counts`).
     """
     window_aggs = []
     window_cols = []
+    cents_of = "ROUND(total_amount * 100)"
+    # with whole cents, a window's spend is an exact sum of cents, like the running sums
+    amount, scale = (cents_of, " / 100.0") if cents else ("total_amount", "")
+    summed = "SUM" if cents else "FSUM"
     for w in windows:
         edge = DUCKDB.minus_days.format(ts=as_of, days=int(w))
         window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
-        window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
+        window_aggs.append(f"{summed}({amount}) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
         window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
-        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
+        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0){scale} AS DOUBLE) AS spend_last_{w}d")
     distinct_joins = []
     distinct_cols = []
     bits, codes = "", ""
@@ -237,19 +275,26 @@ def single_snapshot_sql(
         " / (a.n * (a.n - 1)) / 10000.0"
     )
     variance = f"CASE WHEN a.exact THEN {exact} ELSE v.ss / (a.n - 1) END"
-    cents = "ROUND(p.total_amount * 100)"
+    cents_sql = "ROUND(p.total_amount * 100)"
+    total = "(a.cents / 100.0)" if cents else "a.total"
+    recency = _days_between(DUCKDB, as_of, "a.last_at")
     columns = [
         "c.customer_id",
         f"{as_of} AS event_timestamp",
-        f"CASE WHEN a.n > 0 THEN {_days_between(DUCKDB, as_of, 'a.last_at')} END AS recency",
+        f"CASE WHEN a.n > 0 THEN {recency} END AS recency",
         "CAST(COALESCE(a.n, 0) AS BIGINT) AS frequency",
-        "CAST(COALESCE(a.total, 0.0) AS DOUBLE) AS monetary",
-        "CASE WHEN a.n > 0 THEN a.total / a.n END AS avg_order_value",
+        f"CAST(COALESCE({total}, 0.0) AS DOUBLE) AS monetary",
+        f"CASE WHEN a.n > 0 THEN {total} / a.n END AS avg_order_value",
         "a.mx AS max_order_value",
         "a.mn AS min_order_value",
         f"CASE WHEN a.n = 1 THEN 0.0 WHEN a.n > 1 THEN SQRT(GREATEST({variance}, 0.0)) END AS std_order_value",
         f"CASE WHEN a.n > 0 THEN {lifetime} END AS customer_lifetime_days",
         f"CASE WHEN a.n > 0 THEN {lifetime} / CAST(GREATEST(a.n, 1) AS DOUBLE) END AS avg_days_between_orders",
+        f"CASE WHEN a.n > 0 THEN {_days_between(DUCKDB, as_of, 'a.first_at')} END AS customer_age_days",
+        "CAST(COALESCE(g.order_days, 0) AS BIGINT) AS order_days",
+        "g.mean_gap_days",
+        "g.std_gap_days",
+        f"CAST({recency} AS DOUBLE) / g.mean_gap_days AS overdue_ratio",
         *distinct_cols,
         *window_cols,
     ]
@@ -261,7 +306,8 @@ def single_snapshot_sql(
     SELECT *, in_cents AND cents2 < 9007199254740992 AS exact FROM (
     SELECT p.customer_id, COUNT(*) AS n, FSUM(p.total_amount) AS total, MIN(p.total_amount) AS mn,
            MAX(p.total_amount) AS mx, MIN(p.order_date) AS first_at, MAX(p.order_date) AS last_at{bits},
-           BOOL_AND(p.total_amount = {cents} / 100) AS in_cents, SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2
+           BOOL_AND(p.total_amount = {cents_sql} / 100) AS in_cents, SUM({cents_sql}) AS cents,
+           SUM({cents_sql} * {cents_sql}) AS cents2
     FROM past AS p{codes} GROUP BY p.customer_id)
 )""",
         # the windows group only the last max(windows) days, not every order
@@ -279,6 +325,7 @@ def single_snapshot_sql(
     return (
         f"WITH {', '.join(ctes)}\nSELECT {', '.join(columns)} FROM customers AS c "
         "LEFT JOIN a ON a.customer_id = c.customer_id LEFT JOIN v ON v.customer_id = c.customer_id "
+        "LEFT JOIN order_day_stats AS g ON g.customer_id = c.customer_id "
         f"LEFT JOIN w ON w.customer_id = c.customer_id {' '.join(distinct_joins)} WHERE c.created_at < {as_of}"
     )
 
@@ -340,19 +387,26 @@ class Stepping:
         code = f"{column}_code"
         return f"SELECT pos, epoch_us(order_date) AS at, {code} AS code FROM ordered WHERE {code} IS NOT NULL"
 
+    def order_times(self) -> str:
+        """Position and time (micros) of every order, in time order (order days are found from these)."""
+        return "SELECT pos, epoch_us(order_date) AS at FROM ordered"
+
     def orders_since(self, since: str | None, until: str) -> str:
         """Per position, aggregates of the orders in [since, until).
 
         Count, sum, min, max, first and last time (micros), the sum of squared deviations from
-        their mean (m2) and, with `category_bits`, the category mask.
+        their mean (m2), the sums of whole cents and squared cents (exact below 2^53, used when
+        every amount is whole cents) and, with `category_bits`, the category mask.
         """
         bits = self.has_category and self.category_bits
         mask = ", BIT_OR(CAST(1 AS UBIGINT) << category_code) AS category_bits" if bits else ""
         deviation = "(s.total_amount - d.total / d.n)"
+        cents = "ROUND(total_amount * 100)"
         return f"""WITH step AS (SELECT * FROM ordered WHERE {_between("order_date", since, until)}),
 d AS (
     SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total, MIN(total_amount) AS mn, MAX(total_amount) AS mx,
-           epoch_us(MIN(order_date)) AS first_at, epoch_us(MAX(order_date)) AS last_at{mask}
+           epoch_us(MIN(order_date)) AS first_at, epoch_us(MAX(order_date)) AS last_at,
+           SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2{mask}
     FROM step GROUP BY pos
 ),
 m AS (SELECT s.pos, FSUM({deviation} * {deviation}) AS m2 FROM step AS s JOIN d ON d.pos = s.pos GROUP BY s.pos)
@@ -365,7 +419,10 @@ SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
             return DUCKDB.minus_days.format(ts=ts, days=int(days))
 
         left = _between("order_date", shifted(since) if since else None, shifted(until))
-        return f"SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total FROM ordered WHERE {left} GROUP BY pos"
+        return (
+            "SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total, SUM(ROUND(total_amount * 100)) AS cents "
+            f"FROM ordered WHERE {left} GROUP BY pos"
+        )
 
 
 def _between(column: str, since: str | None, until: str) -> str:

@@ -5,6 +5,9 @@ Layout under `<workspace>/features/customer_features/`::
     _manifest.json                      snapshots -> file, rows, content hash; raw lineage
     snapshot=<YYYY-MM-DD>/part-<uuid>.parquet
 
+Paths in the manifest are relative to the table's folder, so a moved or copied workspace reads
+its own files.
+
 As in the raw lake, files are written under fresh names first and the manifest is replaced
 atomically; a rerun of a snapshot replaces its file. The content hash of a snapshot is
 independent of row order (a sum of row hashes), so recomputing the same snapshot from the same
@@ -105,9 +108,14 @@ class FeatureTable:
         return FeatureManifest.from_json(self.manifest_path.read_text())
 
     def files(self) -> list[str]:
-        """Committed snapshot files, oldest snapshot first."""
+        """Committed snapshot files (absolute paths), oldest snapshot first."""
         manifest = self.manifest()
-        return [manifest.snapshots[k].path for k in sorted(manifest.snapshots)]
+        return [self.path_of(manifest.snapshots[k]) for k in sorted(manifest.snapshots)]
+
+    def path_of(self, snapshot: SnapshotFile) -> str:
+        """Where a snapshot's file is (the manifest stores it relative to the table, so a moved
+        workspace keeps working)."""
+        return str(self.root / snapshot.path)
 
     def staging_dir(self) -> Path:
         """A fresh folder for an engine to write partitioned output into."""
@@ -140,7 +148,9 @@ class FeatureTable:
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"part-{uuid.uuid4().hex}.parquet"
             os.replace(path, final)
-            manifest.snapshots[snapshot] = SnapshotFile(snapshot, str(final), rows, content_hash, now)
+            manifest.snapshots[snapshot] = SnapshotFile(
+                snapshot, str(final.relative_to(self.root)), rows, content_hash, now
+            )
         manifest.raw_partitions = raw_partitions
         manifest.features = features
         manifest.engine = engine
@@ -150,7 +160,7 @@ class FeatureTable:
         return manifest
 
     def _remove_unreferenced(self, manifest: FeatureManifest) -> None:
-        referenced = {s.path for s in manifest.snapshots.values()}
+        referenced = {self.path_of(s) for s in manifest.snapshots.values()}
         for path in self.root.glob("snapshot=*/*.parquet"):
             if str(path) not in referenced:
                 path.unlink()

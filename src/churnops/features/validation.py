@@ -64,6 +64,13 @@ def feature_schema(specs: tuple[FeatureSpec, ...], expected_rows: int | None = N
             name="order statistics present exactly when there are orders",
         ),
     ]
+    if "order_days" in names:
+        frame_checks.append(
+            pa.Check(
+                lambda df: (df["order_days"] <= df["frequency"]) & ((df["order_days"] > 0) == (df["frequency"] > 0)),
+                name="order days between 1 and frequency when there are orders",
+            )
+        )
     for days in (int(n.split("_")[2][:-1]) for n in names if n.startswith("orders_last_")):
         frame_checks.append(
             pa.Check(

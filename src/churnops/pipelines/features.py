@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,16 @@ import pyarrow as pa
 
 from churnops.data.tables import order_span, read_customers
 from churnops.features.definitions import FeatureSpec, feature_specs
-from churnops.features.table import FeatureTable
+from churnops.features.table import FeatureManifest, FeatureTable
 from churnops.features.validation import validate_snapshot
 from churnops.pipelines.ingest import make_lake
-from churnops.runlog import append_run, workspace_lock
+from churnops.runlog import append_run
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# staged output: snapshot (YYYY-MM-DD) -> (file, rows, content hash)
+Staged = dict[str, tuple[Path, int, str]]
 
 
 class FeatureBuildError(RuntimeError):
@@ -38,11 +41,21 @@ class FeatureReport:
     content_hash: str
     engine: str
     seconds: dict[str, float] = field(default_factory=dict)
+    online: str = ""  # what happened to the online store
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> FeatureReport:
+        """The inverse of `as_dict`."""
+        return cls(**body)
 
 
 def feature_table(settings: Settings) -> FeatureTable:
     """The customer feature table in the workspace."""
-    return FeatureTable((settings.workspace / "features" / "customer_features").resolve())
+    return FeatureTable(settings.paths.feature_table.resolve())
 
 
 def plan_snapshots(first_order: date, as_of: date, cadence_days: int, max_history: int | None) -> list[date]:
@@ -79,8 +92,9 @@ def build_features(
 
     Args:
         settings: The loaded settings.
-        as_of: The latest snapshot date (features as of 00:00 that day); default the day
-            after the last order in the raw lake.
+        as_of: The logical date: the latest snapshot (features as of 00:00 that day), also
+            stamped as every row's created_timestamp; default the day after the last order in
+            the raw lake.
         history: Also (re)compute the history snapshots at the configured cadence.
         publish_to_feast: Apply the Feast repository and materialize the online store.
         progress: Called with a line for each stage.
@@ -97,9 +111,7 @@ def build_features(
     files = lake.data_files("orders")
     if not files:
         raise FeatureBuildError("the raw lake holds no orders; run `churnops ingest` first")
-    timings: dict[str, float] = {}
-    with workspace_lock(settings.workspace, "features"):
-        started = time.perf_counter()
+    with settings.paths.lock("churnops features"):
         customers = read_customers(lake)[["customer_id", "created_at"]]
         span = order_span(files)
         if span is None:
@@ -110,50 +122,24 @@ def build_features(
         snapshots = (
             plan_snapshots(first_order, latest, cfg.cadence_days, cfg.history_snapshots) if history else [latest]
         )
-        say(f"computing {len(snapshots)} snapshot(s) {snapshots[0]} .. {snapshots[-1]} with {cfg.engine}")
         table = feature_table(settings)
-        staging = table.staging_dir()
-        windows = tuple(cfg.windows)
-
-        def step(done: int, total: int) -> None:
-            if total > 1 and (done == total or done % 10 == 0):
-                say(f"  {done}/{total} snapshots validated and written")
-
-        created = pd.to_datetime(customers["created_at"])
-        created = created.dt.tz_convert(None) if created.dt.tz is not None else created
-
-        def validate(as_of: pd.Timestamp, frame: pd.DataFrame, specs: tuple[FeatureSpec, ...]) -> None:
-            known = int((created < as_of).sum())
-            validate_snapshot(frame, specs, f"{as_of:%Y-%m-%d}", expected_rows=known)
-
-        try:
-            staged, specs, validated = _compute(settings, files, customers, snapshots, windows, staging, step, validate)
-            timings["compute"] = time.perf_counter() - started
-            if not validated:  # the engine wrote without validating: read each snapshot back
-                started = time.perf_counter()
-                for snapshot, (path, _rows, _hash) in sorted(staged.items()):
-                    validate(pd.Timestamp(snapshot), pd.read_parquet(path), specs)
-                timings["validate"] = time.perf_counter() - started
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # nothing of a failed run stays behind
-            raise
-        say(f"validated {len(staged)} snapshot(s)")
-
-        manifest = table.commit(staged, raw_lineage(settings), [s.name for s in specs], cfg.engine)
+        manifest, staged, specs, timings = compute_table(settings, files, customers, table, snapshots, latest, say)
+        online = "not published (--no-feast)"
         if publish_to_feast:
             started = time.perf_counter()
-            publish(settings, table, specs, [datetime.combine(d, datetime.min.time()) for d in snapshots])
+            online = publish(settings, table, specs, sorted(staged), say)
             timings["feast"] = time.perf_counter() - started
-            say("applied the Feast repository and materialized the online store")
+            say(f"applied the Feast repository; {online}")
     report = FeatureReport(
         snapshots=sorted(staged),
         rows=sum(r for _, r, _ in staged.values()),
         content_hash=manifest.content_hash,
         engine=cfg.engine,
         seconds=timings,
+        online=online,
     )
     append_run(
-        settings.workspace,
+        settings.paths,
         {
             "command": "features",
             "date": latest.isoformat(),
@@ -166,6 +152,60 @@ def build_features(
     return report
 
 
+def compute_table(
+    settings: Settings,
+    files: list[str],
+    customers: pd.DataFrame,
+    table: FeatureTable,
+    snapshots: list[date],
+    logical_date: date,
+    say: Callable[[str], None],
+) -> tuple[FeatureManifest, Staged, tuple[FeatureSpec, ...], dict[str, float]]:
+    """Compute, validate and commit snapshots into a feature table.
+
+    Every row is stamped with the logical date as its created_timestamp. A failure leaves the
+    table as it was and removes what it staged.
+
+    Returns:
+        The manifest now in force, what was staged, the features, and timings.
+    """
+    cfg = settings.features
+    say(f"computing {len(snapshots)} snapshot(s) {snapshots[0]} .. {snapshots[-1]} with {cfg.engine}")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    staging = table.staging_dir()
+    windows = tuple(cfg.windows)
+
+    def step(done: int, total: int) -> None:
+        if total > 1 and (done == total or done % 10 == 0):
+            say(f"  {done}/{total} snapshots validated and written")
+
+    created = pd.to_datetime(customers["created_at"])
+    created = created.dt.tz_convert(None) if created.dt.tz is not None else created
+
+    def validate(as_of: pd.Timestamp, frame: pd.DataFrame, specs: tuple[FeatureSpec, ...]) -> None:
+        known = int((created < as_of).sum())
+        validate_snapshot(frame, specs, f"{as_of:%Y-%m-%d}", expected_rows=known)
+
+    try:
+        stamped = datetime.combine(logical_date, datetime.min.time(), tzinfo=UTC)
+        staged, specs, validated = _compute(
+            settings, files, customers, snapshots, windows, staging, stamped, step, validate
+        )
+        timings["compute"] = time.perf_counter() - started
+        if not validated:  # the engine wrote without validating: read each snapshot back
+            started = time.perf_counter()
+            for snapshot, (path, _rows, _hash) in sorted(staged.items()):
+                validate(pd.Timestamp(snapshot), pd.read_parquet(path), specs)
+            timings["validate"] = time.perf_counter() - started
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing of a failed run stays behind
+        raise
+    say(f"validated {len(staged)} snapshot(s)")
+    manifest = table.commit(staged, raw_lineage(settings), [s.name for s in specs], cfg.engine)
+    return manifest, staged, specs, timings
+
+
 def _compute(
     settings: Settings,
     files: list[str],
@@ -173,6 +213,7 @@ def _compute(
     snapshots: list[date],
     windows: tuple[int, ...],
     staging: Path,
+    created_at: datetime,
     progress: Callable[[int, int], None],
     validate: Callable[[pd.Timestamp, pd.DataFrame, tuple[FeatureSpec, ...]], None],
 ) -> tuple[dict[str, tuple[Path, int, str]], tuple[FeatureSpec, ...], bool]:
@@ -183,7 +224,6 @@ def _compute(
         on the way (DuckDB validates each before writing it; Spark's output is read back).
     """
     times = [datetime.combine(d, datetime.min.time()) for d in snapshots]
-    created_at = datetime.now(UTC)
     cfg = settings.features
     if cfg.engine == "spark":
         from churnops.features.spark_engine import write_features_spark
@@ -207,14 +247,34 @@ def _compute(
     return staged, specs, True
 
 
-def publish(settings: Settings, table: FeatureTable, specs: tuple[FeatureSpec, ...], snapshots: list[datetime]) -> None:
-    """Apply the Feast repository and materialize the snapshots just written."""
-    from churnops.features import feast_repo
+def publish(
+    settings: Settings,
+    table: FeatureTable,
+    specs: tuple[FeatureSpec, ...],
+    written: list[str],
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Apply the Feast repository and, if this run wrote the table's newest snapshot, load it
+    into the online store.
 
-    store = feast_repo.open_store(settings)
-    objects = feast_repo.definitions(settings, table.glob, specs)
-    current = feast_repo.feature_service(feast_repo.CURRENT_SERVICE, objects["view"])
-    feast_repo.apply_repo(store, [objects["entity"], objects["view"], current])
-    start = min(snapshots).replace(tzinfo=UTC)
-    end = (max(snapshots) + timedelta(seconds=1)).replace(tzinfo=UTC)
-    feast_repo.materialize(store, end=end, start=start)
+    A backfill (only older snapshots written) leaves the online store alone: it holds each
+    customer's newest snapshot, always.
+
+    Returns:
+        What happened to the online store, in words.
+    """
+    from churnops.features.feast_repo import FeastFeatureStore
+
+    say = progress or (lambda _: None)
+    store = FeastFeatureStore(settings, table)
+    store.apply(specs)
+    newest = max(table.manifest().snapshots)
+    if newest not in written:
+        return f"online store left alone: it holds the newer snapshot {newest}"
+    moment = datetime.fromisoformat(newest).replace(tzinfo=UTC)
+
+    def batches(done: int, total: int) -> None:
+        say(f"  online store: {done:,} of {total:,} customers written")
+
+    store.publish_newest(moment, batches)
+    return f"online store holds snapshot {newest}"

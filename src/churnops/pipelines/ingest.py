@@ -6,18 +6,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from churnops.data.contracts import CONTRACTS, TableContract
-from churnops.data.lake import Part, RawLake
-from churnops.data.mapping import map_columns, parse_batch
-from churnops.data.sources import ReadState, SourceError, decode_mark, read_source, stream_id_key
-from churnops.data.validation import BatchRejectedError, ValidationResult, validate_batch
-from churnops.runlog import append_run, workspace_lock
+from churnops.data.lake import Part, RawLake, encode_parquet
+from churnops.data.mapping import map_columns, parse_batch, parse_timestamps
+from churnops.data.sources import (
+    DERIVED_ORDER_ID,
+    BadFile,
+    ReadState,
+    SourceError,
+    decode_mark,
+    read_source,
+    stream_id_key,
+)
+from churnops.data.validation import BatchRejectedError, ValidationResult, bad_file_rows, validate_batch
+from churnops.runlog import append_run
 from churnops.settings import FileSource, IngestSettings, Settings, Source, StreamSource
 
 log = logging.getLogger(__name__)
@@ -37,9 +45,13 @@ class SourceReport:
     rows_read: int = 0
     rows_accepted: int = 0
     rows_quarantined: int = 0
+    files_quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
+
+
+NO_NEW_DATA = "no new data"
 
 
 def make_lake(settings: Settings) -> RawLake:
@@ -80,7 +92,7 @@ def ingest(
     lake = make_lake(settings)
     reports: list[SourceReport] = []
     has_customer_source = any(s.table == "customers" for s in settings.enabled_sources())
-    with workspace_lock(settings.workspace, "ingest"):
+    with settings.paths.lock("churnops ingest"):
         for source in sources:
             try:
                 report = ingest_source(source, lake, ingest_date, settings.ingest, check_customers=has_customer_source)
@@ -96,9 +108,43 @@ def ingest(
     return reports
 
 
+def default_ingest_date(settings: Settings) -> date:
+    """The logical date when none is given: the day after the newest order, in the lake or
+    waiting in the order sources (never the wall clock), and never before the latest partition.
+
+    Raises:
+        IngestError: There is no order anywhere yet.
+    """
+    from churnops.data.tables import order_span
+
+    lake = make_lake(settings)
+    newest: list[pd.Timestamp] = []
+    span = order_span(lake.data_files("orders"))
+    if span is not None:
+        newest.append(span[1])
+    partitions = [m.ingest_date for table in lake.tables() for m in lake.manifests(table)]
+    after_all = date.fromisoformat(max(partitions)) + timedelta(days=1) if partitions else date(9999, 12, 30)
+    for source in settings.enabled_sources("orders"):
+        try:
+            batch = read_source(source, read_state(lake, source, after_all))
+        except SourceError as exc:
+            raise IngestError(str(exc)) from exc
+        if batch.frame.empty:
+            continue
+        column = source_columns(source).get("order_date", "order_date")
+        if column in batch.frame.columns:
+            parsed = parse_timestamps(batch.frame[column], source.date_formats.get("order_date")).dropna()
+            if not parsed.empty:
+                newest.append(parsed.max())
+    if not newest:
+        raise IngestError("there are no orders in the lake or in the order sources yet; give --date")
+    day = max(newest).date() + timedelta(days=1)
+    return max([day, *(date.fromisoformat(p) for p in partitions)])
+
+
 def _log_run(settings: Settings, ingest_date: date, reports: list[SourceReport], status: str) -> None:
     append_run(
-        settings.workspace,
+        settings.paths,
         {
             "command": "ingest",
             "ingest_date": ingest_date.isoformat(),
@@ -153,8 +199,8 @@ def ingest_source(
         check_customers: Quarantine orders whose customer is not in the lake.
 
     Returns:
-        The report; status is `published`, `unchanged` (a snapshot equal to the last one)
-        or `empty` (nothing new).
+        The report; status is `published`, `unchanged` (a snapshot equal to the last one),
+        `no new data`, or `files set aside` (every new file was quarantined whole).
 
     Raises:
         IngestError: A batch-level rule rejected the batch; nothing was published.
@@ -162,44 +208,54 @@ def ingest_source(
     started = time.perf_counter()
     contract = CONTRACTS[source.table]
     state = read_state(lake, source, ingest_date)
-    batch = read_source(source, state)
+    columns = source_columns(source)
+    batch = read_source(source, state, {c: columns.get(c, c) for c in contract.required})
     raw = batch.frame.reset_index(drop=True)
     where = f"source {source.name!r} ({source.kind}) -> {source.table}, ingest date {ingest_date}"
-    if raw.empty and isinstance(source, StreamSource):
+    if raw.empty and not batch.bad_files and (isinstance(source, StreamSource | FileSource) or not batch.watermark):
+        # nothing arrived: no volume check, nothing published (a rerun of this date reads the same)
         if batch.on_committed:
             batch.on_committed()
-        return SourceReport(source.name, source.table, "empty", seconds=time.perf_counter() - started)
+        return SourceReport(source.name, source.table, NO_NEW_DATA, seconds=time.perf_counter() - started)
     result = _validate(source, contract, raw, lake, ingest_date, check_customers)
     _check_bad_share(result, limits, where)
     previous = _previous_part(lake, source, ingest_date)
-    _check_volume(result.accepted, contract, previous, limits, where)
+    if not raw.empty:
+        _check_volume(result.accepted, contract, previous, limits, where)
+    quarantined: pd.DataFrame = result.quarantined
+    if batch.bad_files:
+        whole_files = bad_file_rows(source.name, batch.bad_files)
+        quarantined = pd.concat([quarantined, whole_files], ignore_index=True) if len(quarantined) else whole_files
     report = SourceReport(
         source.name,
         source.table,
-        "published",
+        "published" if not raw.empty else ("files set aside" if batch.bad_files else NO_NEW_DATA),
         rows_read=result.rows_read,
         rows_accepted=len(result.accepted),
         rows_quarantined=len(result.quarantined),
-        reasons=result.reason_counts(),
+        files_quarantined=len(batch.bad_files),
+        reasons={**result.reason_counts(), **_file_reasons(batch.bad_files)},
     )
-    data_file = lake.write_file(source.table, ingest_date, result.accepted, quarantine=False)
+    encoded = encode_parquet(result.accepted)
     if (
         previous is not None
         and previous.watermark.get("mode") == "snapshot"
-        and previous.data.sha256 == data_file.sha256
-        and result.quarantined.empty
+        and previous.data.sha256 == encoded.sha256
+        and quarantined.empty
     ):
         report.status = "unchanged"
         report.message = "same content as the last snapshot; nothing published"
         report.seconds = time.perf_counter() - started
         return report
+    data_file = lake.write_encoded(source.table, ingest_date, encoded, quarantine=False)
     quarantine_file = (
-        lake.write_file(source.table, ingest_date, result.quarantined, quarantine=True)
-        if not result.quarantined.empty
-        else None
+        lake.write_file(source.table, ingest_date, quarantined, quarantine=True) if not quarantined.empty else None
     )
     watermark: dict[str, Any] = dict(batch.watermark)
     watermark["event_days"] = _event_days(result.accepted, contract)
+    watermark.update(_event_range(result.accepted, contract))
+    if batch.bad_files:
+        watermark["bad_files"] = [f.name for f in batch.bad_files]
     part = Part(
         source=source.name,
         data=data_file,
@@ -212,17 +268,43 @@ def ingest_source(
     lake.commit(source.table, ingest_date, [part], replace_source=replace)
     if batch.on_committed:
         batch.on_committed()
-    if raw.empty:
-        report.status = "empty"
     report.seconds = time.perf_counter() - started
     log.info(
-        "%s: %d read, %d accepted, %d quarantined",
+        "%s: %d read, %d accepted, %d quarantined, %d files set aside",
         where,
         report.rows_read,
         report.rows_accepted,
         report.rows_quarantined,
+        report.files_quarantined,
     )
     return report
+
+
+def source_columns(source: Source) -> dict[str, str]:
+    """Contract column -> the source's column, with a derived order id where configured."""
+    columns = dict(source.columns)
+    if isinstance(source, FileSource) and source.derive_order_id:
+        columns["order_id"] = DERIVED_ORDER_ID
+    return columns
+
+
+def _file_reasons(bad_files: list[BadFile]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for bad in bad_files:
+        kind = f"file: {bad.reason.split(' (')[0].split(';')[0]}"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _event_range(accepted: pd.DataFrame, contract: TableContract) -> dict[str, str]:
+    """First and last event time of the rows (order_date; created_at for customers)."""
+    column = contract.event_time or ("created_at" if "created_at" in contract.columns else None)
+    if column is None or column not in accepted.columns or accepted.empty:
+        return {}
+    values = accepted[column].dropna()
+    if values.empty:
+        return {}
+    return {"event_first": values.min().isoformat(), "event_last": values.max().isoformat()}
 
 
 def _validate(
@@ -240,7 +322,7 @@ def _validate(
         mapped = empty
     else:
         try:
-            mapped = map_columns(raw, contract, source.columns, source.name)
+            mapped = map_columns(raw, contract, source_columns(source), source.name)
         except MissingColumnError as exc:
             raise IngestError(f"{exc} (ingest date {ingest_date}); nothing published") from exc
     parsed = parse_batch(mapped, contract, source.date_formats)

@@ -32,12 +32,13 @@ class SimulationPaths:
     @classmethod
     def from_settings(cls, settings: Settings) -> SimulationPaths:
         """Paths under the workspace; the database is the default customers source's."""
-        url = f"sqlite:///{settings.workspace}/sources/shop.db"
+        paths = settings.paths
+        url = f"sqlite:///{paths.sources}/shop.db"
         for src in settings.sources:
             if isinstance(src, SqlSource) and src.table == "customers":
                 url = src.url
                 break
-        return cls(settings.workspace / "sources", settings.workspace / "simulation", url)
+        return cls(paths.sources, paths.simulation_cache, url)
 
 
 def config_hash(config: SimulationSettings) -> str:

@@ -23,6 +23,8 @@ class TableStatus:
     first_date: str | None
     last_date: str | None
     sources: list[str] = field(default_factory=list)
+    first_event: str | None = None
+    last_event: str | None = None
 
 
 @dataclass
@@ -46,6 +48,8 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         manifests = lake.manifests(table)
         if not manifests:
             continue
+        firsts = [p.watermark["event_first"] for m in manifests for p in m.parts if p.watermark.get("event_first")]
+        lasts = [p.watermark["event_last"] for m in manifests for p in m.parts if p.watermark.get("event_last")]
         tables.append(
             TableStatus(
                 table=table,
@@ -55,6 +59,8 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
                 first_date=manifests[0].ingest_date,
                 last_date=manifests[-1].ingest_date,
                 sources=sorted({p.source for m in manifests for p in m.parts}),
+                first_event=min(firsts)[:10] if firsts else None,
+                last_event=max(lasts)[:10] if lasts else None,
             )
         )
     _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
@@ -77,6 +83,6 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         sources=sources,
         simulated_until=until.isoformat() if until else None,
         tables=tables,
-        runs=read_runs(settings.workspace, last_runs),
+        runs=read_runs(settings.paths, last_runs),
         features=features,
     )

@@ -1,63 +1,67 @@
-"""Training: labels -> Feast point-in-time training set -> candidates in MLflow -> gate -> registry."""
+"""Training: labels -> purged time split -> point-in-time training set -> candidates in MLflow.
+
+The `train` step ends with the MLflow run id of the challenger (the best candidate by
+`training.selection_metric` on validation data); the `gate` and `register` steps
+(`pipelines/promotion.py`) take it from there. Unchanged inputs (feature table, labels,
+training settings, code) reuse the completed training of the same inputs instead of training
+again.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnops.alerts import Alert, raise_alert
 from churnops.data.tables import order_span
+from churnops.features.store import FeatureStore
+from churnops.features.table import FeatureTable
 from churnops.pipelines.features import feature_table
 from churnops.pipelines.ingest import make_lake
-from churnops.registry.mlflow_registry import ModelRegistry
-from churnops.runlog import append_run, workspace_lock
+from churnops.runlog import append_run
 from churnops.settings import CandidateSettings, Settings
-from churnops.training.candidates import build_candidate
-from churnops.training.gate import GateResult, evaluate_gate
+from churnops.training.candidates import Candidate, build_candidate
+from churnops.training.gate import baseline_metrics, by_recency_scores
 from churnops.training.labels import label_customers
 from churnops.training.metrics import choose_threshold, classification_metrics, cross_validated_f1
 
 log = logging.getLogger(__name__)
+
+PARTS = ("fit", "validation", "holdout")
+HOLDOUT_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "brier")
 
 
 class TrainingError(RuntimeError):
     """Training cannot run; the message says why and what to do."""
 
 
-class GateFailedError(RuntimeError):
-    """The challenger failed the quality gate: nothing was registered and the team was alerted."""
-
-    def __init__(self, message: str, report: TrainReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class TrainingSet:
-    """Labelled rows with their point-in-time features, and where they came from."""
-
-    frame: pd.DataFrame
-    features: list[str]
-    lineage: dict[str, Any]
-
-
-@dataclass
+@dataclass(frozen=True)
 class Split:
-    """Row positions of the three parts of the training set."""
+    """Row positions of the three parts of the training set, and the snapshots each holds."""
 
     fit: np.ndarray
     validation: np.ndarray
     holdout: np.ndarray
+    snapshots: dict[str, list[str]]
     description: str
+
+
+@dataclass
+class TrainingSet:
+    """Labelled rows with their point-in-time features (fit rows, then validation, then holdout)."""
+
+    frame: pd.DataFrame
+    features: list[str]
+    split: Split
+    lineage: dict[str, Any]
 
 
 @dataclass
@@ -67,167 +71,282 @@ class CandidateResult:
     name: str
     algorithm: str
     run_id: str
-    model_uri: str
     threshold: float
     holdout: dict[str, float]
     validation: dict[str, float]
     cv_f1_mean: float
     cv_f1_std: float
-    importances: dict[str, float]
     seconds: float
-    holdout_proba: np.ndarray = field(repr=False)
 
 
 @dataclass
-class TrainReport:
-    """The outcome of one training run."""
+class Trained:
+    """The candidates of one training attempt: results, holdout probabilities, fitted models."""
 
-    rows: int
-    candidates: list[CandidateResult]
+    results: list[CandidateResult]
+    holdout_proba: dict[str, np.ndarray]
+    models: dict[str, Candidate]
+    baselines: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    """What the train step hands on: the challenger's run id and the evidence beside it."""
+
+    run_id: str
     challenger: str
-    gate: GateResult
-    version: str | None = None
-    promoted_to_champion: bool = False
-    alerted: bool = False
+    candidates: list[CandidateResult]
+    baselines: dict[str, float]
+    rows: dict[str, int]
+    churn_rate: float
+    logical_date: str
+    reused: bool = False
     seconds: float = 0.0
+    snapshots: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able (an orchestrator passes it on)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> TrainResult:
+        """The inverse of `as_dict`."""
+        return cls(**{**body, "candidates": [CandidateResult(**c) for c in body["candidates"]]})
 
 
-def model_registry(settings: Settings) -> ModelRegistry:
-    """The registry for the configured model, with its audit log in the workspace."""
-    from churnops.training.tracking import use_tracking
-
-    use_tracking(settings.mlflow)
-    return ModelRegistry(
-        settings.mlflow.tracking_uri, settings.mlflow.model_name, settings.workspace / "registry_audit.jsonl"
-    )
+def logical_datetime(day: date) -> datetime:
+    """00:00 (UTC, naive) of a logical date: everything strictly before it is known."""
+    return datetime.combine(day, datetime.min.time())
 
 
-def build_training_set(settings: Settings) -> TrainingSet:
-    """Labels for every complete snapshot, joined point-in-time with Feast's feature service.
+def default_logical_date(settings: Settings) -> date:
+    """The day after the last order in the raw lake.
 
     Raises:
-        TrainingError: No features yet, or no snapshot whose horizon has passed.
+        TrainingError: The lake holds no orders.
     """
-    from churnops.features import feast_repo
-
-    table = feature_table(settings)
-    manifest = table.manifest()
-    if not manifest.snapshots:
-        raise TrainingError("the feature table is empty; run `churnops features` first")
-    files = make_lake(settings).data_files("orders")
-    span = order_span(files)
+    span = order_span(make_lake(settings).data_files("orders"))
     if span is None:
         raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
-    data_end = span[1]
-    horizon = settings.training.horizon_days
-    snapshots = [datetime.fromisoformat(s) for s in sorted(manifest.snapshots)]
-    labels = label_customers(files, snapshots, horizon, data_end.to_pydatetime())
-    if labels.empty:
+    return span[1].date() + timedelta(days=1)
+
+
+def purged_time_split(
+    snapshots: list[pd.Timestamp], holdout: int, validation: int, horizon_days: int
+) -> dict[str, list[pd.Timestamp]]:
+    """Fit, validation and holdout snapshots with at least a horizon between the parts.
+
+    The holdout is the latest `holdout` snapshots; validation the latest `validation` snapshots
+    whose label window closes before the holdout starts; fit every snapshot whose window closes
+    before validation starts. So no label of one part looks into a later part's time.
+
+    Raises:
+        TrainingError: Too little history for the three parts and their gaps.
+    """
+    horizon = pd.Timedelta(days=horizon_days)
+    held = snapshots[-holdout:]
+    if not held:
+        raise TrainingError("no labelled snapshot to hold out")
+    room = [s for s in snapshots if s + horizon <= held[0]]
+    checked = room[-validation:]
+    fit = [s for s in snapshots if checked and s + horizon <= checked[0]]
+    if not checked or not fit:
+        span = (snapshots[-1] - snapshots[0]).days if snapshots else 0
         raise TrainingError(
-            f"no feature snapshot has a complete {horizon}-day horizon: the data ends {data_end:%Y-%m-%d} and "
-            f"the first snapshot is {snapshots[0]:%Y-%m-%d}; ingest more history or shorten training.horizon_days"
+            f"a purged time split needs fit, validation and holdout snapshots {horizon_days} days apart; the "
+            f"{len(snapshots)} labelled snapshots span {span} days. Ingest more history, shorten "
+            "training.horizon_days, lower training.holdout_snapshots / validation_snapshots, "
+            "or use training.split: random"
         )
-    if settings.training.max_rows and len(labels) > settings.training.max_rows:
-        labels = labels.sample(settings.training.max_rows, random_state=settings.training.seed)
-    entity = labels.assign(event_timestamp=pd.to_datetime(labels["event_timestamp"]).dt.tz_localize("UTC"))
-    store = feast_repo.open_store(settings)
-    service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
-    joined = store.get_historical_features(entity_df=entity, features=service).to_df()
-    joined = joined.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)
-    features = list(manifest.features)
-    used = sorted(labels["event_timestamp"].unique())
-    lineage = {
-        "feature_table_hash": manifest.content_hash,
-        "feature_service": feast_repo.CURRENT_SERVICE,
-        "raw_partitions": manifest.raw_partitions,
-        "snapshot_first": str(pd.Timestamp(used[0]).date()),
-        "snapshot_last": str(pd.Timestamp(used[-1]).date()),
-        "snapshots": len(used),
-        "label_horizon_days": horizon,
-        "data_end": data_end.isoformat(),
-        "rows": len(joined),
-        "churn_rate": float(joined["churned"].mean()),
-    }
-    return TrainingSet(joined, features, lineage)
+    return {"fit": fit, "validation": checked, "holdout": held}
 
 
-def split_rows(data: pd.DataFrame, settings: Settings) -> Split:
-    """Time split by default (latest complete snapshots held out); stratified random by config."""
+def _assign_parts(labels: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, str]:
     cfg = settings.training
     if cfg.split == "random":
         from sklearn.model_selection import train_test_split
 
-        idx = np.arange(len(data))
-        rest, holdout = train_test_split(idx, test_size=cfg.test_size, stratify=data["churned"], random_state=cfg.seed)
-        fit, validation = train_test_split(
-            rest, test_size=cfg.test_size, stratify=data["churned"].iloc[rest], random_state=cfg.seed
+        idx = np.arange(len(labels))
+        rest, held = train_test_split(idx, test_size=cfg.test_size, stratify=labels["churned"], random_state=cfg.seed)
+        fit, checked = train_test_split(
+            rest, test_size=cfg.test_size, stratify=labels["churned"].iloc[rest], random_state=cfg.seed
         )
-        return Split(
-            np.sort(fit),
-            np.sort(validation),
-            np.sort(holdout),
-            f"stratified random {1 - cfg.test_size:.0%}/{cfg.test_size:.0%}",
-        )
-    snaps = np.sort(data["event_timestamp"].unique())
-    if len(snaps) < 3:
+        part = np.empty(len(labels), dtype=object)
+        part[fit], part[checked], part[held] = "fit", "validation", "holdout"
+        return labels.assign(part=part), f"stratified random {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} (not purged)"
+    snaps = sorted(pd.Timestamp(s) for s in labels["event_timestamp"].unique())
+    parts = purged_time_split(snaps, cfg.holdout_snapshots, cfg.validation_snapshots, cfg.horizon_days)
+    which = {s: name for name, members in parts.items() for s in members}
+    assigned = labels["event_timestamp"].map(lambda t: which.get(pd.Timestamp(t)))
+    described = ", ".join(f"{name} {_span(members)}" for name, members in parts.items())
+    parted = labels.assign(part=assigned).dropna(subset=["part"])
+    return parted, f"purged time split ({cfg.horizon_days}-day gaps): {described}"
+
+
+def _span(snapshots: list[pd.Timestamp]) -> str:
+    return f"{snapshots[0]:%Y-%m-%d}..{snapshots[-1]:%Y-%m-%d} ({len(snapshots)})"
+
+
+def _sample(labels: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Cap the fit part at `training.max_rows`, validation and holdout at `max_eval_rows` each."""
+    cfg = settings.training
+    pieces = []
+    for name in PARTS:
+        rows = labels[labels["part"] == name]
+        cap = cfg.max_rows if name == "fit" else cfg.max_eval_rows
+        if cap and len(rows) > cap:
+            rows = rows.sample(cap, random_state=cfg.seed)
+        pieces.append(rows.sort_values(["event_timestamp", "customer_id"]))
+    return pd.concat(pieces, ignore_index=True)
+
+
+def build_training_set(
+    settings: Settings,
+    as_of: date,
+    store: FeatureStore | None = None,
+    table: FeatureTable | None = None,
+) -> TrainingSet:
+    """Labels for every snapshot whose window closes by `as_of`, split, sampled and joined
+    point-in-time with the feature store.
+
+    Args:
+        settings: The loaded settings.
+        as_of: The logical date: only orders and snapshots before it are used.
+        store: Where features come from (default: the workspace's Feast store).
+        table: The feature table (default: the workspace's).
+
+    Raises:
+        TrainingError: No features yet, no complete snapshot, or too little for the split.
+    """
+    from churnops.features.feast_repo import FeastFeatureStore
+
+    table = table or feature_table(settings)
+    manifest = table.manifest()
+    if not manifest.snapshots:
+        raise TrainingError("the feature table is empty; run `churnops features` first")
+    files = make_lake(settings).data_files("orders")
+    if not files:
+        raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
+    horizon = settings.training.horizon_days
+    known_until = logical_datetime(as_of)
+    snapshots = [datetime.fromisoformat(s) for s in sorted(manifest.snapshots) if date.fromisoformat(s) <= as_of]
+    labels = label_customers(files, snapshots, horizon, known_until)
+    if labels.empty:
+        first = f"{snapshots[0]:%Y-%m-%d}" if snapshots else "none"
         raise TrainingError(
-            f"a time split needs at least 3 labelled snapshots, there are {len(snaps)}; use training.split: random"
+            f"no feature snapshot has a complete {horizon}-day horizon before {as_of}: the first snapshot is "
+            f"{first}; ingest more history or shorten training.horizon_days"
         )
-    n_hold = min(cfg.holdout_snapshots, max(1, len(snaps) // 4))
-    n_val = min(cfg.validation_snapshots, max(1, (len(snaps) - n_hold) // 4))
-    hold_from = snaps[-n_hold]
-    val_from = snaps[-(n_hold + n_val)]
-    ts = data["event_timestamp"].to_numpy()
-    fit = np.flatnonzero(ts < val_from)
-    validation = np.flatnonzero((ts >= val_from) & (ts < hold_from))
-    holdout = np.flatnonzero(ts >= hold_from)
-    return Split(
-        fit,
-        validation,
-        holdout,
-        f"time: fit < {pd.Timestamp(val_from).date()} <= validation < {pd.Timestamp(hold_from).date()} <= holdout",
+    parted, description = _assign_parts(labels, settings)
+    sampled = _sample(parted, settings)
+    entity = sampled.assign(event_timestamp=pd.to_datetime(sampled["event_timestamp"]).dt.tz_localize("UTC"))
+    if store is None:
+        feast = FeastFeatureStore(settings, table)
+        feast.repoint()
+        store = feast
+    features = list(manifest.features)
+    joined = store.training_rows(entity, features)
+    order = {name: i for i, name in enumerate(PARTS)}
+    joined = (
+        joined.assign(_order=joined["part"].map(order))
+        .sort_values(["_order", "event_timestamp", "customer_id"])
+        .drop(columns="_order")
+        .reset_index(drop=True)
     )
+    part = joined["part"].to_numpy()
+    by_part = {name: sorted({f"{t:%Y-%m-%d}" for t in joined.loc[part == name, "event_timestamp"]}) for name in PARTS}
+    split = Split(
+        np.flatnonzero(part == "fit"),
+        np.flatnonzero(part == "validation"),
+        np.flatnonzero(part == "holdout"),
+        by_part,
+        description,
+    )
+    lineage = {
+        "feature_table_hash": manifest.content_hash,
+        "raw_partitions": manifest.raw_partitions,
+        "logical_date": as_of.isoformat(),
+        "label_horizon_days": horizon,
+        "label_window": "[snapshot, snapshot + horizon)",
+        "split": description,
+        "snapshots": by_part,
+        "rows": {name: int((part == name).sum()) for name in PARTS},
+        "labelled_rows": len(labels),
+        "churn_rate": float(joined["churned"].mean()),
+    }
+    return TrainingSet(joined, features, split, lineage)
+
+
+def input_key(settings: Settings, training: TrainingSet) -> str:
+    """What training depends on: the feature table, the labelled rows, the settings and the code."""
+    digest = hashlib.sha256()
+    digest.update(training.lineage["feature_table_hash"].encode())
+    rows = training.frame[["customer_id", "event_timestamp", "churned", "part"]]
+    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    digest.update(settings.training.model_dump_json().encode())
+    digest.update(code_fingerprint().encode())
+    return digest.hexdigest()[:32]
+
+
+def code_fingerprint() -> str:
+    """A hash of the churnops package's source files."""
+    import churnops
+
+    digest = hashlib.sha256()
+    root = Path(churnops.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def train_candidates(
-    settings: Settings, training: TrainingSet, split: Split, progress: Callable[[str], None]
-) -> list[CandidateResult]:
-    """Fit, evaluate, cross-validate and log every configured candidate."""
-    from churnops.training.tracking import log_candidate, use_tracking
+    settings: Settings,
+    training: TrainingSet,
+    experiment: str,
+    extra_tags: dict[str, str],
+    progress: Callable[[str], None],
+) -> Trained:
+    """Fit, evaluate, cross-validate and log every configured candidate as an MLflow run."""
+    from churnops.training.tracking import log_candidate
 
     cfg = settings.training
-    experiment = use_tracking(settings.mlflow)
-    data = training.frame
+    data, split = training.frame, training.split
     x = data[training.features].astype("float64")
     y = data["churned"].astype(int)
-    train_part = np.concatenate([split.fit, split.validation])
-    results = []
-    for name, config in cfg.candidates.items():
+    y_hold = y.iloc[split.holdout].to_numpy()
+    baselines = baseline_metrics(y_hold, by_recency_scores(x["recency"].iloc[split.holdout].to_numpy()))
+    trained = Trained([], {}, {}, baselines)
+    for number, (name, config) in enumerate(cfg.candidates.items(), start=1):
         started = time.perf_counter()
+        label = f"{name} ({number}/{len(cfg.candidates)})"
+        progress(f"{label}: fitting on {len(split.fit):,} rows")
         candidate = build_candidate(name, config, cfg.seed).fit(x.iloc[split.fit], y.iloc[split.fit])
-        threshold = choose_threshold(
-            y.iloc[split.validation].to_numpy(), candidate.predict_proba(x.iloc[split.validation])
-        )
-        validation = classification_metrics(
-            y.iloc[split.validation].to_numpy(), candidate.predict_proba(x.iloc[split.validation]), threshold
-        )
+        validation_proba = candidate.predict_proba(x.iloc[split.validation])
+        threshold = choose_threshold(y.iloc[split.validation].to_numpy(), validation_proba)
+        validation = classification_metrics(y.iloc[split.validation].to_numpy(), validation_proba, threshold)
         proba = candidate.predict_proba(x.iloc[split.holdout])
-        holdout = classification_metrics(y.iloc[split.holdout].to_numpy(), proba, threshold)
+        holdout = classification_metrics(y_hold, proba, threshold)
 
         def fresh_model(name: str = name, config: CandidateSettings = config) -> Any:
             return build_candidate(name, config, cfg.seed).model
 
+        def fold_done(done: int, f1: float, label: str = label) -> None:
+            progress(f"{label}: cross-validation fold {done}/{cfg.cv_folds}, F1 {f1:.3f}")
+
         cv_mean, cv_std = cross_validated_f1(
             fresh_model,
-            x.iloc[train_part],
-            y.iloc[train_part],
-            data["customer_id"].iloc[train_part],
+            x.iloc[split.fit],
+            y.iloc[split.fit],
+            data["customer_id"].iloc[split.fit],
             cfg.cv_folds,
+            fold_done,
         )
         importances = candidate.importances(x.iloc[split.validation], y.iloc[split.validation], cfg.seed)
         metrics = {
             **holdout,
             **{f"validation_{k}": v for k, v in validation.items()},
+            **{f"baseline_{k}": v for k, v in baselines.items()},
             "cv_f1_mean": cv_mean,
             "cv_f1_std": cv_std,
             "threshold": threshold,
@@ -236,7 +355,7 @@ def train_candidates(
             "algorithm": config.algorithm,
             **config.params,
             "seed": cfg.seed,
-            "split": split.description,
+            "split": cfg.split,
             "horizon_days": cfg.horizon_days,
             "cv_folds": cfg.cv_folds,
             "rows_fit": len(split.fit),
@@ -244,21 +363,17 @@ def train_candidates(
             "rows_holdout": len(split.holdout),
         }
         tags = {
+            **extra_tags,
             "feature_table_hash": training.lineage["feature_table_hash"],
-            "snapshot_range": f"{training.lineage['snapshot_first']}..{training.lineage['snapshot_last']}",
             "label_horizon_days": str(cfg.horizon_days),
             "candidate": name,
+            **{f"split.{part}": _listing(snaps) for part, snaps in split.snapshots.items()},
         }
         source = str(feature_table(settings).root)
+        columns = ["customer_id", "event_timestamp", *training.features, "churned"]
         datasets = {
-            "training": (
-                data.iloc[train_part][["customer_id", "event_timestamp", *training.features, "churned"]],
-                source,
-            ),
-            "holdout": (
-                data.iloc[split.holdout][["customer_id", "event_timestamp", *training.features, "churned"]],
-                source,
-            ),
+            "training": (data.iloc[split.fit][columns], source),
+            "holdout": (data.iloc[split.holdout][columns], source),
         }
         logged = log_candidate(
             experiment,
@@ -274,155 +389,140 @@ def train_candidates(
         )
         seconds = time.perf_counter() - started
         progress(
-            f"{name}: holdout F1 {holdout['f1']:.3f}, ROC AUC {holdout['roc_auc']:.3f}, "
+            f"{label}: holdout F1 {holdout['f1']:.3f}, ROC AUC {holdout['roc_auc']:.3f}, "
             f"CV F1 {cv_mean:.3f}±{cv_std:.3f} ({seconds:.1f}s)"
         )
-        results.append(
+        trained.results.append(
             CandidateResult(
-                name,
-                config.algorithm,
-                logged.run_id,
-                logged.model_uri,
-                threshold,
-                holdout,
-                validation,
-                cv_mean,
-                cv_std,
-                importances,
-                seconds,
-                proba,
+                name, config.algorithm, logged.run_id, threshold, holdout, validation, cv_mean, cv_std, seconds
             )
         )
-    return results
+        trained.holdout_proba[name] = proba
+        trained.models[name] = candidate
+    return trained
 
 
-def train(settings: Settings, progress: Callable[[str], None] | None = None) -> TrainReport:
-    """Train the candidates, gate the best, and register it as the challenger if it passes.
+def _listing(snapshots: list[str]) -> str:
+    text = ",".join(snapshots)
+    return text if len(text) <= 4000 else f"{snapshots[0]}..{snapshots[-1]} ({len(snapshots)} snapshots)"
+
+
+def select(results: list[CandidateResult], metric: str) -> CandidateResult:
+    """The training stage's own rule: the best candidate by the metric on validation data."""
+    return max(results, key=lambda r: (r.validation[metric], r.name))
+
+
+def train(settings: Settings, as_of: date | None = None, progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Train the candidates and pick the challenger (the `train` step).
 
     Args:
         settings: The loaded settings.
-        progress: Called with a line per stage.
+        as_of: The logical date (default: the day after the last order in the lake).
+        progress: Called with a line per stage, candidate and fold.
 
     Returns:
-        The report; `version` is the new model version when the gate passed.
+        The challenger's run id with every candidate's metrics and the baselines.
 
     Raises:
-        TrainingError: Training cannot run (no features, no complete horizon).
-        GateFailedError: The challenger failed the gate; nothing registered, alert raised once.
+        TrainingError: Training cannot run (no features, no complete horizon, too little history).
     """
+    from churnops.training import tracking
+
     say = progress or (lambda _: None)
     started = time.perf_counter()
-    with workspace_lock(settings.workspace, "train"):
-        training = build_training_set(settings)
+    with settings.paths.lock("churnops train"):
+        day = as_of or default_logical_date(settings)
+        training = build_training_set(settings, day)
+        rows = training.lineage["rows"]
         say(
-            f"training set: {len(training.frame):,} labelled rows from {training.lineage['snapshots']} snapshots "
-            f"({training.lineage['snapshot_first']} .. {training.lineage['snapshot_last']}), "
-            f"churn rate {training.lineage['churn_rate']:.1%}"
+            f"training set as of {day}: {sum(rows.values()):,} labelled rows ({rows['fit']:,} fit, "
+            f"{rows['validation']:,} validation, {rows['holdout']:,} holdout), churn rate "
+            f"{training.lineage['churn_rate']:.1%}"
         )
-        split = split_rows(training.frame, settings)
-        results = train_candidates(settings, training, split, say)
-        metric = settings.training.selection_metric
-        best = max(results, key=lambda r: (r.validation[metric], r.name))
-        registry = model_registry(settings)
-        holdout_labels = training.frame["churned"].to_numpy()[split.holdout]
-        champion = _champion_predictions(registry, training, split)
-        gate = evaluate_gate(
-            settings.gate, holdout_labels, (best.holdout_proba, best.threshold), champion, seed=settings.training.seed
+        say(training.split.description)
+        key = input_key(settings, training)
+        experiment = tracking.use_tracking(settings)
+        previous = tracking.completed_training(experiment, key)
+        if previous:
+            result = _from_runs(previous, training, day)
+            say(f"inputs unchanged since the training of {result.logical_date}: reusing its runs")
+        else:
+            result = _train_new(settings, training, experiment, key, day, say)
+        result.seconds = time.perf_counter() - started
+        append_run(
+            settings.paths,
+            {
+                "command": "train",
+                "date": day.isoformat(),
+                "status": "reused" if result.reused else "ok",
+                "run_id": result.run_id,
+                "challenger": result.challenger,
+            },
         )
-        report = TrainReport(len(training.frame), results, best.name, gate)
-        _record_gate(registry, best, gate)
-        if not gate.passed:
-            report.alerted = _alert_gate_failure(settings, training, best, gate)
-            report.seconds = time.perf_counter() - started
-            _log(settings, report, "gate failed")
-            raise GateFailedError(f"challenger {best.name} failed the gate: {'; '.join(gate.reasons)}", report)
-        report.version = _register(settings, registry, training, best)
-        if registry.holder("champion") is None:
-            registry.move("champion", report.version, "first model to pass the gate", best.holdout)
-            report.promoted_to_champion = True
-        report.seconds = time.perf_counter() - started
-        _log(settings, report, "ok")
-        return report
+        return result
 
 
-def _champion_predictions(
-    registry: ModelRegistry, training: TrainingSet, split: Split
-) -> tuple[np.ndarray, float] | None:
-    from churnops.training.tracking import load_scorer
+def _train_new(
+    settings: Settings, training: TrainingSet, experiment: str, key: str, day: date, say: Callable[[str], None]
+) -> TrainResult:
+    from churnops.training import tracking
 
-    if registry.holder("champion") is None:
-        return None
-    scorer = load_scorer(f"models:/{registry.model_name}@champion")
-    holdout = training.frame.iloc[split.holdout]
-    return scorer.predict_proba(holdout), scorer.threshold
-
-
-def _record_gate(registry: ModelRegistry, best: CandidateResult, gate: GateResult) -> None:
-    client = registry.client
-    client.set_tag(best.run_id, "gate.passed", str(gate.passed).lower())
-    client.set_tag(
-        best.run_id,
-        "gate.policy",
-        json.dumps({k: v for k, v in gate.as_dict().items() if k in ("min_f1", "metric", "margin", "confidence")}),
+    tags = {tracking.INPUT_KEY: key, "logical_date": day.isoformat()}
+    trained = train_candidates(settings, training, experiment, tags, say)
+    best = select(trained.results, settings.training.selection_metric)
+    holdout = training.frame.iloc[training.split.holdout][
+        ["customer_id", "event_timestamp", "churned", *training.features]
+    ].assign(proba=trained.holdout_proba[best.name])
+    tracking.log_holdout(best.run_id, holdout)
+    tracking.set_run_tags(best.run_id, {tracking.SELECTED: "true"})
+    for candidate in trained.results:  # written last: from here on the attempt is complete and reusable
+        tracking.set_run_tags(candidate.run_id, {tracking.TRAINING_COMPLETE: "true"})
+    return TrainResult(
+        run_id=best.run_id,
+        challenger=best.name,
+        candidates=trained.results,
+        baselines=trained.baselines,
+        rows=training.lineage["rows"],
+        churn_rate=training.lineage["churn_rate"],
+        logical_date=day.isoformat(),
+        snapshots=training.split.snapshots,
     )
-    client.set_tag(best.run_id, "gate.reasons", "; ".join(gate.reasons) or "none")
-    for key in ("difference", "ci_low", "ci_high"):
-        value = getattr(gate, key)
-        if value is not None:
-            client.log_metric(best.run_id, f"gate_{key}", float(value))
 
 
-def _alert_gate_failure(settings: Settings, training: TrainingSet, best: CandidateResult, gate: GateResult) -> bool:
-    candidates = json.dumps({k: v.model_dump() for k, v in settings.training.candidates.items()}, sort_keys=True)
-    key = hashlib.sha256(
-        f"gate|{training.lineage['feature_table_hash']}|{candidates}|{settings.gate.model_dump_json()}".encode()
-    ).hexdigest()[:16]
-    alert = Alert(
-        key=f"gate-failed-{key}",
-        title=f"Model quality gate failed for {settings.mlflow.model_name}: nothing was registered",
-        details={
-            "challenger": best.name,
-            "run_id": best.run_id,
-            "reasons": "; ".join(gate.reasons),
-            "holdout_f1": round(best.holdout["f1"], 4),
-            "feature_table_hash": training.lineage["feature_table_hash"],
-        },
-    )
-    return raise_alert(settings.alerts, alert)
-
-
-def _register(settings: Settings, registry: ModelRegistry, training: TrainingSet, best: CandidateResult) -> str:
-    from churnops.features import feast_repo
-
-    version = registry.register(
-        best.model_uri,
-        best.run_id,
-        tags={
-            "candidate": best.name,
-            "threshold": f"{best.threshold:.6f}",
-            "feature_table_hash": training.lineage["feature_table_hash"],
-        },
-    )
-    service_name = f"{settings.mlflow.model_name}_v{version}"
-    store = feast_repo.open_store(settings)
-    view = store.get_feature_view(feast_repo.VIEW)
-    store.apply([feast_repo.feature_service(service_name, view, training.features)])
-    registry.client.set_model_version_tag(registry.model_name, version, "feature_service", service_name)
-    registry.move("challenger", version, "passed the quality gate", best.holdout)
-    return version
-
-
-def _log(settings: Settings, report: TrainReport, status: str) -> None:
-    append_run(
-        settings.workspace,
-        {
-            "command": "train",
-            "status": status,
-            "date": datetime.now(UTC).date().isoformat(),
-            "challenger": report.challenger,
-            "version": report.version,
-            "rows": report.rows,
-            "gate": {k: v for k, v in report.gate.as_dict().items() if k != "reasons"},
-            "reasons": report.gate.reasons,
-        },
+def _from_runs(runs: list[Any], training: TrainingSet, day: date) -> TrainResult:
+    """The result of a completed training attempt, rebuilt from its runs."""
+    candidates = []
+    chosen = None
+    for run in runs:
+        metrics, tags = run.data.metrics, run.data.tags
+        holdout = {k: metrics[k] for k in HOLDOUT_METRICS if k in metrics}
+        validation = {k.removeprefix("validation_"): v for k, v in metrics.items() if k.startswith("validation_")}
+        candidate = CandidateResult(
+            name=tags["candidate"],
+            algorithm=run.data.params.get("algorithm", ""),
+            run_id=run.info.run_id,
+            threshold=metrics["threshold"],
+            holdout=holdout,
+            validation=validation,
+            cv_f1_mean=metrics.get("cv_f1_mean", float("nan")),
+            cv_f1_std=metrics.get("cv_f1_std", float("nan")),
+            seconds=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+        )
+        candidates.append(candidate)
+        if tags.get("churnops.selected") == "true":
+            chosen = candidate
+    if chosen is None:
+        raise TrainingError("a completed training attempt has no selected run; remove it from MLflow")
+    first = runs[0].data
+    baselines = {k.removeprefix("baseline_"): v for k, v in first.metrics.items() if k.startswith("baseline_")}
+    return TrainResult(
+        run_id=chosen.run_id,
+        challenger=chosen.name,
+        candidates=candidates,
+        baselines=baselines,
+        rows=training.lineage["rows"],
+        churn_rate=training.lineage["churn_rate"],
+        logical_date=first.tags.get("logical_date", day.isoformat()),
+        reused=True,
+        snapshots=training.split.snapshots,
     )

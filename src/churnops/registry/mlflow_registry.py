@@ -1,21 +1,30 @@
 """The model registry: MLflow registered-model versions moved between aliases, with an audit.
 
 Aliases only, never stages: `challenger` (trained, passed the gate), `staging` (on the staging
-server), `champion` (production). Every move is written as tags on the model version and as a
-line in an append-only audit log; `rollback` moves `champion` back to its previous holder.
+server), `champion` (production). The promotion chain is challenger -> staging -> champion.
+
+A version is usable only once fully recorded: its tag `churnops.complete` is written last, after
+its feature service; aliases move only to complete versions, and `remove_incomplete` deletes
+what a killed run left half-recorded. Every move is written as tags on the version and as a line
+in an append-only audit log; `rollback` walks that log backwards and never returns to a version
+it just left.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from churnops.jsonl import append_line, read_lines
+
 ALIASES = ("challenger", "staging", "champion")
+# Where an alias is promoted from by default: staging takes the challenger, champion the staging.
+PROMOTED_FROM = {"staging": "challenger", "champion": "staging"}
+COMPLETE = "churnops.complete"
 
 
 class RegistryError(RuntimeError):
@@ -34,6 +43,8 @@ class AliasMove:
     actor: str
     reason: str
     metrics: dict[str, float]
+    kind: str = "move"  # or "rollback"
+    logical_date: str | None = None
 
 
 def default_actor() -> str:
@@ -51,16 +62,75 @@ class ModelRegistry:
         self.model_name = model_name
         self.audit_log = audit_log
 
-    def register(self, model_uri: str, run_id: str, tags: dict[str, str] | None = None) -> str:
-        """Create a new version of the registered model from a logged model."""
+    # --- versions ------------------------------------------------------------------------
+
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+        """Create a new, not yet complete version from a logged model."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
             self.client.create_registered_model(self.model_name, description="Customer churn within the horizon.")
-        version = self.client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags or {})
+        version = self.client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
         return str(version.version)
+
+    def tag(self, version: str, key: str, value: str) -> None:
+        """Set one tag on a version."""
+        self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def mark_complete(self, version: str) -> None:
+        """Write the last tag: from now on the version may hold aliases."""
+        self.tag(version, COMPLETE, "true")
+
+    def is_complete(self, version: str) -> bool:
+        """Whether the version was fully recorded."""
+        return self._version(version).tags.get(COMPLETE) == "true"
+
+    def version_of_run(self, run_id: str) -> str | None:
+        """The complete version registered from this run, if any."""
+        for v in self.versions():
+            if v["run_id"] == run_id and v["tags"].get(COMPLETE) == "true":
+                return str(v["version"])
+        return None
+
+    def remove_incomplete(self) -> list[str]:
+        """Delete versions a killed run left without their last tag; return their numbers."""
+        removed = []
+        for v in self.versions():
+            if v["tags"].get(COMPLETE) != "true":
+                for alias in v["aliases"]:
+                    self.client.delete_registered_model_alias(self.model_name, alias)
+                self.client.delete_model_version(self.model_name, v["version"])
+                removed.append(str(v["version"]))
+        return removed
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version with its aliases and run, newest first."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        if not found:
+            return []
+        try:  # search results do not carry aliases in every store; the registered model does
+            aliases = self.client.get_registered_model(self.model_name).aliases or {}
+        except MlflowException:
+            aliases = {}
+        rows = []
+        for v in sorted(found, key=lambda v: int(v.version), reverse=True):
+            rows.append(
+                {
+                    "version": str(v.version),
+                    "aliases": sorted(a for a, holder in aliases.items() if str(holder) == str(v.version)),
+                    "run_id": v.run_id,
+                    "source": v.source,
+                    "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                    "tags": dict(v.tags),
+                }
+            )
+        return rows
+
+    # --- aliases -------------------------------------------------------------------------
 
     def holder(self, alias: str) -> str | None:
         """The version that holds an alias, if any."""
@@ -72,12 +142,27 @@ class ModelRegistry:
             return None
 
     def move(
-        self, alias: str, version: str, reason: str, metrics: dict[str, float] | None = None, actor: str | None = None
+        self,
+        alias: str,
+        version: str,
+        reason: str,
+        metrics: dict[str, float] | None = None,
+        actor: str | None = None,
+        logical_date: str | None = None,
+        kind: str = "move",
     ) -> AliasMove:
-        """Point an alias at a version and record who, when, why and with which metrics."""
+        """Point an alias at a complete version and record who, when, why and with which metrics.
+
+        Raises:
+            RegistryError: Unknown alias or version, or the version is not fully recorded.
+        """
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
-        self._version_or_fail(version)
+        if not self.is_complete(version):
+            raise RegistryError(
+                f"{self.model_name} version {version} is not fully recorded (a run stopped while registering it); "
+                "the next `churnops register` removes it"
+            )
         move = AliasMove(
             at=datetime.now(UTC).isoformat(timespec="seconds"),
             model=self.model_name,
@@ -87,75 +172,109 @@ class ModelRegistry:
             actor=actor or default_actor(),
             reason=reason,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
+            kind=kind,
+            logical_date=logical_date,
         )
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
-        prefix = f"alias.{alias}"
         for key, value in (
             ("at", move.at),
             ("actor", move.actor),
             ("reason", reason),
             ("previous", move.previous or ""),
-            ("metrics", json.dumps(move.metrics)),
+            ("metrics", _json(move.metrics)),
         ):
-            self.client.set_model_version_tag(self.model_name, str(version), f"{prefix}.{key}", value)
-        self._append(move)
+            self.tag(str(version), f"alias.{alias}.{key}", value)
+        append_line(self.audit_log, asdict(move))
         return move
+
+    def promote(
+        self, to: str, version: str | None = None, reason: str = "promotion", logical_date: str | None = None
+    ) -> AliasMove:
+        """Move an alias along the chain: by default to the holder of the alias before it.
+
+        Raises:
+            RegistryError: Nothing to promote, or the version cannot hold the alias.
+        """
+        if version is None:
+            source = PROMOTED_FROM.get(to)
+            for alias in (source, "challenger") if source else ():
+                if alias and (version := self.holder(alias)):
+                    break
+            if version is None:
+                raise RegistryError(f"give --version: no version holds the alias before {to!r}")
+        metrics = _json_metrics(self._version(version).tags.get("holdout_metrics"))
+        return self.move(to, version, reason, metrics, logical_date=logical_date)
 
     def history(self, alias: str | None = None) -> list[AliasMove]:
         """Audited moves, oldest first, optionally of one alias."""
-        if not self.audit_log.exists():
-            return []
         moves = []
-        for line in self.audit_log.read_text(encoding="utf-8").splitlines():
+        for record in read_lines(self.audit_log):
             try:
-                record = AliasMove(**json.loads(line))
-            except (json.JSONDecodeError, TypeError):
+                move = AliasMove(**record)
+            except TypeError:
                 continue
-            if record.model == self.model_name and (alias is None or record.alias == alias):
-                moves.append(record)
+            if move.model == self.model_name and (alias is None or move.alias == alias):
+                moves.append(move)
         return moves
 
+    def champion_lineage(self) -> list[str]:
+        """The versions `champion` went through, undoing rolled-back ones: the last is current."""
+        stack: list[str] = []
+        for move in self.history("champion"):
+            if move.kind == "rollback":
+                while stack and stack[-1] != move.version:
+                    stack.pop()
+                if not stack:
+                    stack.append(move.version)
+            elif not stack or stack[-1] != move.version:
+                stack.append(move.version)
+        return stack
+
     def rollback(self, reason: str, actor: str | None = None) -> AliasMove:
-        """Move `champion` back to the version that held it before the current one."""
+        """Move `champion` back to the version that held it before the current one.
+
+        Rolled-back versions are taken off the line, so a second rollback goes further back
+        (3 -> 2 -> 1), never forth to the version it just left.
+
+        Raises:
+            RegistryError: No champion, or nothing earlier to go back to.
+        """
         current = self.holder("champion")
         if current is None:
             raise RegistryError("no version holds `champion`; nothing to roll back")
-        earlier = [m for m in self.history("champion") if m.version != current]
+        line = self.champion_lineage()
+        if line and line[-1] == current:
+            line = line[:-1]
+        earlier = [v for v in line if v != current]
         if not earlier:
-            raise RegistryError(f"version {current} is the only champion there has been; nothing to roll back to")
-        return self.move("champion", earlier[-1].version, f"rollback: {reason}", actor=actor)
-
-    def versions(self) -> list[dict[str, Any]]:
-        """Every version with its aliases and run, newest first."""
-        found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        if not found:
-            return []
-        # search results do not carry aliases in every store; the registered model does
-        aliases = self.client.get_registered_model(self.model_name).aliases or {}
-        rows = []
-        for v in sorted(found, key=lambda v: int(v.version), reverse=True):
-            rows.append(
-                {
-                    "version": str(v.version),
-                    "aliases": sorted(a for a, holder in aliases.items() if str(holder) == str(v.version)),
-                    "run_id": v.run_id,
-                    "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
-                    "tags": dict(v.tags),
-                }
+            raise RegistryError(
+                f"nothing earlier to roll back to: version {current} is the oldest champion on record "
+                "(rolled-back versions are not returned to; promote one with `registry promote`)"
             )
-        return rows
+        return self.move("champion", earlier[-1], f"rollback: {reason}", actor=actor, kind="rollback")
 
-    def _version_or_fail(self, version: str) -> None:
+    def _version(self, version: str) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_model_version(self.model_name, str(version))
+            return self.client.get_model_version(self.model_name, str(version))
         except MlflowException as exc:
             raise RegistryError(f"{self.model_name} has no version {version}") from exc
 
-    def _append(self, move: AliasMove) -> None:
-        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.audit_log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(move)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def _json_metrics(text: str | None) -> dict[str, float]:
+    import json
+
+    if not text:
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return {k: float(v) for k, v in body.items() if isinstance(v, int | float)}

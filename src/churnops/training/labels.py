@@ -1,4 +1,9 @@
-"""Churn labels: churned at a snapshot = no order in (snapshot, snapshot + horizon]."""
+"""Churn labels: churned at a snapshot = no order in [snapshot, snapshot + horizon).
+
+Features see orders strictly before the snapshot time, so an order exactly at the snapshot
+time belongs to the label side: with date-only data (every order at 00:00) an order on the
+snapshot day counts as "came back", and one on the day the horizon ends does not.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +15,45 @@ import pandas as pd
 from churnops.data.tables import parquet_scan
 
 
+def complete_snapshots(snapshots: Sequence[datetime], horizon_days: int, known_until: datetime) -> list[pd.Timestamp]:
+    """The snapshots whose whole label window [s, s + horizon) closes by `known_until`.
+
+    Args:
+        snapshots: Candidate snapshot times.
+        horizon_days: The label horizon.
+        known_until: Everything strictly before this time is known (the logical date).
+
+    Returns:
+        The complete snapshots, sorted.
+    """
+    horizon = pd.Timedelta(days=horizon_days)
+    return sorted({pd.Timestamp(s) for s in snapshots if pd.Timestamp(s) + horizon <= pd.Timestamp(known_until)})
+
+
 def label_customers(
     orders: pd.DataFrame | Sequence[str],
     snapshots: Sequence[datetime],
     horizon_days: int,
-    data_end: datetime,
+    known_until: datetime,
 ) -> pd.DataFrame:
     """Label every customer with an order before a snapshot, for complete snapshots only.
 
-    A snapshot is labelled only if its whole horizon has passed by `data_end` (the last order
-    in the data): an unfinished window would call every late buyer a churner. An order exactly
-    at the snapshot time belongs to neither side (features see orders strictly before the
-    snapshot; the label window starts strictly after it).
+    A snapshot is labelled only if its whole window has closed by `known_until`: an unfinished
+    window would call every late buyer a churner. Orders at or after `known_until` are not
+    read, so a label never depends on what was not yet known.
 
     Args:
         orders: Orders (customer_id, order_date) as a frame or Parquet paths.
         snapshots: Candidate snapshot times.
         horizon_days: The label horizon.
-        data_end: The time the data reaches.
+        known_until: Everything strictly before this time is known (the logical date).
 
     Returns:
         customer_id, event_timestamp (the snapshot) and churned (0/1), sorted.
     """
     import duckdb
 
-    horizon = pd.Timedelta(days=horizon_days)
-    complete = sorted({pd.Timestamp(s) for s in snapshots if pd.Timestamp(s) + horizon <= pd.Timestamp(data_end)})
+    complete = complete_snapshots(snapshots, horizon_days, known_until)
     empty = pd.DataFrame(
         {
             "customer_id": pd.Series(dtype="int64"),
@@ -52,9 +70,10 @@ def label_customers(
             source = "orders_input"
         else:
             source = parquet_scan(orders)
+        until = pd.Timestamp(known_until).isoformat(sep=" ")
         con.execute(
-            "CREATE TEMP TABLE o AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
-            f"CAST(order_date AS TIMESTAMP) AS order_date FROM {source}"
+            "CREATE TEMP TABLE o AS SELECT * FROM (SELECT CAST(customer_id AS BIGINT) AS customer_id, "
+            f"CAST(order_date AS TIMESTAMP) AS order_date FROM {source}) WHERE order_date < TIMESTAMP '{until}'"
         )
         con.register("snaps_input", pd.DataFrame({"as_of": pd.to_datetime(complete).astype("datetime64[us]")}))
         labels = con.execute(
@@ -66,10 +85,10 @@ def label_customers(
             ),
             nxt AS (
                 SELECT g.customer_id, g.as_of, o.order_date AS next_order
-                FROM grid AS g ASOF LEFT JOIN o ON g.customer_id = o.customer_id AND g.as_of < o.order_date
+                FROM grid AS g ASOF LEFT JOIN o ON g.customer_id = o.customer_id AND g.as_of <= o.order_date
             )
             SELECT customer_id, as_of AS event_timestamp,
-                   CAST(CASE WHEN next_order IS NULL OR next_order > as_of + INTERVAL ({int(horizon_days)}) DAY
+                   CAST(CASE WHEN next_order IS NULL OR next_order >= as_of + INTERVAL ({int(horizon_days)}) DAY
                              THEN 1 ELSE 0 END AS TINYINT) AS churned
             FROM nxt ORDER BY event_timestamp, customer_id
             """

@@ -40,8 +40,18 @@ def cross_validated_f1(
     labels: pd.Series,
     groups: pd.Series,
     folds: int,
+    progress: Callable[[int, float], None] | None = None,
 ) -> tuple[float, float]:
-    """Mean and std of F1 over K folds grouped by customer (no customer in two folds)."""
+    """Mean and std of F1 over K folds grouped by customer (no customer in two folds).
+
+    Args:
+        make_model: A fresh, unfitted model.
+        features: Feature rows.
+        labels: 0/1 labels.
+        groups: The customer of each row.
+        folds: K.
+        progress: Called with (folds done, that fold's F1) after each fold.
+    """
     from sklearn.model_selection import GroupKFold
 
     scores = []
@@ -50,4 +60,6 @@ def cross_validated_f1(
         model.fit(features.iloc[train_idx], labels.iloc[train_idx])  # type: ignore[attr-defined]
         predicted = model.predict(features.iloc[test_idx])  # type: ignore[attr-defined]
         scores.append(skm.f1_score(labels.iloc[test_idx], predicted, zero_division=0))
+        if progress:
+            progress(len(scores), float(scores[-1]))
     return float(np.mean(scores)), float(np.std(scores))

@@ -14,8 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnops.settings import MlflowSettings
+from churnops.settings import Settings
 from churnops.training.candidates import SKOPS_TRUSTED_TYPES, Candidate
+
+# A training attempt is reusable only once its last tag, this one, is written on its runs.
+TRAINING_COMPLETE = "churnops.training_complete"
+INPUT_KEY = "churnops.input_key"
+SELECTED = "churnops.selected"
+HOLDOUT_ARTIFACT = "holdout.parquet"
+MODEL_URI = "churnops.model_uri"
 
 
 @dataclass(frozen=True)
@@ -26,20 +33,73 @@ class LoggedModel:
     model_uri: str
 
 
-def use_tracking(settings: MlflowSettings) -> str:
-    """Point MLflow at the tracking store and make sure the experiment exists; return its id."""
+def use_tracking(settings: Settings, experiment: str | None = None) -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; return its id.
+
+    With the embedded store of a workspace that was moved or copied, the artifact locations
+    MLflow recorded (absolute paths, as MLflow always stores them) are rebased onto the
+    workspace's new folder first, so the copy reads and writes its own artifacts only.
+
+    Args:
+        settings: The loaded settings.
+        experiment: Experiment name; default `mlflow.experiment`.
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    location = settings.artifact_location
+    relocate_embedded_store(settings)
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)
+    name = experiment or settings.mlflow.experiment
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = settings.mlflow.artifact_location
     if "://" not in location:
         Path(location).mkdir(parents=True, exist_ok=True)
         location = Path(location).resolve().as_uri()
-    return str(mlflow.create_experiment(settings.experiment, artifact_location=location))
+        if experiment is not None:
+            location = f"{location}/{name}"
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def embedded_store(settings: Settings) -> Path | None:
+    """The SQLite file of the tracking store, when it is a local SQLite file."""
+    uri = settings.mlflow.tracking_uri
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+# Columns of MLflow's SQL schema that hold absolute artifact paths or file URIs.
+_PATH_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+    ("datasets", "dataset_source"),
+)
+
+
+def relocate_embedded_store(settings: Settings) -> None:
+    """Rebase the embedded store's artifact paths when the workspace has moved since last used."""
+    import sqlite3
+
+    workspace = settings.paths
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    current = workspace.root.resolve()
+    recorded = workspace.recorded_root()
+    store = embedded_store(settings)
+    if recorded is not None and recorded != current and store is not None and store.exists():
+        pairs = [(recorded.as_uri() + "/", current.as_uri() + "/"), (f"{recorded}/", f"{current}/")]
+        with sqlite3.connect(store) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, column in _PATH_COLUMNS:
+                for old, new in pairs if table in tables else []:
+                    con.execute(
+                        f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE {column} LIKE ?",
+                        (old, new, f"%{old}%"),
+                    )
+    if recorded != current:
+        workspace.record_root()
 
 
 def log_candidate(
@@ -110,6 +170,7 @@ def log_candidate(
                 metadata=metadata,
                 pip_requirements=requirements,
             )
+        mlflow.set_tag(MODEL_URI, info.model_uri)
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
 
 
@@ -155,3 +216,61 @@ def load_scorer(model_uri: str) -> Scorer:
         model = mlflow.sklearn.load_model(model_uri)
         flavor = "sklearn"
     return Scorer(model, flavor, float(metadata["threshold"]), list(metadata["features"]))
+
+
+def log_holdout(run_id: str, holdout: pd.DataFrame) -> None:
+    """Store the holdout rows the gate judges (labels, features, probabilities) with the run."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="churnops-holdout-") as folder:
+        path = Path(folder) / HOLDOUT_ARTIFACT
+        holdout.to_parquet(path, index=False)
+        MlflowClient().log_artifact(run_id, str(path))
+
+
+def load_holdout(run_id: str) -> pd.DataFrame:
+    """The holdout rows stored with a run by `log_holdout`."""
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT)
+    return pd.read_parquet(path)
+
+
+def completed_training(experiment_id: str, input_key: str) -> list[Any]:
+    """The runs of a completed training attempt on exactly these inputs, if there is one."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{INPUT_KEY}` = '{input_key}' AND tags.`{TRAINING_COMPLETE}` = 'true'",
+        max_results=100,
+    )
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tag a finished run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to a finished run (non-finite values are skipped)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in metrics.items():
+        if np.isfinite(value):
+            client.log_metric(run_id, key, float(value))
+
+
+def run_data(run_id: str) -> Any:
+    """A run's params, metrics and tags."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(run_id)

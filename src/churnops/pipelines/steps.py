@@ -1,0 +1,256 @@
+"""The daily pipeline, declared once: an ordered list of dated steps.
+
+A step is a plain function of the settings, the logical date and the results of the steps before
+it; it returns a small result (counts, versions, run ids, the gate's verdict) that turns into a
+JSON-able dict and back, so the in-process runner (`run_steps`, behind `churnops run`) and an
+orchestrator (the Airflow DAG, which passes results by XCom) run the same list. A step never
+reads the wall clock for what it computes, and rerunning it for the same date replaces its own
+outputs. A step with `runs_if` is a branch: it is skipped unless its condition holds on the
+results so far (register runs only when the gate passed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Any, Protocol, TypeVar
+
+from churnops.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+class StepResult(Protocol):
+    """What a step returns."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+
+
+R = TypeVar("R")
+
+
+class Results:
+    """The results of the steps run so far for one logical date, looked up by type."""
+
+    def __init__(self, results: Iterable[object] = ()) -> None:
+        self._by_type: dict[type, object] = {type(r): r for r in results}
+
+    def add(self, result: object) -> None:
+        """Record a step's result."""
+        self._by_type[type(result)] = result
+
+    def get(self, kind: type[R]) -> R:
+        """The result of that type; a step asking for one that was not run is a wiring error."""
+        found = self._by_type.get(kind)
+        if found is None:
+            raise LookupError(f"no {kind.__name__} yet: the step producing it has not run for this date")
+        return found  # type: ignore[return-value]
+
+    def find(self, kind: type[R]) -> R | None:
+        """The result of that type, if its step ran."""
+        return self._by_type.get(kind)  # type: ignore[return-value]
+
+    def __iter__(self) -> Any:
+        return iter(self._by_type.values())
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the daily pipeline."""
+
+    name: str
+    run: Callable[[Settings, date, Results, Progress], object]
+    result: type
+    description: str
+    runs_if: Callable[[Results], bool] | None = None
+
+
+# --- results of the steps that have no result type of their own -------------------------
+
+
+@dataclass
+class Simulated:
+    """What the simulate step published (nothing when the sources are already that far)."""
+
+    until: str
+    orders_written: int = 0
+    skipped: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Simulated:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+@dataclass
+class Ingested:
+    """One report per source."""
+
+    date: str
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Ingested:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+# --- the steps --------------------------------------------------------------------------
+
+
+def simulated_sources(settings: Settings) -> list[str]:
+    """Enabled sources that read what `churnops simulate` writes (under the workspace's sources/)."""
+    folder = str(settings.paths.sources)
+    return [
+        s.name
+        for s in settings.enabled_sources()
+        if any(folder in str(getattr(s, attr, "")) for attr in ("path", "url"))
+    ]
+
+
+def simulate_step(settings: Settings, day: date, results: Results, say: Progress) -> Simulated:
+    """Publish the simulated shop up to the day before the logical date (if it simulates at all)."""
+    from churnops.pipelines.simulate import SimulationPaths, published_until, simulate
+
+    if not simulated_sources(settings):
+        return Simulated(until="", skipped="no source reads the simulated shop")
+    target = min(day - timedelta(days=1), settings.simulation.end)
+    _, published = published_until(SimulationPaths.from_settings(settings).sources_dir)
+    if published is not None and published >= target:
+        return Simulated(until=published.isoformat(), skipped=f"already published up to {published}")
+    say(f"simulating {settings.simulation.customers:,} customers up to {target}")
+    report = simulate(settings, target)
+    return Simulated(until=report.until.isoformat(), orders_written=report.orders_written)
+
+
+def ingest_step(settings: Settings, day: date, _: Results, say: Progress) -> Ingested:
+    """Ingest every enabled source into the raw lake under the logical date."""
+    from churnops.pipelines.ingest import ingest
+
+    def show(report: Any) -> None:
+        aside = f", {report.files_quarantined} file(s) set aside" if report.files_quarantined else ""
+        say(
+            f"{report.source}: {report.status}, {report.rows_read:,} read, "
+            f"{report.rows_quarantined:,} quarantined{aside}"
+        )
+
+    reports = ingest(settings, day, on_source=show)
+    return Ingested(date=day.isoformat(), sources=[r.__dict__ for r in reports])
+
+
+def features_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Features as of the logical date (and the history), validated, in Feast."""
+    from churnops.pipelines.features import build_features
+
+    return build_features(settings, day, progress=say)
+
+
+def train_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Train the candidates on what was known before the logical date; hand on the challenger's run."""
+    from churnops.pipelines.train import train
+
+    return train(settings, day, progress=say)
+
+
+def gate_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
+    """Judge the challenger's run; the verdict decides the branch."""
+    from churnops.pipelines.promotion import gate
+    from churnops.pipelines.train import TrainResult
+
+    return gate(settings, day, results.get(TrainResult).run_id, progress=say)
+
+
+def register_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
+    """Record the challenger's run as a registry version with the alias `challenger`."""
+    from churnops.pipelines.promotion import register
+    from churnops.pipelines.train import TrainResult
+
+    return register(settings, day, results.get(TrainResult).run_id, progress=say)
+
+
+def _gate_passed(results: Results) -> bool:
+    from churnops.pipelines.promotion import GateVerdict
+
+    verdict = results.find(GateVerdict)
+    return verdict is not None and verdict.passed
+
+
+def steps() -> list[Step]:
+    """The daily pipeline, in order."""
+    from churnops.pipelines.features import FeatureReport
+    from churnops.pipelines.promotion import GateVerdict, Registered
+    from churnops.pipelines.train import TrainResult
+
+    return [
+        Step("simulate", simulate_step, Simulated, "publish the simulated shop up to the day before (if configured)"),
+        Step("ingest", ingest_step, Ingested, "load every source into the raw lake, quarantining bad rows"),
+        Step("features", features_step, FeatureReport, "compute, validate and publish features to Feast"),
+        Step("train", train_step, TrainResult, "train the candidates, tracked in MLflow; pick the challenger"),
+        Step("gate", gate_step, GateVerdict, "floor, lift over both baselines, not worse than the champion"),
+        Step("register", register_step, Registered, "record the challenger in the registry", runs_if=_gate_passed),
+    ]
+
+
+def run_steps(
+    settings: Settings,
+    day: date,
+    only: Iterable[str] | None = None,
+    progress: Progress | None = None,
+    on_step: Callable[[Step, object | None, float], None] | None = None,
+) -> Results:
+    """Run the steps in order for one logical date, in this process, under the workspace lock.
+
+    Args:
+        settings: The loaded settings.
+        day: The logical date.
+        only: Run just these steps (by name), still in list order.
+        progress: Called with progress lines.
+        on_step: Called after each step with its result (None if skipped) and seconds.
+
+    Returns:
+        Every step's result.
+    """
+    say = progress or (lambda _: None)
+    chosen = set(only) if only is not None else None
+    results = Results()
+    with settings.paths.lock("churnops run"):
+        for step in steps():
+            if chosen is not None and step.name not in chosen:
+                continue
+            started = time.perf_counter()
+            if step.runs_if is not None and not step.runs_if(results):
+                if on_step:
+                    on_step(step, None, 0.0)
+                continue
+            result = step.run(settings, day, results, say)
+            results.add(result)
+            if on_step:
+                on_step(step, result, time.perf_counter() - started)
+    return results
+
+
+def default_run_date(settings: Settings) -> date:
+    """The logical date of `churnops run` when none is given.
+
+    With the simulated shop: the day after its last published day (after its end when nothing
+    is published yet). Over real data: the day after the newest order in the lake or the order
+    sources. Never the wall clock.
+    """
+    from churnops.pipelines.ingest import default_ingest_date
+    from churnops.pipelines.simulate import SimulationPaths, published_until
+
+    if simulated_sources(settings):
+        _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
+        return (until or settings.simulation.end) + timedelta(days=1)
+    return default_ingest_date(settings)

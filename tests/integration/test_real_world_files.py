@@ -1,0 +1,182 @@
+"""Files as users bring them: aligned columns, CRLF, odd suffixes, no order id, and bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from churnops.pipelines.ingest import ingest, make_lake
+from churnops.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+ALIGNED = "  customer        day      amount\r\n" + "".join(
+    f"{c:>10} {d:>10} {a:>11.2f}\r\n"
+    for c, d, a in [(1, "2024-01-03", 12.5), (2, "2024-01-03", 7.0), (1, "2024-01-09", 30.25), (3, "2024-01-10", 1.0)]
+)
+
+
+def _settings(tmp_path: Path, **source: Any) -> Settings:
+    body = {
+        "kind": "file",
+        "name": "log",
+        "table": "orders",
+        "path": str(tmp_path / "drop" / "*"),
+        "format": "csv",
+        "csv_delimiter": "whitespace",
+        "derive_order_id": True,
+        "columns": {"customer_id": "customer", "order_date": "day", "total_amount": "amount"},
+        "date_formats": {"order_date": "%Y-%m-%d"},
+        **source,
+    }
+    return load_settings(None, workspace=str(tmp_path / "ws"), sources=[body], ingest={"max_volume_drop": 0.5})
+
+
+def _drop(tmp_path: Path, name: str, content: bytes | str) -> Path:
+    folder = tmp_path / "drop"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def test_aligned_crlf_files_with_any_suffix_and_no_order_id_ingest(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "export.TXT", ALIGNED)
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.status == "published"
+    assert report.rows_accepted == 4
+    orders = make_lake(settings).read("orders").sort_values(["order_date", "customer_id"])
+    assert orders["order_id"].tolist() == ["export.TXT#1", "export.TXT#2", "export.TXT#3", "export.TXT#4"]
+    assert orders["total_amount"].tolist() == [12.5, 7.0, 30.25, 1.0]
+    assert orders["order_date"].dt.strftime("%Y-%m-%d").tolist() == [
+        "2024-01-03",
+        "2024-01-03",
+        "2024-01-09",
+        "2024-01-10",
+    ]
+
+
+def test_derived_ids_are_stable_so_reruns_duplicate_nothing_and_duplicates_are_caught(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "a.txt", ALIGNED)
+    ingest(settings, date(2024, 1, 11))
+    first = make_lake(settings).read("orders")["order_id"].sort_values().tolist()
+    ingest(settings, date(2024, 1, 11))  # a rerun of the date: same ids, replaced
+    again = make_lake(settings).read("orders")["order_id"].sort_values().tolist()
+    assert again == first
+    # the same file re-read under another date in snapshot mode: every row is already in the lake
+    snap = settings.model_copy(update={"sources": [settings.sources[0].model_copy(update={"mode": "snapshot"})]})
+    limits = {"max_bad_share": 1.0, "max_volume_drop": None}
+    snap = snap.model_copy(update={"ingest": snap.ingest.model_copy(update=limits)})
+    (report,) = ingest(snap, date(2024, 1, 12))
+    assert report.rows_quarantined == 4
+    assert report.reasons == {"order_id already in the lake": 4}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.txt", b"", "empty file"),
+        ("header.txt", "customer day amount\r\n", "no rows (header only)"),
+        ("binary.txt", b"\x00\x01\x02PK\x03\x04" * 50, "binary content"),
+        ("broken.csv.gz", b"\x1f\x8b\x08\x00garbage-not-gzip", "cannot be read as csv"),
+        ("wrong.txt", "client when total\r\n1 2024-01-03 4.5\r\n", "missing required column(s) customer_id"),
+    ],
+)
+def test_one_bad_file_is_set_aside_whole_and_the_others_ingest(
+    tmp_path: Path, name: str, content: bytes | str, reason: str
+) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "good.txt", ALIGNED)
+    _drop(tmp_path, name, content)
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.status == "published"
+    assert report.rows_accepted == 4
+    assert report.files_quarantined == 1
+    lake = make_lake(settings)
+    quarantine = lake.read("orders", quarantine=True)
+    assert len(quarantine) == 1
+    row = quarantine.iloc[0]
+    assert json.loads(row["source_row"]) == {"file": name}
+    assert row["row_number"] == -1
+    assert reason in row["reason"]
+    manifest = lake.manifest("orders", date(2024, 1, 11))
+    assert manifest is not None
+    assert manifest.parts[0].watermark["bad_files"] == [name]
+    # nothing is read twice: the bad file is recorded as seen, the next day reads nothing new
+    (later,) = ingest(settings, date(2024, 1, 12))
+    assert later.status == "no new data"
+
+
+def test_a_field_longer_than_the_reader_s_block_sets_the_file_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from churnops.data import sources
+
+    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 1 << 20)  # the test writes 3 MB, not 48
+    settings = _settings(
+        tmp_path, csv_delimiter=",", columns={"customer_id": "c", "order_date": "d", "total_amount": "a"}
+    )
+    _drop(tmp_path, "good.csv", "c,d,a\r\n1,2024-01-03,4.5\r\n")
+    _drop(tmp_path, "huge.csv", "c,d,a\r\n1,2024-01-03," + "9" * (3 << 20) + "\r\n2,2024-01-04,5\r\n")
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.rows_accepted == 1
+    assert report.files_quarantined == 1
+    reason = make_lake(settings).read("orders", quarantine=True)["reason"].iloc[0]
+    assert "longer than the reader's block" in reason
+
+
+def test_gzip_files_are_read_by_their_suffix(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "day.txt.gz", gzip.compress(ALIGNED.encode()))
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.rows_accepted == 4
+
+
+def test_a_day_without_a_new_file_is_no_new_data_not_a_volume_drop(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "day1.txt", ALIGNED)
+    assert ingest(settings, date(2024, 1, 11))[0].status == "published"
+    (quiet,) = ingest(settings, date(2024, 1, 12))
+    assert quiet.status == "no new data"
+    assert make_lake(settings).manifest("orders", date(2024, 1, 12)) is None
+
+
+def test_status_shows_event_dates_beside_ingest_dates(tmp_path: Path) -> None:
+    from churnops.pipelines.status import workspace_status
+
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "day1.txt", ALIGNED)
+    ingest(settings, date(2024, 2, 1))
+    (orders,) = [t for t in workspace_status(settings).tables if t.table == "orders"]
+    assert (orders.first_date, orders.last_date) == ("2024-02-01", "2024-02-01")
+    assert (orders.first_event, orders.last_event) == ("2024-01-03", "2024-01-10")
+
+
+def test_an_unchanged_snapshot_source_leaves_no_orphan_file(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        sources=[
+            {
+                "kind": "file",
+                "name": "catalog",
+                "table": "products",
+                "path": str(tmp_path / "p.csv"),
+                "mode": "snapshot",
+            }
+        ],
+    )
+    pd.DataFrame({"product_id": ["a", "b"], "category": ["x", "y"]}).to_csv(tmp_path / "p.csv", index=False)
+    assert ingest(settings, date(2024, 1, 1))[0].status == "published"
+    for day in (2, 3, 4):
+        assert ingest(settings, date(2024, 1, day))[0].status == "unchanged"
+    files = list((tmp_path / "ws" / "lake").rglob("*.parquet"))
+    assert len(files) == 1

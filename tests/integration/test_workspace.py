@@ -1,0 +1,188 @@
+"""The workspace: a copy or a move keeps working, one lock for writers, read-only commands create nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from churnops.cli import app
+from churnops.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAY = date(2025, 1, 1)
+CONFIG = {
+    "simulation": {"customers": 800, "start": "2024-01-01", "end": "2024-12-31", "products": 150, "seed": 4},
+    "training": {
+        "horizon_days": 28,
+        "holdout_snapshots": 2,
+        "validation_snapshots": 2,
+        "cv_folds": 2,
+        "candidates": {
+            "lightgbm": {
+                "algorithm": "lightgbm",
+                "params": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 50},
+            }
+        },
+    },
+    "gate": {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100},
+}
+
+
+def _settings(workspace: Path, **overrides: Any) -> Settings:
+    return load_settings(None, workspace=str(workspace), **{**CONFIG, **overrides})
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    from churnops.pipelines.steps import run_steps
+
+    settings = _settings(tmp_path_factory.mktemp("original") / "ws")
+    results = run_steps(settings, DAY)
+    from churnops.pipelines.promotion import Registered
+
+    assert results.get(Registered).version == "1"
+    return settings
+
+
+def test_a_copied_workspace_works_and_leaves_the_original_untouched(original: Settings, tmp_path: Path) -> None:
+    from churnops.pipelines.features import build_features
+    from churnops.pipelines.ingest import ingest
+    from churnops.pipelines.promotion import gate, model_registry, register
+    from churnops.pipelines.train import train
+    from churnops.training.tracking import load_scorer, run_data
+
+    before = _tree(original.workspace)
+    copy = tmp_path / "elsewhere" / "ws"
+    shutil.copytree(original.workspace, copy)
+    settings = _settings(copy)
+
+    reports = ingest(settings, date(2025, 1, 2))
+    assert {r.source: r.status for r in reports}["order_files"] == "no new data"  # not 99% duplicates
+    build_features(settings, DAY)
+    reseeded = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": 9})})
+    result = train(reseeded, DAY)
+    assert not result.reused
+    assert run_data(result.run_id).info.artifact_uri.startswith(copy.resolve().as_uri())
+    assert gate(reseeded, DAY, result.run_id).passed
+    version = register(reseeded, DAY, result.run_id).version
+    assert version == "2"
+    champion = load_scorer(f"models:/{settings.mlflow.model_name}@champion")  # version 1, copied
+    assert champion.features
+    assert model_registry(settings).holder("challenger") == "2"
+
+    assert _tree(original.workspace) == before
+    assert model_registry(original).holder("challenger") == "1"
+
+
+def test_a_moved_workspace_trains_where_it_now_is(original: Settings, tmp_path: Path) -> None:
+    from churnops.pipelines.train import train
+
+    moved = tmp_path / "moved" / "ws"
+    shutil.copytree(original.workspace, tmp_path / "first")
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "first"), str(moved))  # where it was used from no longer exists
+    result = train(_settings(moved), DAY)
+    assert result.reused  # the same inputs, found in the moved tracking store
+    from churnops.features.feast_repo import FeastFeatureStore
+
+    store = FeastFeatureStore(_settings(moved))
+    assert store.store.get_feature_view("customer_features").batch_source.path.startswith(str(moved.resolve()))
+
+
+def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workspace: {tmp_path / 'ws'}\n")
+    for command in (["registry", "list"], ["registry", "history"], ["status"]):
+        result = runner.invoke(app, [*command, "-c", str(cfg)])
+        assert result.exit_code == 0, result.output
+    assert not (tmp_path / "ws").exists()
+    listing = runner.invoke(app, ["registry", "list", "-c", str(cfg)])
+    assert "no versions of churn_predictor yet" in listing.output
+    assert "alembic" not in listing.output.lower()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["ingest", "--date", "2024-01-01"],
+        ["features"],
+        ["train"],
+        ["run"],
+        ["registry", "list"],
+        ["backtest", "--cutoff", "2024-06-01"],
+        ["simulate"],
+    ],
+)
+def test_a_workspace_path_that_is_a_file_is_a_clear_error_from_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "ws").write_text("oops")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workspace: {tmp_path / 'ws'}\n")
+    result = CliRunner().invoke(app, [*command, "-c", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert "is a file, not a directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_busy_workspace_gives_one_line_and_exit_75(tmp_path: Path) -> None:
+    """A second writer fails at once while the first holds the workspace lock."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workspace: {tmp_path / 'ws'}\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from churnops.workspace import Workspace\n"
+            f"with Workspace(Path({str(tmp_path / 'ws')!r})).lock('churnops features'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        for command in (
+            ["ingest", "--date", "2024-01-01"],
+            ["train", "--date", "2024-01-01"],
+            ["run", "--date", "2024-01-01"],
+            ["registry", "promote", "--to", "staging"],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "churnops", *command, "-c", str(cfg)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if command[0] == "registry":  # nothing registered yet: it says so before it needs the lock
+                assert result.returncode == 1
+                continue
+            assert result.returncode == 75, result.stderr
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1, result.stderr
+            assert "is busy: `churnops features`" in lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
