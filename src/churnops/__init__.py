@@ -1,1 +1,10 @@
 """churnops: MLOps for customer-churn prediction."""
+
+import os
+
+# LightGBM and scikit-learn train on OpenMP threads, which by default spin while they wait for
+# each other; when another process holds a core, the spinning thread starves the one doing the
+# work and a 1-minute stage took 9-14 minutes. Passive waiting yields the core instead: 1.6x
+# slower beside a competing process, not 3x or worse (bench/bench_training.py). It must be set
+# before an OpenMP runtime loads, and importing churnops comes first; a value you set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -140,14 +140,19 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], nu
 
 
 def _configure_output(verbose: bool) -> None:
-    """Quiet by default: our warnings and errors only; -v shows INFO and third-party output."""
+    """Quiet by default: our own warnings and errors only; -v shows INFO lines and what the
+    libraries say (their warnings, MLflow's migrations and progress bars)."""
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see training.candidates: threads that wait yield the core
+    layout = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=layout, force=True)
+    # Libraries reset the warning filters when imported (Feast asks for every deprecation
+    # "once"), so warnings go through logging, where the level decides.
+    logging.captureWarnings(True)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if verbose else "false")
     if not verbose:
         warnings.filterwarnings("ignore")
-        for name in THIRD_PARTY_LOGGERS:
+        for name in (*THIRD_PARTY_LOGGERS, "py.warnings"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -315,12 +320,18 @@ def _show_train(result: Any) -> None:
     console.print(
         _table(
             f"candidates on the holdout ({result.rows['holdout']:,} of {total:,} rows){reused}",
-            ["model", "F1", "prec", "recall", "ROC AUC", "PR AUC", "CV F1", "thresh"],
+            ["model", "F1", "prec", "rec", "AUC", "PR-AUC", "CV F1", "thr"],
             rows,
             [False, *[True] * 7],
         )
     )
-    console.print(Text("* the challenger: best on validation data by training.selection_metric", style="dim"))
+    console.print(
+        Text(
+            "* the challenger (best on validation data by training.selection_metric); prec/rec: precision and "
+            "recall, AUC: ROC AUC, PR-AUC: average precision, thr: decision threshold",
+            style="dim",
+        )
+    )
 
 
 def _show_gate(verdict: Any) -> None:
@@ -757,6 +768,14 @@ def status(config: ConfigOption = None) -> None:
         )
     else:
         console.print("feature table: empty (run `churnops features`)")
+    registry = _open_registry(settings)
+    versions = registry.versions() if registry else []
+    if versions:
+        holders = {a: v["version"] for v in versions for a in v["aliases"]}
+        aliases = ", ".join(f"{a} v{holders[a]}" for a in ("challenger", "staging", "champion") if a in holders)
+        console.print(f"model {settings.mlflow.model_name}: {len(versions)} version(s); {aliases or 'no aliases'}")
+    else:
+        console.print(f"model {settings.mlflow.model_name}: no versions yet (run `churnops train`)")
     if state.runs:
         rows = [
             [

@@ -423,6 +423,9 @@ class TrainingSettings(_Strict):
         description="Sample validation and holdout to at most this many rows each; null (default): keep all.",
     )
     candidates: dict[str, CandidateSettings] = Field(default_factory=default_candidates)
+    exclude_features: list[str] = Field(
+        default_factory=list, description="Features of the table the models do not use (e.g. to measure one's worth)."
+    )
 
 
 class GateSettings(_Strict):

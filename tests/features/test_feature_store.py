@@ -109,18 +109,19 @@ def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Setti
     assert online["frequency"].notna().sum() > 900
 
 
+def _dump(db: Path) -> list[tuple[object, ...]]:
+    """Every value in the SQLite online store."""
+    with sqlite3.connect(db) as con:
+        table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
+
+
 def test_materializing_the_same_window_twice_leaves_an_identical_online_store(shop: Settings) -> None:
     report = build_features(shop)
     db = feast_repo.FeastFeatureStore(shop).online_db
-
-    def dump() -> list[tuple[object, ...]]:
-        with sqlite3.connect(db) as con:
-            table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
-            return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
-
-    before = dump()
+    before = _dump(db)
     feast_repo.FeastFeatureStore(shop).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
-    assert dump() == before
+    assert _dump(db) == before
     assert len(before) > 1000
 
 
@@ -128,17 +129,11 @@ def test_a_backfill_leaves_the_online_store_holding_the_newest_snapshot(shop: Se
     """Features recomputed for an older date change the offline table only."""
     build_features(shop)
     db = feast_repo.FeastFeatureStore(shop).online_db
-
-    def dump() -> list[tuple[object, ...]]:
-        with sqlite3.connect(db) as con:
-            table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
-            return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
-
-    before = dump()
+    before = _dump(db)
     report = build_features(shop, date(2024, 4, 1))
     assert report.snapshots[-1] == "2024-04-01"
     assert "left alone" in report.online
-    assert dump() == before
+    assert _dump(db) == before
     newest = feature_table(shop).manifest()
     assert max(newest.snapshots) == "2024-07-01"  # the newer snapshots are still in the table
 

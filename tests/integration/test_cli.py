@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -109,3 +110,128 @@ def test_bad_config_key_names_key_and_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "ingest.max_bad_shar: unknown key" in result.output
     assert "bad.yaml" in result.output
+
+
+def test_version_and_verbose_after_the_command() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"churnops {version('churnops')}"
+    after = runner.invoke(app, ["status", "--help", "-v"])
+    assert after.exit_code == 0, after.output
+    assert "Show what is in the workspace" in after.output
+
+
+def _clean(text: str) -> None:
+    """What a person reads in a log or a pipe: no escape codes, no library chatter."""
+    assert "\x1b[" not in text
+    for noise in ("Warning", "WARNING", "INFO", "alembic", "Materializing", "Downloading artifacts", "Traceback"):
+        assert noise not in text, noise
+    assert "…" not in text  # tables abbreviate headers, never cut a value
+
+
+def test_the_steps_print_no_library_output_and_tables_fit_80_columns(tmp_path: Path) -> None:
+    """As subprocesses, so that whatever a library writes to the real stdout or stderr is seen."""
+    import json as _json
+
+    from tests.integration.test_workspace import CONFIG
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(_json.dumps({"workspace": str(tmp_path / "ws"), **CONFIG}))
+    env = {"COLUMNS": "80", "PATH": "/usr/bin:/bin"}
+    for command in (
+        ["simulate"],
+        ["ingest", "--date", "2025-01-01"],
+        ["features", "--as-of", "2025-01-01"],
+        ["train", "--date", "2025-01-01"],
+        ["registry", "list"],
+        ["status"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "churnops", *command, "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        _clean(out.stdout + out.stderr)
+        assert "next:" in out.stdout or command[0] in ("registry", "status")
+        if command[0] == "train":
+            assert "everyone churns" in out.stdout
+            assert "recency score" in out.stdout
+            assert "gate passed" in out.stdout
+            assert "cross-validation fold 2/2" in out.stdout  # progress while a candidate trains
+        if command[0] == "ingest":
+            header = next(line for line in out.stdout.splitlines() if line.lstrip().startswith("source"))
+            assert len(header) <= 80
+
+
+def test_run_over_real_data_never_simulates_and_defaults_to_the_day_after_the_last_order(tmp_path: Path) -> None:
+    import json as _json
+
+    from tests.training.test_backtest import _log, _settings, _write
+
+    (tmp_path / "log").mkdir()
+    log = _log(seed=5)
+    _write(log, tmp_path / "log" / "orders.txt")
+    settings = _settings(tmp_path)
+    cfg = tmp_path / "c.json"
+    body = _json.loads(settings.model_dump_json())
+    body["gate"] = {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100}
+    cfg.write_text(_json.dumps(body, default=str))
+    day = (log["day"].max() + pd.Timedelta(days=1)).date()
+    result = runner.invoke(app, ["run", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert f"churnops run {day}" in result.output
+    assert "simulate: no source reads the simulated shop" in result.output
+    assert not (tmp_path / "ws" / "sources").exists()
+    assert f"ingest {day}" in result.output
+
+
+def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.servers import free_port
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "mlflow.db").touch()
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    mlflow.search_experiments()  # a real, initialised store
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workspace: {ws}\n")
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "churnops", "ui", "--port", str(port), "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert ui.poll() is None, ui.stdout.read() if ui.stdout else ""
+                assert time.monotonic() < deadline, "the MLflow UI did not come up"
+                time.sleep(0.5)
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+    time.sleep(1)
+    leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)

@@ -50,9 +50,9 @@ def repo_config(settings: Settings) -> dict[str, Any]:
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
-        # Materialization asks the offline store (DuckDB SQL) for the newest row per customer
-        # instead of loading every snapshot in the window and de-duplicating in memory, and
-        # converts and writes the rows in batches, so memory stays bounded at 1M customers.
+        # For `feast materialize` run by hand in the folder: ask the offline store (DuckDB SQL)
+        # for the newest row per customer and write in batches, so memory stays bounded at 1M
+        # customers. churnops itself writes the newest snapshot directly (`publish_newest`).
         "materialization": {"pull_latest_features": True, "online_write_batch_size": ONLINE_WRITE_BATCH},
     }
 

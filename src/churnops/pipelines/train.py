@@ -244,8 +244,14 @@ def build_training_set(
         feast = FeastFeatureStore(settings, table)
         feast.repoint()
         store = feast
-    features = list(manifest.features)
-    joined = store.training_rows(entity, features)
+    unknown = sorted(set(settings.training.exclude_features) - set(manifest.features))
+    if unknown:
+        raise TrainingError(
+            f"training.exclude_features names features the table does not have: {', '.join(unknown)}; "
+            f"it has: {', '.join(manifest.features)}"
+        )
+    features = [f for f in manifest.features if f not in settings.training.exclude_features]
+    joined = store.training_rows(entity, list(manifest.features))  # recency stays: the baseline needs it
     order = {name: i for i, name in enumerate(PARTS)}
     joined = (
         joined.assign(_order=joined["part"].map(order))
@@ -315,7 +321,7 @@ def train_candidates(
     x = data[training.features].astype("float64")
     y = data["churned"].astype(int)
     y_hold = y.iloc[split.holdout].to_numpy()
-    baselines = baseline_metrics(y_hold, by_recency_scores(x["recency"].iloc[split.holdout].to_numpy()))
+    baselines = baseline_metrics(y_hold, by_recency_scores(data["recency"].iloc[split.holdout].to_numpy()))
     trained = Trained([], {}, {}, baselines)
     for number, (name, config) in enumerate(cfg.candidates.items(), start=1):
         started = time.perf_counter()
@@ -470,9 +476,8 @@ def _train_new(
     tags = {tracking.INPUT_KEY: key, "logical_date": day.isoformat()}
     trained = train_candidates(settings, training, experiment, tags, say)
     best = select(trained.results, settings.training.selection_metric)
-    holdout = training.frame.iloc[training.split.holdout][
-        ["customer_id", "event_timestamp", "churned", *training.features]
-    ].assign(proba=trained.holdout_proba[best.name])
+    kept = ["customer_id", "event_timestamp", "churned", *dict.fromkeys([*training.features, "recency"])]
+    holdout = training.frame.iloc[training.split.holdout][kept].assign(proba=trained.holdout_proba[best.name])
     tracking.log_holdout(best.run_id, holdout)
     tracking.set_run_tags(best.run_id, {tracking.SELECTED: "true"})
     for candidate in trained.results:  # written last: from here on the attempt is complete and reusable

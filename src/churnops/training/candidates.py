@@ -67,6 +67,13 @@ class Candidate:
         return {name: float(v / total) for name, v in zip(features.columns, values, strict=True)}
 
 
+def _cores() -> int:
+    """The cores this process may run on (OpenMP threads wait passively: see churnops/__init__.py)."""
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
 def build_candidate(name: str, config: CandidateSettings, seed: int) -> Candidate:
     """An unfitted candidate for a configured algorithm.
 
@@ -82,7 +89,7 @@ def build_candidate(name: str, config: CandidateSettings, seed: int) -> Candidat
     if config.algorithm == "lightgbm":
         import lightgbm as lgb
 
-        model: Any = lgb.LGBMClassifier(random_state=seed, n_jobs=2, verbose=-1, deterministic=True, **params)
+        model: Any = lgb.LGBMClassifier(random_state=seed, n_jobs=_cores(), verbose=-1, deterministic=True, **params)
     elif config.algorithm == "hist_gradient_boosting":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
