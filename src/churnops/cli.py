@@ -122,16 +122,23 @@ def _next(message: str) -> None:
     console.print(Text(f"next: {message}", style="dim"))
 
 
-def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> Table:
-    """A compact table that fits 80 columns: numbers are never cut, long text wraps."""
+def _table(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    numeric: Sequence[bool],
+    whole: Sequence[bool] | None = None,
+) -> Table:
+    """A compact table that fits 80 columns: numbers (and `whole` columns) are never cut or
+    wrapped; other text wraps."""
     table = Table(
         title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False, title_justify="left"
     )
     for i, header in enumerate(headers):
         cells = [str(r[i]) for r in rows]
-        if numeric[i]:
+        if numeric[i] or (whole is not None and whole[i]):
             width = max([len(c) for c in cells] + [1])
-            table.add_column(header, justify="right", no_wrap=True, min_width=width)
+            table.add_column(header, justify="right" if numeric[i] else "left", no_wrap=True, min_width=width)
         else:
             table.add_column(header, overflow="fold")
     for row in rows:
@@ -276,6 +283,13 @@ def _show_features(report: Any) -> None:
         f"features: {len(report.snapshots)} snapshot(s) {report.snapshots[0]} .. {report.snapshots[-1]}, "
         f"{report.rows:,} rows, content hash {report.content_hash[:12]} ({timings}); {report.online}"
     )
+
+
+def _interval(first: str | None, last: str | None) -> str:
+    """An ISO 8601 interval of days (one day alone when they are equal; "-" when unknown)."""
+    if not first or not last:
+        return "-"
+    return first if first == last else f"{first}/{last}"
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -745,17 +759,18 @@ def status(config: ConfigOption = None) -> None:
                 str(t.partitions),
                 f"{t.rows:,}",
                 f"{t.quarantined:,}",
-                f"{t.first_date or ''}..{t.last_date or ''}",
-                f"{t.first_event or '?'}..{t.last_event or '?'}",
+                _interval(t.first_date, t.last_date),
+                _interval(t.first_event, t.last_event),
             ]
             for t in state.tables
         ]
         console.print(
             _table(
-                "raw lake",
-                ["table", "parts", "rows", "quarant.", "ingest dates", "event dates"],
+                "raw lake (dates as first/last)",
+                ["table", "parts", "rows", "quar.", "ingested", "event dates"],
                 rows,
                 [False, True, True, True, False, False],
+                whole=[False, False, False, False, True, True],
             )
         )
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,10 @@ def test_the_steps_print_no_library_output_and_tables_fit_80_columns(tmp_path: P
             assert "recency score" in out.stdout
             assert "gate passed" in out.stdout
             assert "cross-validation fold 2/2" in out.stdout  # progress while a candidate trains
+        if command[0] == "status":  # a raw-lake row whole on one line, its dates an unbroken interval
+            assert re.search(r"^ orders +1 +[\d,]+ +0 +2025-01-01 +2024-\d\d-\d\d/2024-12-\d\d *$", out.stdout, re.M), (
+                out.stdout
+            )
         if command[0] == "ingest":
             header = next(line for line in out.stdout.splitlines() if line.lstrip().startswith("source"))
             assert len(header) <= 80
