@@ -8,3 +8,9 @@ import os
 # slower beside a competing process, not 3x or worse (bench/bench_training.py). It must be set
 # before an OpenMP runtime loads, and importing churnops comes first; a value you set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Feast, when imported, sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client chooses how it
+# keeps metric values (in process, or in shared files per metric name) when its `values` module
+# is first imported. Importing it here, before Feast can be, keeps every server's metrics its
+# own (two servers in one process otherwise add up each other's counts).
+import prometheus_client.values  # noqa: F401

@@ -807,6 +807,35 @@ def status(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default: serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serving.port, 8000).")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Registry alias to serve (default: serving.alias, champion).")
+    ] = None,
+) -> None:
+    """Serve predictions over HTTP from the model behind a registry alias.
+
+    POST /predict (customer_ids, with features from the online store, or feature vectors),
+    the Open Inference Protocol v2 under /v2, MLflow's POST /invocations, GET /metrics for
+    Prometheus. The server follows its alias (every serving.poll_seconds, and POST
+    /admin/reload with the serving.admin_token) and logs every prediction. SIGTERM or Ctrl-C
+    drains it: readiness turns false, in-flight requests finish, the log is flushed.
+    """
+    from churnops.serving.server import serve as run_server
+
+    settings = _settings(config)
+    if alias is not None:
+        if alias not in ("champion", "challenger", "staging"):
+            raise _fail("--alias must be champion, challenger or staging", 2)
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"alias": alias})})
+    where = f"http://{host or settings.serving.host}:{port or settings.serving.port}"
+    console.print(f"serving {settings.mlflow.model_name}@{settings.serving.alias} on {where} (Ctrl-C stops)")
+    run_server(settings, host, port)
+
+
+@app.command()
 def ui(
     config: ConfigOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -457,6 +457,28 @@ class MlflowSettings(_Strict):
     model_name: str = "churn_predictor"
 
 
+class ServingSettings(_Strict):
+    """The prediction server (`churnops serve`) and its prediction log."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    alias: Literal["champion", "challenger", "staging"] = "champion"
+    onnx: bool = Field(True, description="Serve with ONNX Runtime where the model converts and agrees.")
+    onnx_tolerance: float = Field(1e-6, gt=0, description="Largest |ONNX - native| probability on the holdout.")
+    max_batch: int = Field(1000, gt=0, description="Items in one request at most.")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Request body size limit, enforced before parsing.")
+    poll_seconds: float = Field(30.0, ge=0, description="How often the server checks its alias (0: never).")
+    admin_token: str | None = Field(None, description="Bearer token of the admin endpoints (none: they refuse all).")
+    as_of: datetime | None = Field(
+        None, description="The time feature TTLs are judged against (default: now); set it to replay a past day."
+    )
+    prediction_log_url: str = Field(
+        "sqlite:///{workspace}/predictions.db", description="SQLAlchemy URL of the prediction log."
+    )
+    log_queue_size: int = Field(100_000, gt=0, description="Predictions waiting to be written, at most.")
+    log_batch_size: int = Field(1000, gt=0)
+
+
 class AlertSettings(_Strict):
     """Where alerts go: always the log and an alert file; optionally a Slack-compatible webhook."""
 
@@ -482,6 +504,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -519,6 +542,7 @@ class Settings(BaseSettings):
         self.mlflow.tracking_uri = self.mlflow.tracking_uri.replace(WORKSPACE_PLACEHOLDER, ws)
         self.mlflow.artifact_location = self.mlflow.artifact_location.replace(WORKSPACE_PLACEHOLDER, ws)
         self.alerts.file = self.alerts.file.replace(WORKSPACE_PLACEHOLDER, ws)
+        self.serving.prediction_log_url = self.serving.prediction_log_url.replace(WORKSPACE_PLACEHOLDER, ws)
         for src in self.sources:
             for attr in ("url", "path"):
                 value = getattr(src, attr, None)

@@ -24,6 +24,7 @@ from churnops.runlog import append_run
 from churnops.settings import Settings
 from churnops.training.gate import GateResult, evaluate_gate
 
+ARTIFACT_DIGEST = "artifact_sha256"  # of the model's files, checked by the server before it loads them
 METRIC_SLUGS = {
     "F1 floor": "floor",
     "F1 lift over everyone-churns": "lift_f1",
@@ -236,6 +237,8 @@ def register(settings: Settings, as_of: date, run_id: str, progress: Callable[[s
             service = f"{settings.mlflow.model_name}_v{version}"
             FeastFeatureStore(settings).add_service(service, list(metadata["features"]))
             registry.tag(version, "feature_service", service)
+            digest = tracking.artifact_digest(f"models:/{registry.model_name}/{version}")
+            registry.tag(version, ARTIFACT_DIGEST, digest)
             registry.mark_complete(version)  # the last tag: the version is usable from here on
         service = f"{settings.mlflow.model_name}_v{version}"
         if registry.holder("challenger") != version:

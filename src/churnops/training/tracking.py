@@ -274,3 +274,25 @@ def run_data(run_id: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient().get_run(run_id)
+
+
+def artifact_digest(model_uri: str) -> str:
+    """sha256 over a logged model's files (relative names and bytes, in name order).
+
+    Recorded on a version when it is registered; the server refuses a version whose files
+    no longer hash the same. MLflow's own `registered_model_meta`, which registration writes
+    into the folder, is left out.
+    """
+    import hashlib
+    import tempfile
+
+    import mlflow
+
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="churnops-model-") as folder:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "registered_model_meta"):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

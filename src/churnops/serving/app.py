@@ -1,0 +1,785 @@
+"""The prediction server: a FastAPI app built by `create_app(settings)`.
+
+Endpoints:
+- `POST /predict`: customer_ids (features from the Feast online store, through the served
+  version's feature service) or explicit feature vectors; per item a status, probability,
+  label at the version's threshold, model, version, variant and request_id.
+- The Open Inference Protocol v2 (KServe, Seldon, Triton clients): `GET /v2/health/live`,
+  `GET /v2/health/ready`, `GET /v2`, `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`,
+  `POST /v2/models/{name}/infer`.
+- MLflow's scoring protocol: `POST /invocations` with `dataframe_split`, `dataframe_records` or
+  `inputs`.
+- `GET /metrics` (Prometheus), `POST /admin/reload` (bearer token).
+
+Every prediction is logged off the hot path (`prediction_log`). The server follows its alias: it
+polls the registry and reloads on `/admin/reload`, loading the new version fully before the old
+one is released; a version that fails to load leaves the old one serving and raises an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from churnops.alerts import Alert, raise_alert
+from churnops.serving.metrics import ServerMetrics
+from churnops.serving.model import ModelLoadError, ServedModel, load_served_model
+from churnops.serving.prediction_log import PredictionLog
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Number = float | int | None
+CustomerId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # the entity key is an int64
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PredictRequest(_Body):
+    """Either customer_ids (features from the online store) or explicit feature vectors."""
+
+    customer_ids: list[CustomerId] | None = Field(None, description="Customers to score with their online features.")
+    instances: list[dict[str, Number]] | None = Field(
+        None, description="Feature vectors: feature name -> value (null for a missing value)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.customer_ids is None) == (self.instances is None):
+            raise ValueError("give exactly one of customer_ids or instances")
+        if not (self.customer_ids or self.instances):
+            raise ValueError("the batch is empty")
+        return self
+
+
+class Prediction(BaseModel):
+    """One scored item."""
+
+    status: Literal["ok", "unknown_customer", "stale_features"]
+    customer_id: int | None = None
+    probability: float | None = None
+    label: int | None = None
+    model: str
+    version: str
+    variant: str
+    request_id: str
+    detail: str | None = None
+
+
+class PredictResponse(BaseModel):
+    """The items in request order."""
+
+    predictions: list[Prediction]
+
+
+class InferTensor(_Body):
+    """An Open Inference Protocol input tensor."""
+
+    name: str
+    shape: list[int]
+    datatype: Literal["FP64", "FP32", "INT64", "INT32", "FP16"]
+    data: list[Number] | list[list[Number]]
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(_Body):
+    """An Open Inference Protocol request: one [n, features] tensor, or one [n] tensor per feature."""
+
+    id: str | None = None
+    inputs: list[InferTensor] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ScoringRequest(BaseModel):
+    """MLflow's scoring protocol (give one of the three). As in MLflow, NaN marks a missing value;
+    infinity is refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
+
+    dataframe_split: dict[str, Any] | None = None
+    dataframe_records: list[dict[str, Number]] | None = None
+    inputs: list[list[Number]] | dict[str, list[Number]] | None = None
+    params: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _finite(self) -> ScoringRequest:
+        def walk(value: Any) -> None:
+            if isinstance(value, float) and math.isinf(value):
+                raise ValueError("infinity is not a feature value")
+            if isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v)
+
+        walk([self.dataframe_split, self.dataframe_records, self.inputs])
+        return self
+
+
+@dataclass
+class ServerState:
+    """What the server holds: the model, its lookups and log, and whether it may take traffic."""
+
+    settings: Settings
+    metrics: ServerMetrics
+    model: ServedModel | None = None
+    shutting_down: bool = False
+    load_error: str = ""
+    log: PredictionLog | None = None
+    online: Any = None
+    _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded (its smoke prediction passed) and the server is not draining."""
+        return self.model is not None and not self.shutting_down
+
+
+def create_app(
+    settings: Settings, loader: Callable[[Settings], ServedModel] | None = None, start_polling: bool = True
+) -> FastAPI:
+    """The prediction server for these settings.
+
+    Args:
+        settings: The loaded settings (`serving` section).
+        loader: Loads the model to serve (default: the configured alias from the registry).
+        start_polling: Follow the alias in the background.
+
+    Returns:
+        The FastAPI app; its `state.server` is the `ServerState`.
+    """
+    load = loader or load_served_model
+    state = ServerState(settings, ServerMetrics())
+
+    async def reload(reason: str) -> str:
+        """Load the alias's version and swap it in; the old one keeps serving on failure."""
+        async with state._swap:
+            try:
+                new = await asyncio.to_thread(load, settings)
+            except (ModelLoadError, Exception) as exc:  # a broken version must never take serving down
+                state.load_error = str(exc)
+                state.metrics.reload_failures.inc()
+                log.error("could not load the model (%s): %s", reason, exc)
+                if state.model is not None:
+                    raise_alert(
+                        settings.alerts,
+                        Alert(
+                            key=f"serving-reload-failed-{uuid.uuid4().hex[:8]}",
+                            title=f"The server kept {state.model.name} version {state.model.version}: "
+                            "the new version failed to load",
+                            details={"reason": str(exc), "alias": settings.serving.alias},
+                        ),
+                    )
+                return f"kept version {state.model.version if state.model else '(none)'}: {exc}"
+            if state.online is None:  # open the online store before taking traffic: its first use takes seconds
+                await asyncio.to_thread(_open_online, state, new)
+            old = state.model
+            state.model = new
+            state.load_error = ""
+            state.metrics.model_loaded(new)
+            return f"serving version {new.version} ({new.backend}), was {old.version if old else 'none'}"
+
+    async def follow_alias() -> None:
+        from churnops.pipelines.promotion import existing_registry
+
+        while True:
+            await asyncio.sleep(settings.serving.poll_seconds)
+            try:
+                registry = await asyncio.to_thread(existing_registry, settings)
+                holder = await asyncio.to_thread(registry.holder, settings.serving.alias) if registry else None
+            except Exception as exc:  # the registry being away is no reason to stop serving
+                log.warning("alias poll failed: %s", exc)
+                continue
+            if holder is not None and (state.model is None or holder != state.model.version):
+                log.info("alias %s moved to version %s", settings.serving.alias, holder)
+                await reload("the alias moved")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def log_full(lost: int) -> None:
+            loop.call_soon_threadsafe(state.metrics.log_full.inc)
+            raise_alert(
+                settings.alerts,
+                Alert(
+                    key=f"prediction-log-full-{uuid.uuid4().hex[:8]}",
+                    title="The prediction log's queue is full: predictions are being dropped, not logged",
+                    details={"queue_size": settings.serving.log_queue_size, "first_lost": lost},
+                ),
+            )
+
+        state.log = PredictionLog(
+            settings.serving.prediction_log_url,
+            settings.serving.log_queue_size,
+            settings.serving.log_batch_size,
+            on_full=log_full,
+        )
+        await reload("start")
+        poller = asyncio.create_task(follow_alias()) if start_polling and settings.serving.poll_seconds > 0 else None
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            if poller is not None:
+                poller.cancel()
+            await asyncio.to_thread(state.log.close)
+
+    app = FastAPI(
+        title="churnops prediction server",
+        description="Churn probabilities by customer or feature vector; Open Inference Protocol v2; MLflow scoring.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    app.state.reload = reload
+    app.add_middleware(BodyGuard, state=state)
+    _errors(app, state)
+    app.include_router(_predict_router(state))
+    app.include_router(_v2_router(state))
+    app.include_router(_mlflow_router(state))
+    app.include_router(_ops_router(state, reload))
+    return app
+
+
+# --- request guards ----------------------------------------------------------------------
+
+
+class BodyGuard:
+    """ASGI middleware: a POST body over the limit is refused (413) while it is read, before any
+    parsing, and one that is not JSON is refused (415); the rest pass through unchanged."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.limit = state.settings.serving.max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        path = scope.get("path", "")
+        declared = headers.get(b"content-length")
+        too_big = f"the body is over the limit of {self.limit:,} bytes"
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send, path, 413, too_big)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send, path, 413, too_big)
+                return
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+        binary_header = headers.get(b"inference-header-content-length")
+        if binary_header is not None:  # the v2 binary tensor extension, as Triton's clients send by default
+            try:
+                body = _binary_to_json(body, int(binary_header))
+            except (ValueError, KeyError, TypeError) as exc:
+                await self._refuse(scope, receive, send, path, 422, f"bad binary tensor data: {exc}")
+                return
+            kind = "application/json"
+        if body and kind not in ("application/json", ""):
+            await self._refuse(
+                scope, receive, send, path, 415, f"send application/json, not {kind or 'no content type'}"
+            )
+            return
+        if body:  # what reaches the app is JSON, said so and sized right (the binary extension rewrites it)
+            kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+            scope = {
+                **scope,
+                "headers": [
+                    *kept,
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any, path: str, status: int, message: str) -> None:
+        self.state.metrics.refused(path, status)
+        await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+_BINARY_TYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4"}
+
+
+def _binary_to_json(body: bytes, header_length: int) -> bytes:
+    """A request in the v2 binary tensor extension as the same request in plain JSON."""
+    import json
+
+    header = json.loads(body[:header_length])
+    offset = header_length
+    for tensor in header.get("inputs", []):
+        parameters = tensor.get("parameters") or {}
+        size = parameters.pop("binary_data_size", None)
+        if size is None:
+            continue
+        values = np.frombuffer(body[offset : offset + int(size)], dtype=_BINARY_TYPES[tensor["datatype"]])
+        offset += int(size)
+        tensor["data"] = [None if not np.isfinite(v) else float(v) for v in values.astype(np.float64)]
+        if not parameters:
+            tensor.pop("parameters", None)
+    if offset != len(body):
+        raise ValueError(f"{len(body) - offset} bytes after the tensors")
+    for output in header.get("outputs") or []:  # answers come back as JSON
+        (output.get("parameters") or {}).pop("binary_data", None)
+    header.pop("parameters", None)
+    return json.dumps(header).encode()
+
+
+def _refuse(state: ServerState, request: Request, status: int, message: str) -> JSONResponse:
+    state.metrics.refused(request.url.path, status)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _errors(app: FastAPI, state: ServerState) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {error.get('msg')}")
+        state.metrics.refused(request.url.path, 422)
+        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code >= 400:
+            state.metrics.refused(request.url.path, exc.status_code)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        state.metrics.refused(request.url.path, 500)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def _model_or_503(state: ServerState) -> ServedModel:
+    model = state.model
+    if model is None or state.shutting_down:
+        detail = "draining for shutdown" if state.shutting_down else f"no model is loaded ({state.load_error})"
+        raise HTTPException(503, detail)
+    return model
+
+
+def _check_size(state: ServerState, items: int) -> None:
+    if items > state.settings.serving.max_batch:
+        raise HTTPException(413, f"{items:,} items is over the batch limit of {state.settings.serving.max_batch:,}")
+    if items == 0:
+        raise HTTPException(422, "the batch is empty")
+
+
+def _matrix(model: ServedModel, vectors: list[dict[str, Number]]) -> np.ndarray:
+    """Feature vectors as the model's matrix; unknown or missing features are a 422."""
+    wanted = set(model.features)
+    rows = np.empty((len(vectors), len(model.features)), dtype=np.float64)
+    for i, vector in enumerate(vectors):
+        unknown = sorted(set(vector) - wanted)
+        missing = [f for f in model.features if f not in vector]
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing feature(s) {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown feature(s) {', '.join(unknown)}")
+            raise HTTPException(
+                422, f"item {i}: {'; '.join(parts)} (version {model.version} takes: {', '.join(model.features)})"
+            )
+        rows[i] = [math.nan if vector[f] is None else float(vector[f]) for f in model.features]  # type: ignore[arg-type]
+    return rows
+
+
+# --- /predict ----------------------------------------------------------------------------
+
+
+def _predict_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["predict"])
+
+    @router.post("/predict", response_model=PredictResponse)
+    async def predict(body: PredictRequest) -> PredictResponse:
+        started = time.perf_counter()
+        model = _model_or_503(state)
+        variant = model.alias
+        if body.customer_ids is not None:
+            _check_size(state, len(body.customer_ids))
+            looked = time.perf_counter()
+            rows, statuses = _online_rows(state, model, body.customer_ids)
+            state.metrics.lookup.observe(time.perf_counter() - looked)
+            ids: list[int | None] = list(body.customer_ids)
+        else:
+            assert body.instances is not None
+            _check_size(state, len(body.instances))
+            rows = _matrix(model, body.instances)
+            statuses = ["ok"] * len(rows)
+            ids = [None] * len(rows)
+        usable = np.array([s == "ok" for s in statuses], dtype=bool)
+        proba = np.full(len(rows), np.nan)
+        if usable.any():
+            proba[usable] = model.predict_proba(rows[usable])
+        latency = time.perf_counter() - started
+        out, records = [], []
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for i, status in enumerate(statuses):
+            request_id = uuid.uuid4().hex
+            if status == "ok":
+                p = float(proba[i])
+                label = int(p >= model.threshold)
+                out.append(
+                    Prediction(
+                        status="ok",
+                        customer_id=ids[i],
+                        probability=p,
+                        label=label,
+                        model=model.name,
+                        version=model.version,
+                        variant=variant,
+                        request_id=request_id,
+                    )
+                )
+                records.append(_record(request_id, now, ids[i], model, variant, rows[i], p, label, latency))
+            else:
+                detail = {
+                    "unknown_customer": "the online store has no features for this customer",
+                    "stale_features": "the customer's features are older than the feature view's TTL",
+                }[status]
+                out.append(
+                    Prediction(
+                        status=status,
+                        customer_id=ids[i],
+                        model=model.name,
+                        version=model.version,
+                        variant=variant,
+                        request_id=request_id,
+                        detail=detail,
+                    )
+                )
+        _log(state, records)
+        state.metrics.served("/predict", model, variant, latency, len(rows))
+        return PredictResponse(predictions=out)
+
+    return router
+
+
+def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]) -> tuple[np.ndarray, list[str]]:
+    """The served version's features for each customer from the online store, and each one's status."""
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    if state.online is None:
+        from churnops.features.feast_repo import FeastFeatureStore
+
+        state.online = FeastFeatureStore(state.settings).store
+    store = state.online
+    service = store.get_feature_service(model.feature_service, allow_cache=True)
+    response = store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in customer_ids])
+    proto = response.proto
+    names = list(proto.metadata.feature_names.val)
+    values = response.to_dict()
+    rows = np.empty((len(customer_ids), len(model.features)), dtype=np.float64)
+    for j, feature in enumerate(model.features):
+        column = values[feature]
+        rows[:, j] = [math.nan if v is None else float(v) for v in column]
+    statuses = ["ok"] * len(customer_ids)
+    reference = state.settings.serving.as_of or datetime.now(UTC)
+    reference = reference if reference.tzinfo else reference.replace(tzinfo=UTC)
+    oldest = int(reference.timestamp() - state.settings.feast.ttl_days * 86_400)
+    for j, name in enumerate(names):
+        if name == "customer_id":
+            continue
+        result = proto.results[j]
+        for i, code in enumerate(result.statuses):
+            if code == FieldStatus.NOT_FOUND:
+                statuses[i] = "unknown_customer"
+            elif statuses[i] == "ok" and (
+                code == FieldStatus.OUTSIDE_MAX_AGE or result.event_timestamps[i].seconds < oldest
+            ):
+                statuses[i] = "stale_features"
+    return rows, statuses
+
+
+def _open_online(state: ServerState, model: ServedModel) -> None:
+    from churnops.features.feast_repo import FeastFeatureStore
+
+    state.online = FeastFeatureStore(state.settings).store
+    try:
+        _online_rows(state, model, [-1])
+    except Exception as exc:  # serving feature vectors works without it; lookups will say why they fail
+        log.warning("the online store is not usable yet: %s", exc)
+
+
+def _record(
+    request_id: str,
+    now: datetime,
+    customer_id: int | None,
+    model: ServedModel,
+    variant: str,
+    row: np.ndarray,
+    probability: float,
+    label: int,
+    latency: float,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "ts": now,
+        "customer_id": customer_id,
+        "model": model.name,
+        "version": model.version,
+        "variant": variant,
+        "features": {f: (None if math.isnan(v) else float(v)) for f, v in zip(model.features, row, strict=True)},
+        "probability": probability,
+        "label": label,
+        "latency_ms": latency * 1000,
+    }
+
+
+def _log(state: ServerState, records: list[dict[str, Any]]) -> None:
+    if state.log is not None and records:
+        lost = state.log.put(records)
+        if lost:
+            state.metrics.log_dropped.inc(lost)
+        state.metrics.log_depth.set(state.log.depth)
+
+
+def _score_rows(state: ServerState, endpoint: str, rows: np.ndarray) -> tuple[ServedModel, np.ndarray]:
+    started = time.perf_counter()
+    model = _model_or_503(state)
+    _check_size(state, len(rows))
+    proba = model.predict_proba(rows)
+    latency = time.perf_counter() - started
+    now = datetime.now(UTC).replace(tzinfo=None)
+    _log(
+        state,
+        [
+            _record(uuid.uuid4().hex, now, None, model, model.alias, row, float(p), int(p >= model.threshold), latency)
+            for row, p in zip(rows, proba, strict=True)
+        ],
+    )
+    state.metrics.served(endpoint, model, model.alias, latency, len(rows))
+    return model, proba
+
+
+# --- Open Inference Protocol v2 ----------------------------------------------------------
+
+
+def _v2_router(state: ServerState) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+    @router.get("/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @router.get("")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "churnops", "version": "1", "extensions": []}
+
+    def named(name: str) -> ServedModel:
+        model = _model_or_503(state)
+        if name != model.name:
+            raise HTTPException(404, f"no model named {name!r}; this server serves {model.name!r}")
+        return model
+
+    @router.get("/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        model = named(name)
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": f"churnops-{model.backend}",
+            "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, len(model.features)]}],
+            "outputs": [
+                {"name": "probability", "datatype": "FP64", "shape": [-1]},
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": model.describe(),
+        }
+
+    @router.get("/models/{name}/ready")
+    async def model_ready(name: str) -> JSONResponse:
+        if name != state.settings.mlflow.model_name:
+            raise HTTPException(
+                404, f"no model named {name!r}; this server serves {state.settings.mlflow.model_name!r}"
+            )
+        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @router.post("/models/{name}/infer")
+    async def infer(name: str, body: InferRequest) -> dict[str, Any]:
+        model = named(name)
+        rows = _tensor_rows(model, body.inputs)
+        model, proba = _score_rows(state, "/v2/models/infer", rows)
+        labels = (proba >= model.threshold).astype(np.int64)
+        response: dict[str, Any] = {
+            "model_name": model.name,
+            "model_version": model.version,
+            "outputs": [
+                {"name": "probability", "datatype": "FP64", "shape": [len(proba)], "data": proba.tolist()},
+                {"name": "label", "datatype": "INT64", "shape": [len(labels)], "data": labels.tolist()},
+            ],
+        }
+        if body.id is not None:
+            response["id"] = body.id
+        if body.outputs:
+            wanted = {o.get("name") for o in body.outputs}
+            response["outputs"] = [o for o in response["outputs"] if o["name"] in wanted]
+        return response
+
+    return router
+
+
+def _flat(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, list):
+            out.extend(_flat(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _tensor_rows(model: ServedModel, inputs: list[InferTensor]) -> np.ndarray:
+    """One [n, features] tensor, or one [n] (or [n, 1]) tensor per feature, as the model's matrix."""
+
+    def numbers(tensor: InferTensor) -> np.ndarray:
+        data = _flat(list(tensor.data))
+        expected = int(np.prod(tensor.shape)) if tensor.shape else 0
+        if any(d < 0 for d in tensor.shape) or len(data) != expected:
+            raise HTTPException(422, f"input {tensor.name!r}: shape {tensor.shape} does not hold {len(data)} values")
+        return np.array([math.nan if v is None else float(v) for v in data], dtype=np.float64)
+
+    if len(inputs) == 1 and len(inputs[0].shape) == 2:
+        tensor = inputs[0]
+        if tensor.shape[1] != len(model.features):
+            raise HTTPException(
+                422,
+                f"input {tensor.name!r}: {tensor.shape[1]} columns; version {model.version} takes "
+                f"{len(model.features)}",
+            )
+        return numbers(tensor).reshape(tensor.shape)
+    by_name = {t.name: t for t in inputs}
+    unknown = sorted(set(by_name) - set(model.features))
+    missing = [f for f in model.features if f not in by_name]
+    if unknown or missing:
+        raise HTTPException(
+            422,
+            "give one [n, features] tensor or one tensor per feature; "
+            + "; ".join(
+                p
+                for p in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(unknown)}" if unknown else "",
+                )
+                if p
+            ),
+        )
+    columns = [numbers(by_name[f]) for f in model.features]
+    if len({len(c) for c in columns}) != 1:
+        raise HTTPException(422, "the feature tensors have different lengths")
+    return np.column_stack(columns)
+
+
+# --- MLflow scoring protocol -------------------------------------------------------------
+
+
+def _mlflow_router(state: ServerState) -> APIRouter:
+    router = APIRouter(tags=["mlflow scoring protocol"])
+
+    @router.post("/invocations")
+    async def invocations(body: ScoringRequest) -> dict[str, Any]:
+        model = _model_or_503(state)
+        given = [k for k in ("dataframe_split", "dataframe_records", "inputs") if getattr(body, k) is not None]
+        if len(given) != 1:
+            raise HTTPException(422, "give exactly one of dataframe_split, dataframe_records or inputs")
+        if body.dataframe_records is not None:
+            rows = _matrix(model, body.dataframe_records) if body.dataframe_records else np.empty((0, 0))
+        elif body.dataframe_split is not None:
+            split = body.dataframe_split
+            columns, data = split.get("columns"), split.get("data")
+            if (
+                not isinstance(columns, list)
+                or not isinstance(data, list)
+                or not all(isinstance(r, list) for r in data)
+            ):
+                raise HTTPException(422, "dataframe_split needs a list of columns and a list of rows (data)")
+            if any(len(r) != len(columns) for r in data):
+                raise HTTPException(422, "every row of dataframe_split.data needs one value per column")
+            rows = _matrix(model, [dict(zip(columns, r, strict=True)) for r in data]) if data else np.empty((0, 0))
+        elif isinstance(body.inputs, dict):
+            lengths = {len(v) for v in body.inputs.values()}
+            if len(lengths) > 1:
+                raise HTTPException(422, "the input columns have different lengths")
+            n = lengths.pop() if lengths else 0
+            rows = (
+                _matrix(model, [{k: v[i] for k, v in body.inputs.items()} for i in range(n)]) if n else np.empty((0, 0))
+            )
+        else:
+            assert body.inputs is not None
+            if any(len(r) != len(model.features) for r in body.inputs):
+                raise HTTPException(
+                    422, f"every row of inputs needs {len(model.features)} values, in the model's feature order"
+                )
+            rows = np.array([[math.nan if v is None else float(v) for v in r] for r in body.inputs], dtype=np.float64)
+        _, proba = _score_rows(state, "/invocations", rows)
+        return {"predictions": proba.tolist()}
+
+    return router
+
+
+# --- metrics and admin -------------------------------------------------------------------
+
+
+def _ops_router(state: ServerState, reload: Callable[[str], Any]) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        if state.log is not None:
+            state.metrics.log_depth.set(state.log.depth)
+        body, kind = state.metrics.render()
+        return Response(body, media_type=kind)
+
+    @router.post("/admin/reload")
+    async def admin_reload(authorization: str | None = Header(None)) -> dict[str, str]:
+        token = state.settings.serving.admin_token
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "admin endpoints need the configured bearer token", {"WWW-Authenticate": "Bearer"})
+        return {"result": await reload("admin reload")}
+
+    return router

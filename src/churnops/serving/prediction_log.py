@@ -1,0 +1,177 @@
+"""The prediction log: every prediction, written off the request's hot path by a batching writer.
+
+A request puts its records on a bounded in-memory queue and returns; one writer thread drains the
+queue in batches into a SQL table (SQLite in the workspace by default, PostgreSQL by URL).
+When the queue is full the new records are dropped, counted (`dropped`, also a Prometheus
+metric) and reported once through `on_full`: serving never waits on the log. `close()` stops
+taking records and writes everything queued, so a clean shutdown loses nothing.
+
+Columns (DESIGN.md): request_id, ts, customer_id, model, version, variant, features (JSON of the
+values used), probability, label, latency_ms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TABLE = "predictions"
+_STOP = object()
+
+
+def _table(metadata: Any) -> Any:
+    import sqlalchemy as sa
+
+    return sa.Table(
+        TABLE,
+        metadata,
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("ts", sa.DateTime, nullable=False, index=True),
+        sa.Column("customer_id", sa.BigInteger, nullable=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(32), nullable=False, index=True),
+        sa.Column("variant", sa.String(32), nullable=False),
+        sa.Column("features", sa.Text, nullable=False),
+        sa.Column("probability", sa.Float, nullable=False),
+        sa.Column("label", sa.Integer, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+    )
+
+
+class PredictionLog:
+    """A bounded queue and one writer thread in front of a SQL table."""
+
+    def __init__(
+        self,
+        url: str,
+        queue_size: int = 100_000,
+        batch_size: int = 1000,
+        on_full: Callable[[int], None] | None = None,
+    ) -> None:
+        import sqlalchemy as sa
+
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url)
+        if url.startswith("sqlite"):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # readers do not block the writer
+        metadata = sa.MetaData()
+        self.table = _table(metadata)
+        metadata.create_all(self.engine)
+        self.batch_size = batch_size
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._on_full = on_full
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.written = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Records waiting to be written."""
+        return self._queue.qsize()
+
+    def put(self, records: list[dict[str, Any]]) -> int:
+        """Queue records without waiting; return how many were dropped because the queue was full."""
+        lost = 0
+        for record in records:
+            if self._closed:
+                lost += 1
+                continue
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                lost += 1
+        if lost:
+            with self._lock:
+                first = self.dropped == 0
+                self.dropped += lost
+            log.warning("prediction log queue full: %d prediction(s) not logged", lost)
+            if first and self._on_full is not None:
+                self._on_full(lost)
+        return lost
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking records and write every queued one."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self.engine.dispose()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        rows = [{**r, "features": json.dumps(r["features"], allow_nan=False, default=_plain)} for r in batch]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert(), rows)
+            self.written += len(rows)
+        except Exception:  # the writer must outlive a bad batch; the loss is counted and logged
+            log.exception("prediction log: a batch of %d could not be written", len(rows))
+            with self._lock:
+                self.dropped += len(rows)
+
+
+def _plain(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def read_predictions(
+    url: str, day: date | None = None, version: str | None = None, until: date | None = None
+) -> pd.DataFrame:
+    """Logged predictions of a day (or [day, until)) and/or a version, oldest first."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        metadata = sa.MetaData()
+        table = _table(metadata)
+        if not sa.inspect(engine).has_table(TABLE):
+            return pd.DataFrame(columns=[c.name for c in table.columns])
+        query = sa.select(table).order_by(table.c.ts)
+        if day is not None:
+            start = datetime.combine(day, datetime.min.time())
+            end = datetime.combine(until, datetime.min.time()) if until else start + timedelta(days=1)
+            query = query.where(table.c.ts >= start, table.c.ts < end)
+        if version is not None:
+            query = query.where(table.c.version == version)
+        with engine.connect() as conn:
+            frame = pd.read_sql(query, conn)
+    finally:
+        engine.dispose()
+    frame["features"] = frame["features"].map(json.loads)
+    return frame

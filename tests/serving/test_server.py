@@ -1,0 +1,252 @@
+"""The prediction server over HTTP: its protocols, its answers against the offline model, bad input, the log."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.pipelines.features import feature_table
+from churnops.training.tracking import load_scorer
+from tests.serving.conftest import TOKEN, Shop, running_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _newest_snapshot(shop: Shop) -> pd.DataFrame:
+    frame = pd.read_parquet(feature_table(shop.settings).files()[-1])
+    return frame[frame["frequency"] > 0].sort_values("customer_id").reset_index(drop=True)
+
+
+def test_health_and_the_model_endpoint_report_what_serves(server: str, shop: Shop) -> None:
+    assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{server}/v2/models/churn_predictor").json()
+    assert meta["versions"] == [shop.versions[0]]
+    assert meta["parameters"]["backend"] == "onnx"
+    assert "agrees with the native model" in meta["parameters"]["backend_reason"]
+    assert httpx.get(f"{server}/v2/models/churn_predictor/ready").status_code == 200
+    assert httpx.get(f"{server}/v2/models/other").status_code == 404
+
+
+def test_served_predictions_equal_the_offline_model_on_the_same_features(server: str, shop: Shop) -> None:
+    """No training/serving skew: by customer_id through the online store, the served probability
+    is the registered model's on the point-in-time features of the newest snapshot."""
+    snapshot = _newest_snapshot(shop).sample(60, random_state=3)
+    scorer = load_scorer(f"models:/{shop.settings.mlflow.model_name}/{shop.versions[0]}")
+    expected = scorer.predict_proba(snapshot)
+    response = httpx.post(f"{server}/predict", json={"customer_ids": snapshot["customer_id"].tolist()})
+    assert response.status_code == 200, response.text
+    items = response.json()["predictions"]
+    assert [i["status"] for i in items] == ["ok"] * len(snapshot)
+    got = np.array([i["probability"] for i in items])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert [i["label"] for i in items] == [int(p >= scorer.threshold) for p in got]
+    assert {i["version"] for i in items} == {shop.versions[0]}
+    assert len({i["request_id"] for i in items}) == len(items)
+    vectors = snapshot[scorer.features].astype(float)
+    instances = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in vectors.to_dict("records")]
+    by_vector = httpx.post(f"{server}/predict", json={"instances": instances}).json()["predictions"]
+    np.testing.assert_allclose([i["probability"] for i in by_vector], got, atol=1e-12)
+
+
+def test_unknown_customers_get_a_status_not_a_default(server: str) -> None:
+    items = httpx.post(f"{server}/predict", json={"customer_ids": [1, 987654321]}).json()["predictions"]
+    assert items[1]["status"] == "unknown_customer"
+    assert items[1]["probability"] is None
+    assert "no features" in items[1]["detail"]
+
+
+def test_features_past_their_ttl_are_stale(shop: Shop) -> None:
+    """As of long after the newest snapshot, every customer's features are past the 30-day TTL."""
+    with running_server(shop.config, CHURNOPS_SERVING__AS_OF="2025-06-01T00:00:00") as (url, _):
+        items = httpx.post(f"{url}/predict", json={"customer_ids": [1, 2]}).json()["predictions"]
+    assert [i["status"] for i in items] == ["stale_features", "stale_features"]
+    assert "TTL" in items[0]["detail"]
+
+
+def test_a_standard_open_inference_client_works_unchanged(server: str, shop: Shop) -> None:
+    import tritonclient.http as triton
+
+    snapshot = _newest_snapshot(shop).head(8)
+    scorer = load_scorer(f"models:/{shop.settings.mlflow.model_name}/{shop.versions[0]}")
+    rows = snapshot[scorer.features].to_numpy(dtype=np.float64)
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("churn_predictor")
+    tensor = triton.InferInput("features", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    result = client.infer("churn_predictor", [tensor], outputs=[triton.InferRequestedOutput("probability")])
+    np.testing.assert_allclose(result.as_numpy("probability"), scorer.predict_proba(snapshot), atol=1e-6)
+    metadata = client.get_model_metadata("churn_predictor")
+    assert metadata["name"] == "churn_predictor"
+
+
+def test_mlflow_scoring_payloads_are_accepted(server: str, shop: Shop) -> None:
+    """The serving input example MLflow logged with the model, and its other two shapes."""
+    import mlflow
+
+    folder = mlflow.artifacts.download_artifacts(f"models:/{shop.settings.mlflow.model_name}/{shop.versions[0]}")
+    raw = (Path(folder) / "serving_input_example.json").read_bytes()  # as MLflow wrote it, NaN and all
+    example = json.loads(raw)
+    assert "dataframe_split" in example
+    split = httpx.post(f"{server}/invocations", content=raw, headers={"content-type": "application/json"})
+    assert split.status_code == 200, split.text
+    columns = example["dataframe_split"]["columns"]
+    data = [[None if isinstance(v, float) and v != v else v for v in row] for row in example["dataframe_split"]["data"]]
+    records = [dict(zip(columns, row, strict=True)) for row in data]
+    by_records = httpx.post(f"{server}/invocations", json={"dataframe_records": records}).json()
+    by_inputs = httpx.post(f"{server}/invocations", json={"inputs": data}).json()
+    by_columns = httpx.post(
+        f"{server}/invocations", json={"inputs": {c: [r[c] for r in records] for c in columns}}
+    ).json()
+    assert split.json() == by_records == by_inputs == by_columns
+    assert len(split.json()["predictions"]) == len(data)
+    assert b"NaN" in raw  # MLflow writes a missing value as NaN, and its server takes it
+    infinite = raw.replace(b"NaN", b"Infinity", 1)
+    refused = httpx.post(f"{server}/invocations", content=infinite, headers={"content-type": "application/json"})
+    assert refused.status_code == 422
+
+
+BAD = [
+    (b'{"customer_ids": [1], "extra": 2}', "application/json", 422, "extra"),
+    (b'{"instances": [{"recency": 1}]}', "application/json", 422, "missing feature"),
+    (b'{"customer_ids": ["x"]}', "application/json", 422, "customer_ids"),
+    (b'{"instances": [{"recency": NaN}]}', "application/json", 422, "finite"),
+    (b'{"instances": [{"recency": Infinity}]}', "application/json", 422, "finite"),
+    (b'{"customer_ids": []}', "application/json", 422, "empty"),
+    (json.dumps({"customer_ids": list(range(1001))}).encode(), "application/json", 413, "batch limit"),
+    (b'{"customer_ids": [1', "application/json", 422, "JSON"),
+    (b'{"customer_ids": [1]}', "text/plain", 415, "application/json"),
+    (b"{}", "application/json", 422, "exactly one"),
+]
+
+
+@pytest.mark.parametrize(("body", "kind", "status", "words"), BAD)
+def test_bad_requests_get_a_4xx_that_names_the_problem(
+    server: str, body: bytes, kind: str, status: int, words: str
+) -> None:
+    response = httpx.post(f"{server}/predict", content=body, headers={"content-type": kind})
+    assert response.status_code == status, response.text
+    assert words.lower() in response.json()["error"].lower()
+    assert httpx.get(f"{server}/v2/health/ready").status_code == 200  # still serving
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed(server: str) -> None:
+    huge = b'{"customer_ids": [' + b"1," * 700_000 + b"1]}"  # 1.4 MB
+    response = httpx.post(f"{server}/predict", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "1,048,576 bytes" in response.json()["error"]
+
+    def chunks() -> Any:  # no Content-Length: the limit holds while the body streams in
+        yield b'{"customer_ids": ['
+        for _ in range(100):
+            yield b"1," * 10_000
+        yield b"1]}"
+
+    streamed = httpx.post(f"{server}/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_admin_reload_needs_the_token(server: str) -> None:
+    assert httpx.post(f"{server}/admin/reload").status_code == 401
+    assert httpx.post(f"{server}/admin/reload", headers={"authorization": "Bearer wrong"}).status_code == 401
+    ok = httpx.post(f"{server}/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert "serving version" in ok.json()["result"]
+
+
+def test_metrics_count_requests_errors_lookups_and_the_log(server: str) -> None:
+    httpx.post(f"{server}/predict", json={"customer_ids": [1, 2]})
+    httpx.post(f"{server}/predict", content=b"{}", headers={"content-type": "application/json"})
+    text = httpx.get(f"{server}/metrics").text
+    for name in (
+        'churnops_requests_total{endpoint="/predict"',
+        'churnops_request_errors_total{endpoint="/predict",status="422"}',
+        "churnops_request_seconds_bucket",
+        "churnops_online_lookup_seconds_count",
+        "churnops_prediction_log_queue_depth",
+        "churnops_prediction_log_dropped_total",
+        'churnops_model_info{alias="champion",backend="onnx"',
+    ):
+        assert name in text, name
+
+
+def test_every_prediction_is_logged_and_a_clean_shutdown_loses_none(shop: Shop, tmp_path: Path) -> None:
+    from churnops.serving.prediction_log import read_predictions
+
+    url_db = f"sqlite:///{tmp_path / 'log.db'}"
+    with running_server(shop.config, CHURNOPS_SERVING__PREDICTION_LOG_URL=url_db) as (url, process):
+        with httpx.Client() as client:
+            for _ in range(40):
+                assert client.post(f"{url}/predict", json={"customer_ids": [1, 2, 3, 987654321]}).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    logged = read_predictions(url_db, day=date.today())
+    assert len(logged) == 40 * 3  # unknown customers are not predictions
+    assert set(logged["version"]) == {shop.versions[0]}
+    assert set(logged["variant"]) == {"champion"}
+    assert set(logged["customer_id"]) == {1, 2, 3}
+    first = logged.iloc[0]
+    assert 0 <= first["probability"] <= 1
+    assert set(first["features"]) >= {"recency", "frequency"}
+    assert first["latency_ms"] > 0
+    assert len(read_predictions(url_db, version="no-such")) == 0
+
+
+def test_hot_swaps_under_load_answer_every_request(shop: Shop) -> None:
+    """Five alias moves while 32 clients keep asking: every answer is 200, from one version or the other."""
+    import asyncio
+
+    from churnops.pipelines.promotion import model_registry
+
+    registry = model_registry(shop.settings)
+    first, second = shop.versions
+    with running_server(shop.config) as (url, _):
+        answers: list[tuple[int, str]] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                while not stop.is_set():
+                    response = await http.post(f"{url}/predict", json={"customer_ids": [1, 2]})
+                    version = response.json()["predictions"][0]["version"] if response.status_code == 200 else ""
+                    answers.append((response.status_code, version))
+
+        async def swaps() -> list[str]:
+            seen = []
+            for target in (second, first, second, first, second):
+                await asyncio.to_thread(registry.move, "champion", target, "hot-swap test")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    async with httpx.AsyncClient() as http:
+                        meta = (await http.get(f"{url}/v2/models/churn_predictor")).json()
+                    if meta["versions"] == [target]:
+                        break
+                    await asyncio.sleep(0.2)
+                seen.append(meta["versions"][0])
+                await asyncio.sleep(0.5)
+            stop.set()
+            return seen
+
+        async def main() -> list[str]:
+            workers = [asyncio.create_task(client()) for _ in range(32)]
+            seen = await swaps()
+            await asyncio.gather(*workers)
+            return seen
+
+        seen = asyncio.run(main())
+    registry.move("champion", first, "hot-swap test done")
+    assert seen == [second, first, second, first, second]
+    assert len(answers) > 200
+    assert {status for status, _ in answers} == {200}
+    assert {version for _, version in answers} == {first, second}
