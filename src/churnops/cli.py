@@ -394,6 +394,37 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_gate(result)
     elif isinstance(result, Registered):
         _show_register(result, settings)
+    else:
+        from churnops.serving.deploy import Production, Staged
+
+        if isinstance(result, Staged):
+            _show_staged(result)
+        elif isinstance(result, Production):
+            _show_production(result)
+
+
+def _show_staged(result: Any) -> None:
+    if result.skipped:
+        console.print(Text(f"staging: {result.skipped}", style="dim"))
+        return
+    for check in result.checks:
+        mark = "passed" if check["passed"] else "FAILED"
+        console.print(Text(f"  integration test {check['name']}: {mark}: {check['detail']}"))
+    verdict = "passed its integration tests" if result.passed else "FAILED its integration tests; it goes no further"
+    console.print(f"staging: version {result.version} on {result.url} {verdict}")
+
+
+def _show_production(result: Any) -> None:
+    if result.skipped:
+        console.print(Text(f"production: {result.skipped}", style="dim"))
+        return
+    ab = (
+        f", A/B ({result.mode}) against version {result.challenger} for {result.weight:.0%} of customers"
+        if result.challenger
+        else ""
+    )
+    promoted = " (promoted now)" if result.promoted else ""
+    console.print(f"production: version {result.champion}{promoted} on {result.url}{ab}")
 
 
 def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any:
@@ -405,6 +436,7 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any
     from churnops.pipelines.steps import run_steps
     from churnops.pipelines.train import TrainingError
     from churnops.registry.mlflow_registry import RegistryError
+    from churnops.serving.deploy import DeployError
 
     def on_step(step: Any, result: Any, seconds: float) -> None:
         _show_step(step, result, settings)
@@ -422,6 +454,7 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any
         FeatureValidationError,
         TrainingError,
         RegistryError,
+        DeployError,
     ) as exc:
         raise _fail(str(exc)) from exc
 
@@ -552,6 +585,13 @@ def run(config: ConfigOption = None, date_: DateOption = None) -> None:
     champion = registry.holder("champion") if registry else None
     console.rule("done")
     console.print(f"champion: {settings.mlflow.model_name} version {champion or '(none yet)'}")
+    from churnops.serving.deploy import Staged
+
+    staged = results.find(Staged)
+    if staged is not None and staged.version and not staged.skipped and not staged.passed:
+        raise _fail(f"version {staged.version} failed its integration tests on staging; it goes no further")
+    if settings.deploy.servers and champion:
+        _next("`churnops deploy status` shows the servers, `churnops deploy stop` stops them")
     _next("`churnops status` shows the workspace; `churnops ui` opens MLflow's UI on it (http://127.0.0.1:5000)")
 
 
@@ -709,6 +749,8 @@ def registry_promote(
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: {to} -> version {move.version} (was {move.previous or 'unset'})")
+    if to in ("champion", "challenger"):
+        _reload_production(settings)
 
 
 @registry_app.command("rollback")
@@ -730,6 +772,127 @@ def registry_rollback(
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
+    _reload_production(settings)
+
+
+# --- the road to production ------------------------------------------------------------------
+
+deploy_app = typer.Typer(
+    help="The road to production with local servers: staging (with integration tests), production "
+    "(champion, A/B-testing a staged challenger), their status, stopping them. Servers are `churnops serve` "
+    "processes with pid files and logs under <workspace>/servers/.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+EnvArgument = Annotated[str, typer.Argument(help="staging, production or all.", show_default=True)]
+
+
+def _envs(env: str) -> list[str]:
+    if env == "all":
+        return ["staging", "production"]
+    if env not in ("staging", "production"):
+        raise _fail("give staging, production or all", 2)
+    return [env]
+
+
+@deploy_app.command("staging")
+def deploy_staging_command(config: ConfigOption = None, date_: DateOption = None) -> None:
+    """Move `staging` to the challenger, serve it on the staging server, run the integration tests.
+
+    The tests, over HTTP: health; training/serving skew (served = offline model on the same
+    point-in-time features, for deploy.skew_customers customers); the schema of every endpoint;
+    p99 latency within deploy.latency_budget_ms. A failure alerts and exits 1; production never
+    A/B-tests that version.
+    """
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.steps import default_run_date
+    from churnops.serving.deploy import DeployError, deploy_staging
+
+    settings = _settings(config)
+    try:
+        day = _parse_day(date_, "--date") or default_run_date(settings)
+        with settings.paths.lock("churnops deploy staging"):
+            result = deploy_staging(settings, day, _progress_line)
+    except (DeployError, IngestError) as exc:
+        raise _fail(str(exc)) from exc
+    _show_staged(result)
+    if result.version and not result.skipped and not result.passed:
+        raise _fail(f"version {result.version} failed its integration tests; see the checks above")
+    if result.passed:
+        _next("`churnops deploy production` promotes it; until then production A/B-tests it")
+
+
+@deploy_app.command("production")
+def deploy_production_command(
+    config: ConfigOption = None,
+    date_: DateOption = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "deploy production",
+) -> None:
+    """Move `champion` to the version on staging (it must have passed its integration tests) and
+    make the production server serve it (it hot-swaps; `churnops registry rollback` goes back)."""
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.steps import default_run_date
+    from churnops.serving.deploy import DeployError, deploy_production
+
+    settings = _settings(config)
+    try:
+        day = _parse_day(date_, "--date") or default_run_date(settings)
+        with settings.paths.lock("churnops deploy production"):
+            result = deploy_production(settings, day, reason, _progress_line)
+    except (DeployError, IngestError) as exc:
+        raise _fail(str(exc)) from exc
+    _show_production(result)
+
+
+@deploy_app.command("status")
+def deploy_status_command(config: ConfigOption = None) -> None:
+    """Each environment's server: running or not, its URL, pid, version and A/B variants. A pid file
+    whose process is gone is removed and reported."""
+    from churnops.serving.deploy import server_status
+
+    settings = _settings(config)
+    rows, notes = [], []
+    for env in ("staging", "production"):
+        st = server_status(settings, env)
+        variants = ", ".join(f"{k} v{v}" for k, v in st.variants.items()) or (f"v{st.version}" if st.version else "")
+        rows.append([env, st.state, st.url or "-", str(st.pid or "-"), variants or "-"])
+        if st.note:
+            notes.append(f"{env}: {st.note}")
+    console.print(
+        _table("servers", ["env", "state", "url", "pid", "serving"], rows, [False] * 5, whole=[True] * 4 + [False])
+    )
+    for note in notes:
+        console.print(Text(note))
+
+
+@deploy_app.command("stop")
+def deploy_stop_command(env: EnvArgument = "all", config: ConfigOption = None) -> None:
+    """Stop a server (SIGTERM to its process group: it drains and flushes its prediction log)."""
+    from churnops.serving.deploy import stop_server
+
+    settings = _settings(config)
+    for name in _envs(env):
+        st = stop_server(settings, name)
+        console.print(f"{name}: {st.note}" + (f" ({st.url}, pid {st.pid})" if st.pid else ""))
+
+
+def _reload_production(settings: Settings) -> None:
+    """Tell a running local production server that `champion` moved (it would notice on its next poll)."""
+    import httpx
+
+    from churnops.serving.deploy import admin_token, server_status
+
+    st = server_status(settings, "production")
+    if st.state != "running":
+        return
+    try:
+        answer = httpx.post(
+            f"{st.url}/admin/reload", headers={"Authorization": f"Bearer {admin_token(settings)}"}, timeout=120
+        )
+        console.print(f"production server: {answer.json().get('result', answer.text)}")
+    except (httpx.HTTPError, ValueError) as exc:
+        console.print(Text(f"production server did not take the reload ({exc}); it follows on its next poll"))
 
 
 # --- looking at the workspace --------------------------------------------------------------

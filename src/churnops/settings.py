@@ -477,6 +477,43 @@ class ServingSettings(_Strict):
     )
     log_queue_size: int = Field(100_000, gt=0, description="Predictions waiting to be written, at most.")
     log_batch_size: int = Field(1000, gt=0)
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, keep answering this long with readiness false, so load balancers stop "
+        "sending, then stop (on Kubernetes the preStop hook does this).",
+    )
+    log_predictions: bool = Field(
+        True, description="Log every prediction (off only to measure what logging costs; monitoring needs it)."
+    )
+    ab_weight: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of customers a champion server sends to the challenger once it passed staging (0: no A/B).",
+    )
+    ab_mode: Literal["split", "shadow"] = Field(
+        "split", description="split: the challenger answers its share; shadow: it scores them unseen, logged apart."
+    )
+
+
+class DeploySettings(_Strict):
+    """The road to production: staging, its integration tests, the production server."""
+
+    servers: bool = Field(
+        True,
+        description="Run staging and production as local `churnops serve` processes (off: only aliases move, "
+        "and servers elsewhere follow them).",
+    )
+    staging_port: int = Field(8001, gt=0, lt=65536, description="The local staging server's port.")
+    staging_url: str | None = Field(
+        None, description="Run the integration tests against this staging server instead of a local one."
+    )
+    start_timeout_seconds: float = Field(180.0, gt=0, description="How long a server may take to become ready.")
+    skew_customers: int = Field(50, gt=0, description="Customers whose served and offline predictions are compared.")
+    skew_tolerance: float = Field(1e-6, gt=0, description="Largest |served - offline| probability allowed.")
+    latency_requests: int = Field(200, gt=0, description="One-customer requests timed by the latency check.")
+    latency_budget_ms: float = Field(50.0, gt=0, description="p99 of those requests must not exceed this.")
 
 
 class AlertSettings(_Strict):
@@ -505,6 +542,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ def _config(tmp_path: Path) -> Path:
     cfg.write_text(
         f"workspace: {tmp_path / 'ws'}\n"
         "simulation:\n  customers: 300\n  start: 2024-01-01\n  end: 2024-03-31\n  products: 100\n"
+        "deploy:\n  servers: false\n"
     )
     return cfg
 
@@ -67,6 +68,7 @@ def test_run_does_the_whole_existing_pipeline(tmp_path: Path) -> None:
         "    lightgbm: {algorithm: lightgbm, params: {n_estimators: 60, num_leaves: 7, min_child_samples: 100}}\n"
         # the small shop's model ranks about as well as recency alone: accept that here
         "gate: {min_f1: 0.5, min_lift_f1: -0.2, min_lift_auc: -0.2, bootstrap_rounds: 200}\n"
+        "deploy: {servers: false}\n"  # tests/serving runs the servers
     )
     result = runner.invoke(app, ["run", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
@@ -185,6 +187,7 @@ def test_run_over_real_data_never_simulates_and_defaults_to_the_day_after_the_la
     cfg = tmp_path / "c.json"
     body = _json.loads(settings.model_dump_json())
     body["gate"] = {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100}
+    body["deploy"] = {"servers": False}
     cfg.write_text(_json.dumps(body, default=str))
     day = (log["day"].max() + pd.Timedelta(days=1)).date()
     result = runner.invoke(app, ["run", "-c", str(cfg)])

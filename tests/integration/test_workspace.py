@@ -35,6 +35,7 @@ CONFIG = {
         },
     },
     "gate": {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100},
+    "deploy": {"servers": False},  # tests/serving starts servers on ports of its own
 }
 
 
@@ -131,6 +132,7 @@ def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
         ["registry", "list"],
         ["backtest", "--cutoff", "2024-06-01"],
         ["simulate"],
+        ["deploy", "status"],
     ],
 )
 def test_a_workspace_path_that_is_a_file_is_a_clear_error_from_every_command(

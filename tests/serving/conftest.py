@@ -35,23 +35,32 @@ class Shop:
     versions: tuple[str, str]
 
 
-@pytest.fixture(scope="session")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+def build_shop(root: Path, **extra: object) -> Shop:
+    """Simulate, train and register twice (a second seed gives a second version) under `root`."""
     from churnops.pipelines.promotion import Registered, gate, register
     from churnops.pipelines.steps import run_steps
     from churnops.pipelines.train import train
 
-    root = tmp_path_factory.mktemp("serving")
-    body = {**CONFIG, "workspace": str(root / "ws"), "serving": {"as_of": AS_OF, "poll_seconds": 0.5}}
+    body = {
+        **CONFIG,
+        "workspace": str(root / "ws"),
+        "serving": {"as_of": AS_OF, "poll_seconds": 0.5},
+        **extra,
+    }
     config = root / "churnops.json"
     config.write_text(json.dumps(body))
     settings = load_settings(config)
-    first = run_steps(settings, DAY).get(Registered).version
+    first = run_steps(settings, DAY, only=["simulate", "ingest", "features", "train", "gate", "register"])
     reseeded = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": 11})})
     second_run = train(reseeded, DAY)
     assert gate(reseeded, DAY, second_run.run_id).passed
     second = register(reseeded, DAY, second_run.run_id).version
-    return Shop(settings, config, (first, second))
+    return Shop(settings, config, (first.get(Registered).version, second))
+
+
+@pytest.fixture(scope="session")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+    return build_shop(tmp_path_factory.mktemp("serving"))
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0) -> None:

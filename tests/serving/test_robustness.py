@@ -90,7 +90,7 @@ def test_a_version_that_is_not_fully_recorded_is_refused(shop: Shop, tmp_path: P
 def test_without_a_model_the_server_is_live_but_not_ready(shop: Shop, tmp_path: Path) -> None:
     settings = _copy(shop, tmp_path, poll_seconds=0)
 
-    def broken(_: Settings) -> ServedModel:
+    def broken(_: Settings, alias: str) -> ServedModel:
         raise ModelLoadError("no version of churn_predictor holds the alias 'champion'")
 
     with TestClient(create_app(settings, loader=broken, start_polling=False)) as client:
@@ -105,11 +105,11 @@ def test_a_failed_swap_keeps_the_old_version_serving_and_alerts(shop: Shop, tmp_
     settings = _copy(shop, tmp_path, poll_seconds=0, admin_token="t")
     calls = []
 
-    def first_then_broken(s: Settings) -> ServedModel:
+    def first_then_broken(s: Settings, alias: str) -> ServedModel:
         calls.append(1)
         if len(calls) > 1:
             raise ModelLoadError("version 2 failed its smoke prediction")
-        return load_served_model(s)
+        return load_served_model(s, alias)
 
     with TestClient(create_app(settings, loader=first_then_broken, start_polling=False)) as client:
         before = client.post("/predict", json={"customer_ids": [1]}).json()["predictions"][0]

@@ -250,3 +250,73 @@ def test_hot_swaps_under_load_answer_every_request(shop: Shop) -> None:
     assert len(answers) > 200
     assert {status for status, _ in answers} == {200}
     assert {version for _, version in answers} == {first, second}
+
+
+def test_sigterm_turns_readiness_off_at_once_and_in_flight_requests_complete(shop: Shop, tmp_path: Path) -> None:
+    """Clients behave as a load balancer does: they stop sending once readiness is false. Every
+    request they sent is answered (the big batches in flight at SIGTERM included), a request
+    sent while draining is answered too, then the server stops and the log holds every answer."""
+    import threading
+
+    from churnops.serving.prediction_log import read_predictions
+
+    url_db = f"sqlite:///{tmp_path / 'log.db'}"
+    env = {"CHURNOPS_SERVING__PREDICTION_LOG_URL": url_db, "CHURNOPS_SERVING__DRAIN_SECONDS": "3"}
+    batch = _newest_snapshot(shop)["customer_id"].head(500).tolist()
+    answered: list[int] = []
+    failures: list[str] = []
+    not_ready = threading.Event()
+    with running_server(shop.config, **env) as (url, process):
+
+        def keep_asking() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not not_ready.is_set():
+                    try:
+                        response = client.post(f"{url}/predict", json={"customer_ids": batch})
+                    except httpx.TransportError as exc:
+                        failures.append(repr(exc))
+                        return
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text[:100]}")
+                        return
+                    answered.append(sum(i["status"] == "ok" for i in response.json()["predictions"]))
+
+        clients = [threading.Thread(target=keep_asking) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        with httpx.Client(timeout=30) as probe:
+            while probe.get(f"{url}/v2/health/ready").status_code != 503:
+                assert time.monotonic() - signalled < 2.0
+            not_ready.set()
+            assert time.monotonic() - signalled < 1.0  # at once, though the server is busy
+            assert probe.get(f"{url}/v2/health/live").status_code == 200
+        during = httpx.post(f"{url}/predict", json={"customer_ids": batch[:3]})
+        assert during.status_code == 200  # draining still answers
+        assert during.headers["connection"] == "close"  # and moves clients off its connections
+        for thread in clients:
+            thread.join(timeout=60)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert failures == []
+    assert len(answered) >= 4
+    logged = read_predictions(url_db)
+    assert len(logged) == sum(answered) + 3
+
+
+def test_the_prediction_log_on_postgresql(shop: Shop) -> None:
+    from churnops.serving.prediction_log import read_predictions
+    from tests.servers import postgres_server
+
+    with postgres_server() as pg, running_server(shop.config, CHURNOPS_SERVING__PREDICTION_LOG_URL=pg) as (url, proc):
+        with httpx.Client() as client:
+            for _ in range(25):
+                assert client.post(f"{url}/predict", json={"customer_ids": [1, 2]}).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        logged = read_predictions(pg, day=date.today(), version=shop.versions[0])
+        assert len(logged) == 50
+        assert set(logged["customer_id"]) == {1, 2}
+        assert logged["features"].map(lambda f: "recency" in f).all()
+        assert len(logged["request_id"].unique()) == 50

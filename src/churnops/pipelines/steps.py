@@ -179,6 +179,26 @@ def register_step(settings: Settings, day: date, results: Results, say: Progress
     return register(settings, day, results.get(TrainResult).run_id, progress=say)
 
 
+def staging_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Put the challenger on staging and run the integration tests against it over HTTP."""
+    from churnops.serving.deploy import deploy_staging
+
+    return deploy_staging(settings, day, say)
+
+
+def production_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Serve the champion in production, A/B-testing a challenger that passed staging."""
+    from churnops.serving.deploy import serve_production
+
+    return serve_production(settings, day, say)
+
+
+def _registered(results: Results) -> bool:
+    from churnops.pipelines.promotion import Registered
+
+    return results.find(Registered) is not None
+
+
 def _gate_passed(results: Results) -> bool:
     from churnops.pipelines.promotion import GateVerdict
 
@@ -191,6 +211,7 @@ def steps() -> list[Step]:
     from churnops.pipelines.features import FeatureReport
     from churnops.pipelines.promotion import GateVerdict, Registered
     from churnops.pipelines.train import TrainResult
+    from churnops.serving.deploy import Production, Staged
 
     return [
         Step("simulate", simulate_step, Simulated, "publish the simulated shop up to the day before (if configured)"),
@@ -199,6 +220,16 @@ def steps() -> list[Step]:
         Step("train", train_step, TrainResult, "train the candidates, tracked in MLflow; pick the challenger"),
         Step("gate", gate_step, GateVerdict, "floor, lift over both baselines, not worse than the champion"),
         Step("register", register_step, Registered, "record the challenger in the registry", runs_if=_gate_passed),
+        Step(
+            "staging",
+            staging_step,
+            Staged,
+            "serve the challenger on staging; integration tests over HTTP (a failure stops the road)",
+            runs_if=_registered,
+        ),
+        Step(
+            "production", production_step, Production, "serve the champion; A/B-test a challenger that passed staging"
+        ),
     ]
 
 

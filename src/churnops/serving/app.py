@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from churnops.alerts import Alert, raise_alert
+from churnops.serving.ab import CHALLENGER, SHADOW, challenger_mask
 from churnops.serving.metrics import ServerMetrics
 from churnops.serving.model import ModelLoadError, ServedModel, load_served_model
 from churnops.serving.prediction_log import PredictionLog
@@ -142,6 +143,7 @@ class ServerState:
     settings: Settings
     metrics: ServerMetrics
     model: ServedModel | None = None
+    challenger: ServedModel | None = None  # the A/B test's other variant, if one runs
     shutting_down: bool = False
     load_error: str = ""
     log: PredictionLog | None = None
@@ -155,14 +157,14 @@ class ServerState:
 
 
 def create_app(
-    settings: Settings, loader: Callable[[Settings], ServedModel] | None = None, start_polling: bool = True
+    settings: Settings, loader: Callable[[Settings, str], ServedModel] | None = None, start_polling: bool = True
 ) -> FastAPI:
     """The prediction server for these settings.
 
     Args:
         settings: The loaded settings (`serving` section).
-        loader: Loads the model to serve (default: the configured alias from the registry).
-        start_polling: Follow the alias in the background.
+        loader: Loads the model behind an alias (default: `load_served_model`, from the registry).
+        start_polling: Follow the alias (and the A/B test's challenger) in the background.
 
     Returns:
         The FastAPI app; its `state.server` is the `ServerState`.
@@ -174,7 +176,7 @@ def create_app(
         """Load the alias's version and swap it in; the old one keeps serving on failure."""
         async with state._swap:
             try:
-                new = await asyncio.to_thread(load, settings)
+                new = await asyncio.to_thread(load, settings, settings.serving.alias)
             except (ModelLoadError, Exception) as exc:  # a broken version must never take serving down
                 state.load_error = str(exc)
                 state.metrics.reload_failures.inc()
@@ -192,11 +194,12 @@ def create_app(
                 return f"kept version {state.model.version if state.model else '(none)'}: {exc}"
             if state.online is None:  # open the online store before taking traffic: its first use takes seconds
                 await asyncio.to_thread(_open_online, state, new)
+            challenger, note = await asyncio.to_thread(_challenger_for, state, load)
             old = state.model
-            state.model = new
+            state.model, state.challenger = new, challenger
             state.load_error = ""
-            state.metrics.model_loaded(new)
-            return f"serving version {new.version} ({new.backend}), was {old.version if old else 'none'}"
+            state.metrics.model_loaded(new, challenger)
+            return f"serving version {new.version} ({new.backend}), was {old.version if old else 'none'}{note}"
 
     async def follow_alias() -> None:
         from churnops.pipelines.promotion import existing_registry
@@ -206,11 +209,13 @@ def create_app(
             try:
                 registry = await asyncio.to_thread(existing_registry, settings)
                 holder = await asyncio.to_thread(registry.holder, settings.serving.alias) if registry else None
+                wanted = await asyncio.to_thread(_wanted_challenger, state, registry) if registry else None
             except Exception as exc:  # the registry being away is no reason to stop serving
                 log.warning("alias poll failed: %s", exc)
                 continue
-            if holder is not None and (state.model is None or holder != state.model.version):
-                log.info("alias %s moved to version %s", settings.serving.alias, holder)
+            serving = state.challenger.version if state.challenger else None
+            if holder is not None and (state.model is None or holder != state.model.version or wanted != serving):
+                log.info("alias %s is on version %s (A/B challenger %s)", settings.serving.alias, holder, wanted)
                 await reload("the alias moved")
 
     @asynccontextmanager
@@ -228,12 +233,15 @@ def create_app(
                 ),
             )
 
-        state.log = PredictionLog(
-            settings.serving.prediction_log_url,
-            settings.serving.log_queue_size,
-            settings.serving.log_batch_size,
-            on_full=log_full,
-        )
+        if settings.serving.log_predictions:
+            state.log = PredictionLog(
+                settings.serving.prediction_log_url,
+                settings.serving.log_queue_size,
+                settings.serving.log_batch_size,
+                on_full=log_full,
+            )
+        else:
+            log.warning("serving.log_predictions is off: predictions are not logged, monitoring sees none")
         await reload("start")
         poller = asyncio.create_task(follow_alias()) if start_polling and settings.serving.poll_seconds > 0 else None
         try:
@@ -242,7 +250,8 @@ def create_app(
             state.shutting_down = True
             if poller is not None:
                 poller.cancel()
-            await asyncio.to_thread(state.log.close)
+            if state.log is not None:
+                await asyncio.to_thread(state.log.close)
 
     app = FastAPI(
         title="churnops prediction server",
@@ -261,6 +270,50 @@ def create_app(
     return app
 
 
+def _wanted_challenger(state: ServerState, registry: Any) -> str | None:
+    """The version the A/B test should run against the champion, if any."""
+    from churnops.serving.deploy import ab_challenger
+
+    if state.settings.serving.alias != "champion":
+        return None
+    return ab_challenger(registry, state.settings)
+
+
+def _challenger_for(state: ServerState, load: Callable[[Settings, str], ServedModel]) -> tuple[ServedModel | None, str]:
+    """The A/B challenger to serve beside the champion (kept when unchanged), and a note saying so.
+
+    A challenger that fails to load ends the test (the champion answers everyone) and alerts.
+    """
+    from churnops.pipelines.promotion import existing_registry
+
+    settings = state.settings
+    try:
+        registry = existing_registry(settings)
+        wanted = _wanted_challenger(state, registry) if registry else None
+    except Exception as exc:  # the registry being away must not stop the champion from serving
+        log.warning("could not look up the A/B challenger: %s", exc)
+        return state.challenger, ""
+    if wanted is None:
+        return None, ""
+    if state.challenger is not None and state.challenger.version == wanted:
+        return state.challenger, f"; A/B challenger version {wanted}"
+    try:
+        challenger = load(settings, "challenger")
+    except Exception as exc:  # a broken challenger ends the test, never the serving
+        state.metrics.reload_failures.inc()
+        raise_alert(
+            settings.alerts,
+            Alert(
+                key=f"serving-challenger-failed-{uuid.uuid4().hex[:8]}",
+                title=f"The A/B test did not start: challenger version {wanted} failed to load",
+                details={"reason": str(exc)},
+            ),
+        )
+        return None, f"; A/B challenger version {wanted} failed to load: {exc}"
+    mode = settings.serving.ab_mode
+    return challenger, f"; A/B ({mode}) challenger version {challenger.version} for {settings.serving.ab_weight:.0%}"
+
+
 # --- request guards ----------------------------------------------------------------------
 
 
@@ -274,6 +327,8 @@ class BodyGuard:
         self.limit = state.settings.serving.max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.state.shutting_down:
+            send = _closing(send)  # while draining, clients move off this server's connections
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -334,6 +389,19 @@ class BodyGuard:
         await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
+def _closing(send: Any) -> Any:
+    """`send` that adds `Connection: close` to the response, so the client does not reuse the
+    connection (a request sent on it as the server stops would be lost in the socket)."""
+
+    async def closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
+
+
 _BINARY_TYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4"}
 
 
@@ -390,10 +458,10 @@ def _errors(app: FastAPI, state: ServerState) -> None:
 
 
 def _model_or_503(state: ServerState) -> ServedModel:
+    """The served model; while draining for shutdown it still answers (only readiness says no)."""
     model = state.model
-    if model is None or state.shutting_down:
-        detail = "draining for shutdown" if state.shutting_down else f"no model is loaded ({state.load_error})"
-        raise HTTPException(503, detail)
+    if model is None:
+        raise HTTPException(503, f"no model is loaded ({state.load_error})")
     return model
 
 
@@ -433,66 +501,124 @@ def _predict_router(state: ServerState) -> APIRouter:
     @router.post("/predict", response_model=PredictResponse)
     async def predict(body: PredictRequest) -> PredictResponse:
         started = time.perf_counter()
-        model = _model_or_503(state)
-        variant = model.alias
-        if body.customer_ids is not None:
-            _check_size(state, len(body.customer_ids))
-            looked = time.perf_counter()
-            rows, statuses = _online_rows(state, model, body.customer_ids)
-            state.metrics.lookup.observe(time.perf_counter() - looked)
-            ids: list[int | None] = list(body.customer_ids)
+        champion = _model_or_503(state)
+        items = len(body.customer_ids if body.customer_ids is not None else body.instances or [])
+        _check_size(state, items)
+        if items > OFF_LOOP_ITEMS:  # a big batch must not hold up the event loop (and the health probes)
+            ids, parts = await asyncio.to_thread(_scored_parts, state, champion, body)
         else:
-            assert body.instances is not None
-            _check_size(state, len(body.instances))
-            rows = _matrix(model, body.instances)
-            statuses = ["ok"] * len(rows)
-            ids = [None] * len(rows)
-        usable = np.array([s == "ok" for s in statuses], dtype=bool)
-        proba = np.full(len(rows), np.nan)
-        if usable.any():
-            proba[usable] = model.predict_proba(rows[usable])
+            ids, parts = _scored_parts(state, champion, body)
         latency = time.perf_counter() - started
-        out, records = [], []
+        out: list[Prediction | None] = [None] * len(ids)
+        request_ids = [uuid.uuid4().hex for _ in ids]
+        records = []
         now = datetime.now(UTC).replace(tzinfo=None)
-        for i, status in enumerate(statuses):
-            request_id = uuid.uuid4().hex
-            if status == "ok":
-                p = float(proba[i])
-                label = int(p >= model.threshold)
-                out.append(
-                    Prediction(
-                        status="ok",
+        for part in parts:
+            model = part.model
+            for k, i in enumerate(part.where):
+                status, request_id = part.statuses[k], request_ids[i]
+                p = float(part.proba[k])
+                label = int(p >= model.threshold) if status == "ok" else None
+                if status == "ok":
+                    records.append(
+                        _record(
+                            request_id,
+                            now,
+                            ids[i],
+                            model,
+                            part.variant,
+                            part.rows[k],
+                            p,
+                            int(p >= model.threshold),
+                            latency,
+                        )
+                    )
+                if part.answers:
+                    out[i] = Prediction(
+                        status=status,
                         customer_id=ids[i],
-                        probability=p,
+                        probability=p if status == "ok" else None,
                         label=label,
                         model=model.name,
                         version=model.version,
-                        variant=variant,
+                        variant=part.variant,
                         request_id=request_id,
+                        detail=_STATUS_DETAIL.get(status),
                     )
-                )
-                records.append(_record(request_id, now, ids[i], model, variant, rows[i], p, label, latency))
-            else:
-                detail = {
-                    "unknown_customer": "the online store has no features for this customer",
-                    "stale_features": "the customer's features are older than the feature view's TTL",
-                }[status]
-                out.append(
-                    Prediction(
-                        status=status,
-                        customer_id=ids[i],
-                        model=model.name,
-                        version=model.version,
-                        variant=variant,
-                        request_id=request_id,
-                        detail=detail,
-                    )
-                )
+            state.metrics.served("/predict", model, part.variant, latency, len(part.where))
         _log(state, records)
-        state.metrics.served("/predict", model, variant, latency, len(rows))
-        return PredictResponse(predictions=out)
+        return PredictResponse(predictions=[p for p in out if p is not None])
 
     return router
+
+
+# Requests with more items than this are scored in a worker thread, so that the event loop
+# keeps answering health probes and small requests meanwhile; smaller ones are scored inline,
+# where a thread hop would cost more than the work.
+OFF_LOOP_ITEMS = 64
+
+_STATUS_DETAIL = {
+    "unknown_customer": "the online store has no features for this customer",
+    "stale_features": "the customer's features are older than the feature view's TTL",
+}
+
+
+@dataclass
+class _Part:
+    """The items of one request one model scores: their positions, rows and statuses."""
+
+    model: ServedModel
+    variant: str
+    where: np.ndarray
+    rows: np.ndarray
+    statuses: list[str]
+    answers: bool  # False in shadow mode: scored and logged, not returned
+    proba: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+
+def _scored_parts(
+    state: ServerState, champion: ServedModel, body: PredictRequest
+) -> tuple[list[int | None], list[_Part]]:
+    """Each item's customer (if any), and the parts of the request each model scored."""
+    if body.customer_ids is None:
+        assert body.instances is not None
+        rows = _matrix(champion, body.instances)
+        parts = [_Part(champion, champion.alias, np.arange(len(rows)), rows, ["ok"] * len(rows), True)]
+        ids: list[int | None] = [None] * len(rows)
+    else:
+        ids = list(body.customer_ids)
+        parts = [
+            _Part(model, variant, where, *_looked_up(state, model, [body.customer_ids[i] for i in where]), answers)
+            for model, variant, where, answers in _route(state, champion, body.customer_ids)
+            if len(where)
+        ]
+    for part in parts:
+        usable = np.array([s == "ok" for s in part.statuses], dtype=bool)
+        part.proba = np.full(len(part.rows), np.nan)
+        if usable.any():
+            part.proba[usable] = part.model.predict_proba(part.rows[usable])
+    return ids, parts
+
+
+def _route(
+    state: ServerState, champion: ServedModel, customer_ids: list[int]
+) -> list[tuple[ServedModel, str, np.ndarray, bool]]:
+    """Which model scores which items: (model, variant, positions, answers)."""
+    everyone = np.arange(len(customer_ids))
+    challenger = state.challenger
+    if challenger is None:
+        return [(champion, champion.alias, everyone, True)]
+    chosen = challenger_mask(challenger.version, customer_ids, state.settings.serving.ab_weight)
+    if state.settings.serving.ab_mode == "shadow":
+        return [(champion, champion.alias, everyone, True), (challenger, SHADOW, everyone[chosen], False)]
+    return [(champion, champion.alias, everyone[~chosen], True), (challenger, CHALLENGER, everyone[chosen], True)]
+
+
+def _looked_up(state: ServerState, model: ServedModel, customer_ids: list[int]) -> tuple[np.ndarray, list[str]]:
+    looked = time.perf_counter()
+    found = _online_rows(state, model, customer_ids)
+    state.metrics.lookup.observe(time.perf_counter() - looked)
+    return found
 
 
 def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]) -> tuple[np.ndarray, list[str]]:
@@ -628,7 +754,12 @@ def _v2_router(state: ServerState) -> APIRouter:
                 {"name": "probability", "datatype": "FP64", "shape": [-1]},
                 {"name": "label", "datatype": "INT64", "shape": [-1]},
             ],
-            "parameters": model.describe(),
+            "parameters": {
+                **model.describe(),
+                "variants": _variants(state),
+                "ab_weight": state.settings.serving.ab_weight if state.challenger else 0.0,
+                "ab_mode": state.settings.serving.ab_mode if state.challenger else "",
+            },
         }
 
     @router.get("/models/{name}/ready")
@@ -661,6 +792,15 @@ def _v2_router(state: ServerState) -> APIRouter:
         return response
 
     return router
+
+
+def _variants(state: ServerState) -> dict[str, str]:
+    """variant -> version of what answers /predict."""
+    found = {state.model.alias: state.model.version} if state.model else {}
+    if state.challenger is not None:
+        variant = SHADOW if state.settings.serving.ab_mode == "shadow" else CHALLENGER
+        found[variant] = state.challenger.version
+    return found
 
 
 def _flat(values: list[Any]) -> list[Any]:

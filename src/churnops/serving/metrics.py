@@ -73,10 +73,12 @@ class ServerMetrics:
         """Count a 4xx or 5xx."""
         self.errors.labels(endpoint, str(status)).inc()
 
-    def model_loaded(self, model: Any) -> None:
-        """Report the served version (and clear the one before)."""
+    def model_loaded(self, model: Any, challenger: Any = None) -> None:
+        """Report the served version and any A/B challenger (and clear the ones before)."""
         self.model.clear()
         self.model.labels(model.version, model.backend, model.alias).set(1)
+        if challenger is not None:
+            self.model.labels(challenger.version, challenger.backend, "challenger").set(1)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format."""

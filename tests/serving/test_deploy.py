@@ -1,0 +1,201 @@
+"""The road to production with local servers: staging and its integration tests, the A/B test,
+promotion, rollback, status and stop; all against real `churnops serve` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from churnops.cli import app
+from churnops.pipelines.features import feature_table
+from churnops.pipelines.promotion import model_registry
+from churnops.serving.deploy import (
+    INTEGRATION_PASSED,
+    DeployError,
+    deploy_production,
+    deploy_staging,
+    pid_file,
+    serve_production,
+    server_status,
+    stop_server,
+)
+from churnops.serving.prediction_log import read_predictions
+from churnops.settings import Settings
+from tests.servers import free_port
+from tests.serving.conftest import DAY, Shop, build_shop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def road(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    shop = build_shop(
+        tmp_path_factory.mktemp("road"),
+        deploy={"servers": True, "staging_port": free_port(), "skew_customers": 40, "latency_requests": 100},
+        serving={
+            "as_of": "2025-01-02T00:00:00",
+            "poll_seconds": 0.5,
+            "port": free_port(),
+            "ab_weight": 0.5,
+        },
+    )
+    yield shop
+    for env in ("staging", "production"):
+        stop_server(shop.settings, env)
+
+
+def _customers(shop: Shop, n: int = 200) -> list[int]:
+    frame = pd.read_parquet(feature_table(shop.settings).files()[-1], columns=["customer_id", "frequency"])
+    return sorted(frame[frame["frequency"] > 0]["customer_id"].tolist())[:n]
+
+
+def _with(settings: Settings, section: str, **values: object) -> Settings:
+    part = getattr(settings, section).model_copy(update=values)
+    return settings.model_copy(update={section: part})
+
+
+def _served_version(url: str, settings: Settings) -> str:
+    return httpx.get(f"{url}/v2/models/{settings.mlflow.model_name}").json()["versions"][0]
+
+
+def test_a_failing_integration_test_stops_the_road_and_alerts(road: Shop) -> None:
+    settings = _with(road.settings, "deploy", latency_budget_ms=0.001)
+    staged = deploy_staging(settings, DAY)
+    assert staged.version == road.versions[1]
+    assert not staged.passed
+    checks = {c["name"]: c for c in staged.checks}
+    assert checks["health"]["passed"]
+    assert checks["skew"]["passed"]
+    assert checks["schema"]["passed"]
+    assert not checks["latency"]["passed"]
+    assert "over the budget of 0.001 ms" in checks["latency"]["detail"]
+    registry = model_registry(settings)
+    tags = registry.client.get_model_version(registry.model_name, staged.version).tags
+    assert tags[INTEGRATION_PASSED] == "false"
+    alerts = [json.loads(line) for line in Path(settings.alerts.file).read_text().splitlines()]
+    assert any(a["key"].startswith(f"integration-failed-churn_predictor-v{staged.version}") for a in alerts)
+    # the road stops: production does not A/B-test it, and it cannot be promoted
+    assert serve_production(settings, DAY).challenger is None
+    with pytest.raises(DeployError, match="has not passed its integration tests"):
+        deploy_production(settings, DAY)
+    assert registry.holder("champion") == road.versions[0]
+
+
+def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
+    settings = road.settings
+    first, second = road.versions
+    registry = model_registry(settings)
+
+    staged = deploy_staging(settings, DAY)
+    assert staged.passed, staged.checks
+    assert [c["name"] for c in staged.checks] == ["health", "skew", "schema", "latency"]
+    assert registry.holder("staging") == second
+    assert _served_version(staged.url, settings) == second
+    assert "served = offline within" in staged.checks[1]["detail"]
+
+    production = serve_production(settings, DAY)
+    assert (production.champion, production.challenger, production.weight) == (first, second, 0.5)
+    url = production.url
+    ids = _customers(road)
+    items = httpx.post(f"{url}/predict", json={"customer_ids": ids}).json()["predictions"]
+    variant = {i["customer_id"]: (i["variant"], i["version"]) for i in items}
+    assert set(variant.values()) == {("champion", first), ("challenger", second)}
+    share = sum(v == "challenger" for v, _ in variant.values()) / len(ids)
+    assert 0.35 < share < 0.65  # the hash split of 200 customers at weight 0.5
+    for batch in (ids[::-1], ids[:7], ids[50:120]):  # sticky: any batch, any order, same variant
+        again = httpx.post(f"{url}/predict", json={"customer_ids": batch}).json()["predictions"]
+        assert all((i["variant"], i["version"]) == variant[i["customer_id"]] for i in again)
+    status = runner.invoke(app, ["deploy", "status", "-c", str(road.config)])
+    assert status.exit_code == 0, status.output
+    assert "running" in status.output
+    assert url in status.output
+    assert f"challenger v{second}" in status.output
+
+    promoted = runner.invoke(app, ["deploy", "production", "-c", str(road.config), "--date", DAY.isoformat()])
+    assert promoted.exit_code == 0, promoted.output
+    assert f"production: version {second} (promoted now)" in promoted.output
+    assert registry.holder("champion") == second
+    assert _served_version(url, settings) == second  # hot-swapped, same process
+    items = httpx.post(f"{url}/predict", json={"customer_ids": ids[:50]}).json()["predictions"]
+    assert {(i["variant"], i["version"]) for i in items} == {("champion", second)}  # the test is over
+
+    rolled = runner.invoke(app, ["registry", "rollback", "-c", str(road.config), "--reason", "test"])
+    assert rolled.exit_code == 0, rolled.output
+    assert registry.holder("champion") == first
+    assert _served_version(url, settings) == first
+    assert [m.kind for m in registry.history("champion")][-1] == "rollback"
+
+    stopped = runner.invoke(app, ["deploy", "stop", "-c", str(road.config)])
+    assert stopped.exit_code == 0, stopped.output
+    assert "staging: stopped" in stopped.output
+    assert "production: stopped" in stopped.output
+    assert not pid_file(settings, "staging").exists()
+    assert not pid_file(settings, "production").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/v2/health/live")
+    # every answer of the A/B test is in the log with its variant
+    logged = read_predictions(settings.serving.prediction_log_url)
+    ab = logged[logged["variant"].isin(["champion", "challenger"])]
+    assert {"champion", "challenger"} <= set(ab["variant"])
+    assert (ab[ab["variant"] == "challenger"]["version"] == second).all()
+
+
+def test_shadow_mode_scores_the_challenger_without_answering_with_it(road: Shop) -> None:
+    settings = _with(road.settings, "serving", ab_mode="shadow")
+    first, second = road.versions
+    registry = model_registry(settings)
+    assert registry.holder("champion") == first  # after the rollback above, or never moved
+    if dict(registry.client.get_model_version(registry.model_name, second).tags).get(INTEGRATION_PASSED) != "true":
+        assert deploy_staging(road.settings, DAY).passed
+    production = serve_production(settings, DAY)
+    assert production.mode == "shadow"
+    assert production.challenger == second
+    ids = _customers(road, 120)
+    items = httpx.post(f"{production.url}/predict", json={"customer_ids": ids}).json()["predictions"]
+    assert {(i["variant"], i["version"]) for i in items} == {("champion", first)}
+    request_ids = {i["request_id"] for i in items}
+    stop_server(settings, "production")  # flushes the log
+    logged = read_predictions(settings.serving.prediction_log_url)
+    shadow = logged[logged["request_id"].isin(request_ids) & (logged["variant"] == "shadow")]
+    assert 0.3 * len(ids) < len(shadow) < 0.7 * len(ids)
+    assert (shadow["version"] == second).all()
+    answered = logged[logged["request_id"].isin(request_ids) & (logged["variant"] == "champion")]
+    assert len(answered) == len(ids)
+
+
+def test_a_stale_pid_file_is_found_and_removed(road: Shop) -> None:
+    settings = road.settings
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = pid_file(settings, "staging")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"env": "staging", "pid": gone.pid, "url": "http://127.0.0.1:1", "alias": "staging", "started": ""})
+    )
+    status = runner.invoke(app, ["deploy", "status", "-c", str(road.config)])
+    assert status.exit_code == 0, status.output
+    assert f"process {gone.pid} is gone" in status.output
+    assert not path.exists()
+    assert server_status(settings, "staging").state == "stopped"
+
+
+def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
+    """A taken port is named before anything starts."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = _with(road.settings, "deploy", staging_port=port)
+        with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is in use.*deploy.staging_port"):
+            deploy_staging(settings, DAY)
+    assert server_status(settings, "staging").state == "stopped"  # nothing was started
