@@ -1,8 +1,8 @@
 """The load generator of the serving benchmark, run in a process of its own, the same for every server.
 
-    python bench/_load.py '{"url": "http://127.0.0.1:8000/predict", "bodies": [...], "concurrency": 32,
-                            "requests": 20000}'
-    python bench/_load.py '{..., "rate": 200, "seconds": 10}'
+    echo '{"url": "http://127.0.0.1:8000/predict", "bodies": [...], "concurrency": 32, "requests": 20000}' \
+        | python bench/_load.py
+    echo '{..., "rate": 200, "seconds": 10}' | python bench/_load.py
 
 Closed loop (no "rate"): `concurrency` keep-alive connections each send the next request as soon
 as the last is answered, until `requests` are answered: the throughput. Open loop ("rate"):

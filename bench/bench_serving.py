@@ -137,7 +137,8 @@ def _server(command: list[str], ready_url: str, env: dict[str, str], cwd: Path |
 
 def _load(url: str, bodies: list[Any], **spec: Any) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(HERE / "_load.py"), json.dumps({"url": url, "bodies": bodies, **spec})],
+        [sys.executable, str(HERE / "_load.py")],
+        input=json.dumps({"url": url, "bodies": bodies, **spec}),
         capture_output=True,
         text=True,
         check=True,
@@ -201,7 +202,11 @@ def main() -> None:
     port = _free_port()
     mlflow = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "--env-manager", "local"]
     mlflow += ["-m", f"models:/{settings.mlflow.model_name}@champion", "-h", "127.0.0.1", "-p", str(port)]
-    env = {"MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri}
+    # MLflow starts `uvicorn` by name: the environment's bin must be on the PATH.
+    env = {
+        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with _server(mlflow, f"http://127.0.0.1:{port}/ping", env):
         results["mlflow"] = _measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", bodies["mlflow"])
 

@@ -40,7 +40,7 @@ from churnops.alerts import Alert, raise_alert
 from churnops.serving.ab import CHALLENGER, SHADOW, challenger_mask
 from churnops.serving.metrics import ServerMetrics
 from churnops.serving.model import ModelLoadError, ServedModel, load_served_model
-from churnops.serving.prediction_log import PredictionLog
+from churnops.serving.prediction_log import LogRecord, PredictionLog
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ class ServerState:
     shutting_down: bool = False
     load_error: str = ""
     log: PredictionLog | None = None
-    online: Any = None
+    online: Any = None  # the Feast store
+    provider: Any = None  # its provider, whose online_read reads the online store
+    lookups: dict[str, Any] = field(default_factory=dict)  # feature service -> _Lookup
     _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -192,9 +194,8 @@ def create_app(
                         ),
                     )
                 return f"kept version {state.model.version if state.model else '(none)'}: {exc}"
-            if state.online is None:  # open the online store before taking traffic: its first use takes seconds
-                await asyncio.to_thread(_open_online, state, new)
             challenger, note = await asyncio.to_thread(_challenger_for, state, load)
+            await asyncio.to_thread(_open_online, state, new, challenger)  # before either takes traffic
             old = state.model
             state.model, state.challenger = new, challenger
             state.load_error = ""
@@ -499,7 +500,7 @@ def _predict_router(state: ServerState) -> APIRouter:
     router = APIRouter(tags=["predict"])
 
     @router.post("/predict", response_model=PredictResponse)
-    async def predict(body: PredictRequest) -> PredictResponse:
+    async def predict(body: PredictRequest) -> JSONResponse:
         started = time.perf_counter()
         champion = _model_or_503(state)
         items = len(body.customer_ids if body.customer_ids is not None else body.instances or [])
@@ -509,9 +510,9 @@ def _predict_router(state: ServerState) -> APIRouter:
         else:
             ids, parts = _scored_parts(state, champion, body)
         latency = time.perf_counter() - started
-        out: list[Prediction | None] = [None] * len(ids)
+        out: list[dict[str, Any] | None] = [None] * len(ids)
         request_ids = [uuid.uuid4().hex for _ in ids]
-        records = []
+        records: list[LogRecord] = []
         now = datetime.now(UTC).replace(tzinfo=None)
         for part in parts:
             model = part.model
@@ -533,21 +534,21 @@ def _predict_router(state: ServerState) -> APIRouter:
                             latency,
                         )
                     )
-                if part.answers:
-                    out[i] = Prediction(
-                        status=status,
-                        customer_id=ids[i],
-                        probability=p if status == "ok" else None,
-                        label=label,
-                        model=model.name,
-                        version=model.version,
-                        variant=part.variant,
-                        request_id=request_id,
-                        detail=_STATUS_DETAIL.get(status),
-                    )
+                if part.answers:  # the fields of `Prediction`, built as plain data (validated once, by the test)
+                    out[i] = {
+                        "status": status,
+                        "customer_id": ids[i],
+                        "probability": p if status == "ok" else None,
+                        "label": label,
+                        "model": model.name,
+                        "version": model.version,
+                        "variant": part.variant,
+                        "request_id": request_id,
+                        "detail": _STATUS_DETAIL.get(status),
+                    }
             state.metrics.served("/predict", model, part.variant, latency, len(part.where))
         _log(state, records)
-        return PredictResponse(predictions=[p for p in out if p is not None])
+        return JSONResponse({"predictions": [p for p in out if p is not None]})
 
     return router
 
@@ -621,50 +622,106 @@ def _looked_up(state: ServerState, model: ServedModel, customer_ids: list[int]) 
     return found
 
 
+@dataclass
+class _Lookup:
+    """How a version's features are read: per feature view of its feature service, the view, its
+    join key, the features taken from it, and each one's column in the model's matrix."""
+
+    views: list[tuple[Any, str, list[tuple[str, int]]]]
+    oldest_age: list[float]  # per view: the TTL in seconds (0: none)
+
+
+def _lookup_plan(state: ServerState, model: ServedModel) -> _Lookup:
+    """Resolve the version's feature service against the registry (fresh, not cached).
+
+    Raises:
+        ModelLoadError: The service is missing or does not provide every feature the model takes.
+    """
+    store = state.online
+    try:
+        service = store.get_feature_service(model.feature_service, allow_cache=False)
+    except Exception as exc:
+        raise ModelLoadError(f"feature service {model.feature_service!r} is not in the feature store: {exc}") from exc
+    column = {f: j for j, f in enumerate(model.features)}
+    views, ttls, found = [], [], set()
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        taken = [(f.name, column[f.name]) for f in projection.features if f.name in column]
+        found |= {name for name, _ in taken}
+        views.append((view, view.entity_columns[0].name, taken))
+        ttls.append(view.ttl.total_seconds() if view.ttl else float(state.settings.feast.ttl_days * 86_400))
+    missing = [f for f in model.features if f not in found]
+    if missing:
+        raise ModelLoadError(f"feature service {model.feature_service!r} lacks {', '.join(missing)}")
+    return _Lookup(views, ttls)
+
+
+def _number(value: Any) -> float:
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return math.nan
+    return float(getattr(value, kind))
+
+
 def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]) -> tuple[np.ndarray, list[str]]:
-    """The served version's features for each customer from the online store, and each one's status."""
-    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+    """The served version's features for each customer from the online store, and each one's status.
+
+    Read through the online store's own interface (`online_read`, what `get_online_features`
+    calls underneath, without its per-request resolution and response building), one read per
+    feature view of the version's feature service.
+    """
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
 
     if state.online is None:
-        from churnops.features.feast_repo import FeastFeatureStore
-
-        state.online = FeastFeatureStore(state.settings).store
+        raise HTTPException(503, "the online store could not be opened; predict by feature vector meanwhile")
+    plan = state.lookups.get(model.feature_service)
+    if plan is None:
+        try:
+            plan = state.lookups[model.feature_service] = _lookup_plan(state, model)
+        except ModelLoadError as exc:
+            raise HTTPException(
+                503, f"the online store cannot serve version {model.version}'s features: {exc}"
+            ) from exc
     store = state.online
-    service = store.get_feature_service(model.feature_service, allow_cache=True)
-    response = store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in customer_ids])
-    proto = response.proto
-    names = list(proto.metadata.feature_names.val)
-    values = response.to_dict()
-    rows = np.empty((len(customer_ids), len(model.features)), dtype=np.float64)
-    for j, feature in enumerate(model.features):
-        column = values[feature]
-        rows[:, j] = [math.nan if v is None else float(v) for v in column]
+    rows = np.full((len(customer_ids), len(model.features)), math.nan)
     statuses = ["ok"] * len(customer_ids)
     reference = state.settings.serving.as_of or datetime.now(UTC)
-    reference = reference if reference.tzinfo else reference.replace(tzinfo=UTC)
-    oldest = int(reference.timestamp() - state.settings.feast.ttl_days * 86_400)
-    for j, name in enumerate(names):
-        if name == "customer_id":
-            continue
-        result = proto.results[j]
-        for i, code in enumerate(result.statuses):
-            if code == FieldStatus.NOT_FOUND:
+    now = (reference if reference.tzinfo else reference.replace(tzinfo=UTC)).timestamp()
+    for (view, join_key, taken), ttl in zip(plan.views, plan.oldest_age, strict=True):
+        keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=c)]) for c in customer_ids]
+        found = state.provider.online_read(config=store.config, table=view, entity_keys=keys)
+        for i, (stamp, values) in enumerate(found):
+            if values is None:
                 statuses[i] = "unknown_customer"
-            elif statuses[i] == "ok" and (
-                code == FieldStatus.OUTSIDE_MAX_AGE or result.event_timestamps[i].seconds < oldest
-            ):
+                continue
+            if statuses[i] == "ok" and ttl and stamp is not None and stamp.timestamp() < now - ttl:
                 statuses[i] = "stale_features"
+            for name, j in taken:
+                value = values.get(name)
+                rows[i, j] = math.nan if value is None else _number(value)
     return rows, statuses
 
 
-def _open_online(state: ServerState, model: ServedModel) -> None:
+def _open_online(state: ServerState, *models: ServedModel | None) -> None:
+    """Open the online store (its first use takes seconds) and resolve each version's lookup."""
     from churnops.features.feast_repo import FeastFeatureStore
 
-    state.online = FeastFeatureStore(state.settings).store
-    try:
-        _online_rows(state, model, [-1])
-    except Exception as exc:  # serving feature vectors works without it; lookups will say why they fail
-        log.warning("the online store is not usable yet: %s", exc)
+    if state.online is None:
+        try:
+            state.online = FeastFeatureStore(state.settings).store
+            state.provider = state.online._get_provider()
+        except Exception as exc:  # serving feature vectors works without it; lookups say why they fail
+            log.warning("the online store cannot be opened: %s", exc)
+            return
+    for model in models:
+        if model is None:
+            continue
+        try:
+            state.lookups[model.feature_service] = _lookup_plan(state, model)
+            _online_rows(state, model, [-1])
+        except Exception as exc:  # serving feature vectors works without it; lookups will say why they fail
+            log.warning("the online store is not usable for version %s yet: %s", model.version, exc)
 
 
 def _record(
@@ -677,22 +734,23 @@ def _record(
     probability: float,
     label: int,
     latency: float,
-) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "ts": now,
-        "customer_id": customer_id,
-        "model": model.name,
-        "version": model.version,
-        "variant": variant,
-        "features": {f: (None if math.isnan(v) else float(v)) for f, v in zip(model.features, row, strict=True)},
-        "probability": probability,
-        "label": label,
-        "latency_ms": latency * 1000,
-    }
+) -> LogRecord:
+    return LogRecord(
+        request_id,
+        now,
+        customer_id,
+        model.name,
+        model.version,
+        variant,
+        model.features,
+        row,
+        probability,
+        label,
+        latency * 1000,
+    )
 
 
-def _log(state: ServerState, records: list[dict[str, Any]]) -> None:
+def _log(state: ServerState, records: list[LogRecord]) -> None:
     if state.log is not None and records:
         lost = state.log.put(records)
         if lost:
