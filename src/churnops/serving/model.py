@@ -3,9 +3,9 @@
 Only `models:/<name>@<alias>` of the configured registered model is ever loaded (never a path or
 URL from a request), and only a version that is fully recorded and whose files still hash to the
 digest recorded when it was registered. Where the model converts to ONNX (LightGBM through
-onnxmltools) and the converted model agrees with the native one within `serving.onnx_tolerance`
-on the version's holdout rows, ONNX Runtime serves it (tens of microseconds a row); otherwise
-the native model does, and the reason is kept.
+onnxmltools, scikit-learn through skl2onnx) and the converted model agrees with the native one
+within `serving.onnx_tolerance` on the version's holdout rows, ONNX Runtime serves it (tens of
+microseconds a row); otherwise the native model does, and the reason is kept.
 """
 
 from __future__ import annotations
@@ -125,28 +125,39 @@ def load_served_model(settings: Settings, alias: str | None = None) -> ServedMod
     return served
 
 
-def _onnx_session(native: Any, rows: np.ndarray, tolerance: float) -> tuple[Any, str]:
-    """An ONNX Runtime session equal to the native model within `tolerance`, or None and why not."""
-    if native.flavor != "lightgbm":
-        return None, f"{type(native.model).__name__} has no ONNX converter here; the native model serves"
-    try:
-        import onnxruntime as ort
+def _convert(native: Any, columns: int) -> Any:
+    """The model as ONNX: LightGBM through onnxmltools (opset 15), scikit-learn through skl2onnx.
+
+    Raises:
+        Exception: The converter cannot convert this model (HistGradientBoosting, for one).
+    """
+    if native.flavor == "lightgbm":
         from onnxmltools import convert_lightgbm
         from onnxmltools.convert.common.data_types import FloatTensorType
 
-        converted = convert_lightgbm(
-            native.model,
-            initial_types=[("features", FloatTensorType([None, rows.shape[1]]))],
-            target_opset=15,
-            zipmap=False,
-        )
+        types = [("features", FloatTensorType([None, columns]))]
+        return convert_lightgbm(native.model, initial_types=types, target_opset=15, zipmap=False)
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType as SklFloatTensorType
+
+    types = [("features", SklFloatTensorType([None, columns]))]
+    return convert_sklearn(native.model, initial_types=types, options={"zipmap": False}, target_opset=15)
+
+
+def _onnx_session(native: Any, rows: np.ndarray, tolerance: float) -> tuple[Any, str]:
+    """An ONNX Runtime session equal to the native model within `tolerance`, or None and why not."""
+    try:
+        import onnxruntime as ort
+
+        converted = _convert(native, rows.shape[1])
         options = ort.SessionOptions()
         options.log_severity_level = 3  # its shape notes are not the user's business
         options.intra_op_num_threads = 1  # one row at a time: threads cost more than they give
         session = ort.InferenceSession(converted.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        onnx = np.asarray(session.run(None, {"features": rows.astype(np.float32)})[1], dtype=np.float64)[:, 1]
     except Exception as exc:  # a converter that cannot convert leaves the native model serving
-        return None, f"ONNX conversion failed ({type(exc).__name__}: {exc}); the native model serves"
-    onnx = np.asarray(session.run(None, {"features": rows.astype(np.float32)})[1], dtype=np.float64)[:, 1]
+        name = type(native.model).__name__
+        return None, f"{name} does not convert to ONNX ({type(exc).__name__}: {exc}); the native model serves"
     native_proba = np.asarray(native.predict_proba(pd.DataFrame(rows, columns=native.features)))
     gap = float(np.max(np.abs(onnx - native_proba))) if len(rows) else 0.0
     if gap > tolerance:
