@@ -395,12 +395,29 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
     elif isinstance(result, Registered):
         _show_register(result, settings)
     else:
+        from churnops.monitoring.drift import Monitored
         from churnops.serving.deploy import Production, Staged
 
         if isinstance(result, Staged):
             _show_staged(result)
         elif isinstance(result, Production):
             _show_production(result)
+        elif isinstance(result, Monitored):
+            _show_monitored(result)
+
+
+def _show_monitored(result: Any) -> None:
+    if result.skipped:
+        console.print(Text(f"monitor {result.day}: {result.skipped}", style="dim"))
+        return
+    verdict = "DATA DRIFT" if result.dataset_drift else "no data drift"
+    drifted = f": {', '.join(result.drifted_features)}" if result.drifted_features else ""
+    console.print(
+        f"monitor {result.day}: {verdict} ({len(result.drifted_features)} of {len(result.distances)} features"
+        f"{drifted}), prediction drift {result.prediction_drift:.3f}, {result.predictions:,} predictions "
+        f"({result.sampled:,} compared)"
+    )
+    console.print(Text(f"  report: {result.report}"))
 
 
 def _show_staged(result: Any) -> None:
@@ -773,6 +790,36 @@ def registry_rollback(
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
     _reload_production(settings)
+
+
+@app.command()
+def monitor(
+    config: ConfigOption = None,
+    day: Annotated[
+        str | None,
+        typer.Option(
+            "--day", help="Day of the prediction log (YYYY-MM-DD, UTC). Default: the day before the run date."
+        ),
+    ] = None,
+) -> None:
+    """Data drift and prediction drift of one day's production predictions, with Evidently.
+
+    The reference is the champion's holdout, scored by it. Drift is an effect size (normed
+    Wasserstein distance over monitoring.drift_threshold), judged only with at least
+    monitoring.min_sample predictions, on at most monitoring.sample_size rows per side. Writes
+    <workspace>/monitoring/<day>/report.html and summary.json, and the index page beside them.
+    """
+    from churnops.monitoring.drift import default_monitor_day, monitor_day
+    from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.steps import default_run_date
+
+    settings = _settings(config)
+    try:
+        chosen = _parse_day(day, "--day") or default_monitor_day(default_run_date(settings))
+    except IngestError as exc:
+        raise _fail(str(exc)) from exc
+    _show_monitored(monitor_day(settings, chosen))
+    _next(f"open {settings.paths.root / 'monitoring' / 'index.html'} for every monitored day")
 
 
 # --- the road to production ------------------------------------------------------------------

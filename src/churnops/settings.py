@@ -470,7 +470,9 @@ class ServingSettings(_Strict):
     poll_seconds: float = Field(30.0, ge=0, description="How often the server checks its alias (0: never).")
     admin_token: str | None = Field(None, description="Bearer token of the admin endpoints (none: they refuse all).")
     as_of: datetime | None = Field(
-        None, description="The time feature TTLs are judged against (default: now); set it to replay a past day."
+        None,
+        description="The server's clock (default: the wall clock): TTLs are judged against it and predictions "
+        "logged at it plus the time since the server started; set it to replay a past day.",
     )
     prediction_log_url: str = Field(
         "sqlite:///{workspace}/predictions.db", description="SQLAlchemy URL of the prediction log."
@@ -516,6 +518,20 @@ class DeploySettings(_Strict):
     latency_budget_ms: float = Field(50.0, gt=0, description="p99 of those requests must not exceed this.")
 
 
+class MonitoringSettings(_Strict):
+    """Drift of the served features and predictions (`churnops monitor`, the `monitor` step)."""
+
+    min_sample: int = Field(500, gt=0, description="Production predictions a day needs before drift is judged.")
+    sample_size: int = Field(
+        5000, gt=0, description="Rows of the day and of the reference compared, at most (cost stays flat)."
+    )
+    drift_threshold: float = Field(
+        0.1, gt=0, description="A feature drifts when its normed Wasserstein distance exceeds this (an effect size)."
+    )
+    drift_share: float = Field(0.5, gt=0, le=1, description="The data set drifts when this share of features does.")
+    seed: int = 0
+
+
 class AlertSettings(_Strict):
     """Where alerts go: always the log and an alert file; optionally a Slack-compatible webhook."""
 
@@ -543,6 +559,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @classmethod
     def settings_customise_sources(

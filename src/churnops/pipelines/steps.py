@@ -193,6 +193,13 @@ def production_step(settings: Settings, day: date, _: Results, say: Progress) ->
     return serve_production(settings, day, say)
 
 
+def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Drift of the day before's production predictions against the champion's reference."""
+    from churnops.monitoring.drift import default_monitor_day, monitor_day
+
+    return monitor_day(settings, default_monitor_day(day))
+
+
 def _registered(results: Results) -> bool:
     from churnops.pipelines.promotion import Registered
 
@@ -208,6 +215,7 @@ def _gate_passed(results: Results) -> bool:
 
 def steps() -> list[Step]:
     """The daily pipeline, in order."""
+    from churnops.monitoring.drift import Monitored
     from churnops.pipelines.features import FeatureReport
     from churnops.pipelines.promotion import GateVerdict, Registered
     from churnops.pipelines.train import TrainResult
@@ -230,6 +238,7 @@ def steps() -> list[Step]:
         Step(
             "production", production_step, Production, "serve the champion; A/B-test a challenger that passed staging"
         ),
+        Step("monitor", monitor_step, Monitored, "data and prediction drift of the day before's predictions"),
     ]
 
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -151,6 +151,7 @@ class ServerState:
     provider: Any = None  # its provider, whose online_read reads the online store
     lookups: dict[str, Any] = field(default_factory=dict)  # feature service -> _Lookup
     _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started: float = field(default_factory=time.time)
 
     @property
     def ready(self) -> bool:
@@ -458,6 +459,17 @@ def _errors(app: FastAPI, state: ServerState) -> None:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
+def _clock(state: ServerState) -> datetime:
+    """The server's time (naive UTC): the wall clock, or with `serving.as_of` that moment plus the
+    time since the server started, so a replayed day's predictions are stamped inside that day."""
+    as_of = state.settings.serving.as_of
+    if as_of is None:
+        return datetime.now(UTC).replace(tzinfo=None)
+    if as_of.tzinfo is not None:
+        as_of = as_of.astimezone(UTC).replace(tzinfo=None)
+    return as_of + timedelta(seconds=time.time() - state.started)
+
+
 def _model_or_503(state: ServerState) -> ServedModel:
     """The served model; while draining for shutdown it still answers (only readiness says no)."""
     model = state.model
@@ -513,7 +525,7 @@ def _predict_router(state: ServerState) -> APIRouter:
         out: list[dict[str, Any] | None] = [None] * len(ids)
         request_ids = [uuid.uuid4().hex for _ in ids]
         records: list[LogRecord] = []
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = _clock(state)
         for part in parts:
             model = part.model
             for k, i in enumerate(part.where):
@@ -686,8 +698,7 @@ def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]
     store = state.online
     rows = np.full((len(customer_ids), len(model.features)), math.nan)
     statuses = ["ok"] * len(customer_ids)
-    reference = state.settings.serving.as_of or datetime.now(UTC)
-    now = (reference if reference.tzinfo else reference.replace(tzinfo=UTC)).timestamp()
+    now = _clock(state).replace(tzinfo=UTC).timestamp()
     for (view, join_key, taken), ttl in zip(plan.views, plan.oldest_age, strict=True):
         keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=c)]) for c in customer_ids]
         found = state.provider.online_read(config=store.config, table=view, entity_keys=keys)
@@ -764,7 +775,7 @@ def _score_rows(state: ServerState, endpoint: str, rows: np.ndarray) -> tuple[Se
     _check_size(state, len(rows))
     proba = model.predict_proba(rows)
     latency = time.perf_counter() - started
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = _clock(state)
     _log(
         state,
         [

@@ -1,0 +1,225 @@
+"""Data drift and prediction drift of one day of the prediction log, with Evidently.
+
+The reference is the champion's holdout: rows of its own training data set that it never
+fitted, scored by it, so its feature and prediction distributions are the training
+distribution's. The day's logged predictions of the production variants (champion and
+challenger; staging and shadow answers are not production traffic) are the current data.
+
+Drift is judged by effect size, not by p-values that turn significant at any large n: every
+column's distance is the normed Wasserstein distance (Evidently's choice for large samples, here
+for every sample size), drifted above `monitoring.drift_threshold`; the data set drifts when at
+least `monitoring.drift_share` of the features do. Under `monitoring.min_sample` predictions no
+verdict is given. Both sides are sampled to at most `monitoring.sample_size` rows, so the
+check's cost does not grow with traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_VARIANTS = ("champion", "challenger")
+PREDICTION = "probability"
+
+
+@dataclass
+class Monitored:
+    """What the monitor step found for one day of the prediction log."""
+
+    day: str
+    predictions: int = 0
+    sampled: int = 0
+    champion: str | None = None
+    dataset_drift: bool | None = None
+    drifted_share: float | None = None
+    drifted_features: list[str] = field(default_factory=list)
+    distances: dict[str, float] = field(default_factory=dict)
+    prediction_drift: float | None = None
+    system: dict[str, Any] = field(default_factory=dict)
+    report: str = ""
+    skipped: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Monitored:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+def monitoring_dir(settings: Settings) -> Path:
+    """Where reports and summaries go: `<workspace>/monitoring/<day>/`, and an index page."""
+    return settings.paths.root / "monitoring"
+
+
+def system_metrics(frame: pd.DataFrame) -> dict[str, Any]:
+    """Request counts, throughput and latency of logged predictions, overall and per variant.
+
+    The log holds answered predictions only; refused requests are counted by the server's
+    `/metrics` (`churnops_request_errors_total`).
+    """
+    if frame.empty:
+        return {"predictions": 0}
+    requests = frame.drop_duplicates("request_id")
+    span = (frame["ts"].max() - frame["ts"].min()).total_seconds()
+    return {
+        "predictions": len(frame),
+        "per_variant": {str(k): int(v) for k, v in frame["variant"].value_counts().sort_index().items()},
+        "first": frame["ts"].min().isoformat(),
+        "last": frame["ts"].max().isoformat(),
+        "predictions_per_second": round(len(frame) / span, 3) if span > 0 else None,
+        "latency_p50_ms": round(float(np.percentile(requests["latency_ms"], 50)), 3),
+        "latency_p99_ms": round(float(np.percentile(requests["latency_ms"], 99)), 3),
+    }
+
+
+def monitor_day(settings: Settings, day: date) -> Monitored:
+    """Judge the drift of the predictions logged on `day` (UTC) against the champion's reference.
+
+    Writes `<workspace>/monitoring/<day>/report.html` (Evidently's) and `summary.json`, and
+    rewrites the index page; rerunning a day replaces its files.
+    """
+    from churnops.pipelines.promotion import existing_registry
+    from churnops.serving.prediction_log import read_predictions
+
+    cfg = settings.monitoring
+    result = Monitored(day=day.isoformat())
+    logged = read_predictions(settings.serving.prediction_log_url, day=day)
+    result.system = system_metrics(logged)
+    current = logged[logged["variant"].isin(PRODUCTION_VARIANTS)] if not logged.empty else logged
+    result.predictions = len(current)
+    registry = existing_registry(settings)
+    result.champion = registry.holder("champion") if registry else None
+    if result.champion is None:
+        result.skipped = "no champion yet"
+    elif len(current) < cfg.min_sample:
+        result.skipped = (
+            f"{len(current):,} production predictions logged on {day}: under monitoring.min_sample "
+            f"({cfg.min_sample:,}), too few to judge drift"
+        )
+    if result.skipped:
+        _write(settings, result, None)
+        return result
+    assert registry is not None
+    assert result.champion is not None
+    reference, features = _reference(settings, registry, result.champion)
+    sample = current.sample(min(len(current), cfg.sample_size), random_state=cfg.seed)
+    values = pd.DataFrame(list(sample["features"])).reindex(columns=features).astype("float64")
+    values[PREDICTION] = sample["probability"].to_numpy(dtype="float64")
+    result.sampled = len(values)
+    snapshot = _evidently(reference, values, [*features, PREDICTION], cfg.drift_threshold, cfg.drift_share)
+    distances = _distances(snapshot)
+    result.prediction_drift = distances.pop(PREDICTION, None)
+    result.distances = distances
+    result.drifted_features = sorted(c for c, d in distances.items() if d > cfg.drift_threshold)
+    result.drifted_share = len(result.drifted_features) / len(features)
+    result.dataset_drift = result.drifted_share >= cfg.drift_share
+    _write(settings, result, snapshot)
+    return result
+
+
+def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, list[str]]:
+    """The champion's holdout rows and its probabilities on them (sampled)."""
+    from churnops.training import tracking
+
+    tracking.use_tracking(settings)
+    record = registry.client.get_model_version(registry.model_name, version)
+    scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
+    holdout = tracking.load_holdout(str(record.run_id))
+    cfg = settings.monitoring
+    holdout = holdout.sample(min(len(holdout), cfg.sample_size), random_state=cfg.seed)
+    reference = holdout[scorer.features].astype("float64").reset_index(drop=True)
+    reference[PREDICTION] = scorer.predict_proba(holdout)
+    return reference, list(scorer.features)
+
+
+def _evidently(
+    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], threshold: float, share: float
+) -> Any:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=columns)
+    report = Report([DataDriftPreset(columns=columns, method="wasserstein", threshold=threshold, drift_share=share)])
+    return report.run(
+        current_data=Dataset.from_pandas(current[columns], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+
+
+def _distances(snapshot: Any) -> dict[str, float]:
+    """Each column's drift distance from the report."""
+    out: dict[str, float] = {}
+    for metric in snapshot.dict()["metrics"]:
+        config = metric.get("config", {})
+        if config.get("type", "").endswith("ValueDrift"):
+            value = metric["value"]
+            out[config["column"]] = float(value) if value is not None else float("nan")
+    return out
+
+
+def _write(settings: Settings, result: Monitored, snapshot: Any) -> None:
+    from churnops.data.lake import write_local_atomic
+
+    folder = monitoring_dir(settings) / result.day
+    folder.mkdir(parents=True, exist_ok=True)
+    if snapshot is not None:
+        html = folder / "report.html"
+        tmp = folder / ".report.html.tmp"
+        snapshot.save_html(str(tmp))
+        tmp.replace(html)
+        result.report = str(html)
+    else:
+        (folder / "report.html").unlink(missing_ok=True)
+    write_local_atomic(str(folder / "summary.json"), json.dumps(result.as_dict(), indent=2).encode())
+    _index(settings)
+
+
+def _index(settings: Settings) -> None:
+    """`monitoring/index.html`: one row per monitored day, newest first, linking its report."""
+    from html import escape
+
+    from churnops.data.lake import write_local_atomic
+
+    root = monitoring_dir(settings)
+    rows = []
+    for summary in sorted(root.glob("*/summary.json"), reverse=True):
+        body = json.loads(summary.read_text())
+        verdict = (
+            escape(body["skipped"])
+            if body["skipped"]
+            else ("DRIFT" if body["dataset_drift"] else "no drift")
+            + f" ({len(body['drifted_features'])} of {len(body['distances'])} features)"
+        )
+        link = f'<a href="{escape(body["day"])}/report.html">report</a>' if body.get("report") else ""
+        pred = "" if body["prediction_drift"] is None else f"{body['prediction_drift']:.3f}"
+        rows.append(
+            f"<tr><td>{escape(body['day'])}</td><td>{body['predictions']:,}</td><td>{verdict}</td>"
+            f"<td>{pred}</td><td>{link}</td></tr>"
+        )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>churnops monitoring</title>"
+        "<h1>churnops monitoring</h1><table border=1 cellpadding=4>"
+        "<tr><th>day</th><th>predictions</th><th>data drift</th><th>prediction drift</th><th></th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    write_local_atomic(str(root / "index.html"), page.encode())
+
+
+def default_monitor_day(day: date) -> date:
+    """The step for logical date D monitors the day before it (the last whole day of traffic)."""
+    return day - timedelta(days=1)

@@ -1,0 +1,114 @@
+"""Drift of a day of the prediction log against the champion's reference, with real Evidently."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from churnops.monitoring.drift import monitor_day
+from churnops.pipelines.promotion import model_registry
+from churnops.serving.prediction_log import LogRecord, PredictionLog
+from churnops.settings import Settings
+from churnops.training import tracking
+from tests.serving.conftest import Shop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DAY = date(2025, 3, 1)
+
+
+def _settings(shop: Shop, tmp_path: Path) -> Settings:
+    serving = shop.settings.serving.model_copy(update={"prediction_log_url": f"sqlite:///{tmp_path / 'log.db'}"})
+    return shop.settings.model_copy(update={"serving": serving})
+
+
+def _log_holdout(settings: Settings, shop: Shop, n: int, scale: dict[str, float] | None = None) -> None:
+    """Log n of the champion's holdout rows as the day's predictions, some features scaled."""
+    registry = model_registry(settings)
+    version = registry.holder("champion")
+    run_id = registry.client.get_model_version(registry.model_name, version).run_id
+    scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
+    rows = tracking.load_holdout(run_id).sample(n, replace=True, random_state=1)
+    values = rows[scorer.features].astype("float64")
+    for column, factor in (scale or {}).items():
+        values[column] = values[column] * factor + factor
+    proba = scorer.predict_proba(values)
+    start = datetime(DAY.year, DAY.month, DAY.day, 9)
+    log = PredictionLog(settings.serving.prediction_log_url)
+    log.put(
+        [
+            LogRecord(
+                f"r{i}",
+                start + timedelta(seconds=i),
+                int(c),
+                registry.model_name,
+                str(version),
+                "champion",
+                scorer.features,
+                row,
+                float(p),
+                int(p >= scorer.threshold),
+                1.0 + i % 7,
+            )
+            for i, (c, row, p) in enumerate(zip(rows["customer_id"], values.to_numpy(), proba, strict=True))
+        ]
+    )
+    log.close()
+
+
+def test_traffic_like_the_reference_shows_no_drift(shop: Shop, tmp_path: Path) -> None:
+    settings = _settings(shop, tmp_path)
+    _log_holdout(settings, shop, 1500)
+    result = monitor_day(settings, DAY)
+    assert result.skipped == ""
+    assert result.predictions == 1500
+    assert result.dataset_drift is False
+    assert result.drifted_features == []
+    assert max(result.distances.values()) < settings.monitoring.drift_threshold
+    assert result.prediction_drift is not None
+    assert result.prediction_drift < settings.monitoring.drift_threshold
+    assert result.system["predictions"] == 1500
+    assert result.system["latency_p99_ms"] == pytest.approx(7.0)
+    summary = json.loads((settings.paths.root / "monitoring" / DAY.isoformat() / "summary.json").read_text())
+    assert summary["dataset_drift"] is False
+    assert Path(result.report).read_text().lower().count("<html") >= 1
+    assert DAY.isoformat() in (settings.paths.root / "monitoring" / "index.html").read_text()
+
+
+def test_shifted_features_are_named_and_the_data_set_drifts_by_share(shop: Shop, tmp_path: Path) -> None:
+    """6 of 22 features shifted: each is named, but under the share of 0.5 the data set has not drifted."""
+    settings = _settings(shop, tmp_path)
+    shifted = ["recency", "frequency", "monetary", "order_days", "customer_age_days", "mean_gap_days"]
+    _log_holdout(settings, shop, 1500, scale=dict.fromkeys(shifted, 3.0))
+    result = monitor_day(settings, DAY)
+    assert result.drifted_features == sorted(shifted)
+    assert result.drifted_share == pytest.approx(len(shifted) / len(result.distances))
+    assert result.dataset_drift is False
+    assert result.prediction_drift is not None
+    assert result.prediction_drift > settings.monitoring.drift_threshold  # the model's answers moved too
+
+
+def test_everything_shifted_is_data_set_drift(shop: Shop, tmp_path: Path) -> None:
+    settings = _settings(shop, tmp_path)
+    features = tracking.load_scorer(f"models:/{settings.mlflow.model_name}@champion").features
+    _log_holdout(settings, shop, 1500, scale=dict.fromkeys(features, 3.0))
+    result = monitor_day(settings, DAY)
+    assert result.dataset_drift is True
+    assert result.drifted_share is not None
+    assert result.drifted_share >= settings.monitoring.drift_share
+
+
+def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
+    settings = _settings(shop, tmp_path)
+    _log_holdout(settings, shop, 100)
+    result = monitor_day(settings, DAY)
+    assert result.dataset_drift is None
+    assert "under monitoring.min_sample" in result.skipped
+    assert result.system["predictions"] == 100
+    other = monitor_day(settings, DAY + timedelta(days=1))
+    assert other.predictions == 0
+    assert "0 production predictions" in other.skipped
+    np.testing.assert_equal(other.system, {"predictions": 0})
