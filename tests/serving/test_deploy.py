@@ -39,7 +39,14 @@ runner = CliRunner()
 def road(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     shop = build_shop(
         tmp_path_factory.mktemp("road"),
-        deploy={"servers": True, "staging_port": free_port(), "skew_customers": 40, "latency_requests": 100},
+        # a generous latency budget: timing is not what these tests judge (the failing case sets a tiny one)
+        deploy={
+            "servers": True,
+            "staging_port": free_port(),
+            "skew_customers": 40,
+            "latency_requests": 100,
+            "latency_budget_ms": 2000,
+        },
         serving={
             "as_of": "2025-01-02T00:00:00",
             "poll_seconds": 0.5,
