@@ -407,6 +407,7 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
 
 
 def _show_monitored(result: Any) -> None:
+    _show_realized(result.realized)
     if result.skipped:
         console.print(Text(f"monitor {result.day}: {result.skipped}", style="dim"))
         return
@@ -414,7 +415,7 @@ def _show_monitored(result: Any) -> None:
     drifted = f": {', '.join(result.drifted_features)}" if result.drifted_features else ""
     console.print(
         f"monitor {result.day}: {verdict} ({len(result.drifted_features)} of {len(result.distances)} features"
-        f"{drifted}), prediction drift {result.prediction_drift:.3f}, {result.predictions:,} predictions "
+        f"{drifted}), prediction drift {_f(result.prediction_drift)}, {result.predictions:,} predictions "
         f"({result.sampled:,} compared)"
     )
     console.print(Text(f"  report: {result.report}"))
@@ -790,6 +791,29 @@ def registry_rollback(
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
     _reload_production(settings)
+
+
+def _show_realized(realized: dict[str, Any]) -> None:
+    if not realized:
+        return
+    if realized["groups"]:
+        rows = [
+            [
+                g["version"],
+                g["variant"],
+                f"{g['predictions']:,}",
+                _f(g["f1"]),
+                _f(g["precision"]),
+                _f(g["recall"]),
+                _f(g["roc_auc"]),
+            ]
+            for g in realized["groups"]
+        ]
+        title = f"realized performance, predictions of {realized['first_day']} .. {realized['last_day']}"
+        headers = ["version", "variant", "predictions", "F1", "precision", "recall", "ROC AUC"]
+        console.print(_table(title, headers, rows, [False, False, True, True, True, True, True]))
+    if realized["note"]:
+        console.print(Text(f"realized performance: {realized['note']}", style="dim"))
 
 
 @app.command()

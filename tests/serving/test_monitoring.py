@@ -112,3 +112,76 @@ def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
     assert other.predictions == 0
     assert "0 production predictions" in other.skipped
     np.testing.assert_equal(other.system, {"predictions": 0})
+
+
+def _log_on(settings: Settings, day: date, customers: list[int], seed: int) -> None:
+    """Log a made-up prediction for each customer on `day`."""
+    rng = np.random.default_rng(seed)
+    log = PredictionLog(settings.serving.prediction_log_url)
+    start = datetime(day.year, day.month, day.day, 10)
+    log.put(
+        [
+            LogRecord(
+                f"{day}-{c}",
+                start + timedelta(seconds=i),
+                c,
+                "churn_predictor",
+                "1",
+                "champion",
+                ["x"],
+                [1.0],
+                float(p),
+                int(p >= 0.5),
+                1.0,
+            )
+            for i, (c, p) in enumerate(zip(customers, rng.uniform(size=len(customers)), strict=True))
+        ]
+    )
+    log.close()
+
+
+def test_realized_performance_waits_for_labels_then_equals_a_pandas_computation(shop: Shop, tmp_path: Path) -> None:
+    """The shop's orders end 2024-12-31 (known until 2025-01-01) and its horizon is 28 days: the
+    predictions of 2024-11-20 are labelled, those of 2024-12-20 not yet."""
+    import pandas as pd
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    from churnops.monitoring.performance import realized_performance
+    from churnops.pipelines.ingest import make_lake
+
+    settings = _settings(shop, tmp_path)
+    horizon = settings.training.horizon_days
+    orders = pd.concat(
+        pd.read_parquet(f, columns=["customer_id", "order_date"]) for f in make_lake(settings).data_files("orders")
+    )
+    orders["order_date"] = pd.to_datetime(orders["order_date"])
+    known = date(2025, 1, 1)
+    late = date(2024, 12, 20)
+    _log_on(settings, late, list(range(1, 301)), seed=1)
+    waiting = realized_performance(settings, known)
+    assert waiting.groups == []
+    assert "no labels yet" in waiting.note
+    assert f"once the orders up to {late + timedelta(days=horizon - 1)} are in" in waiting.note
+
+    day = date(2024, 11, 20)
+    buyers_before = set(orders[orders["order_date"] < pd.Timestamp(day)]["customer_id"])
+    customers = sorted(buyers_before)[:400]
+    _log_on(settings, day, customers, seed=2)
+    result = realized_performance(settings, known, window_days=30)
+    (group,) = result.groups
+    logged = pd.DataFrame({"customer_id": customers})
+    window = orders[
+        (orders["order_date"] >= pd.Timestamp(day))
+        & (orders["order_date"] < pd.Timestamp(day) + pd.Timedelta(days=horizon))
+    ]
+    logged["churned"] = (~logged["customer_id"].isin(set(window["customer_id"]))).astype(int)
+    rng = np.random.default_rng(2)
+    proba = rng.uniform(size=len(customers))
+    label = (proba >= 0.5).astype(int)
+    assert group["predictions"] == len(customers)
+    assert (group["version"], group["variant"]) == ("1", "champion")
+    assert group["f1"] == pytest.approx(f1_score(logged["churned"], label), abs=1e-4)
+    assert group["precision"] == pytest.approx(precision_score(logged["churned"], label), abs=1e-4)
+    assert group["recall"] == pytest.approx(recall_score(logged["churned"], label), abs=1e-4)
+    assert group["roc_auc"] == pytest.approx(roc_auc_score(logged["churned"], proba), abs=1e-4)
+    assert group["churn_rate"] == pytest.approx(logged["churned"].mean(), abs=1e-4)

@@ -141,6 +141,22 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(
     assert httpx.get(f"{server}/v2/health/ready").status_code == 200  # still serving
 
 
+def test_a_number_too_large_for_a_float_is_a_422(server: str) -> None:
+    features = httpx.get(f"{server}/v2/models/churn_predictor").json()["parameters"]["features"]
+    body = json.dumps({"instances": [dict.fromkeys(features, 10**400)]})
+    response = httpx.post(f"{server}/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "too large" in response.json()["error"]
+
+
+def test_made_up_paths_do_not_grow_the_metrics(server: str) -> None:
+    for i in range(5):
+        assert httpx.post(f"{server}/made-up-{i}", json={}).status_code == 404
+    text = httpx.get(f"{server}/metrics").text
+    assert "made-up" not in text
+    assert 'churnops_request_errors_total{endpoint="other",status="404"}' in text
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_parsed(server: str) -> None:
     huge = b'{"customer_ids": [' + b"1," * 700_000 + b"1]}"  # 1.4 MB
     response = httpx.post(f"{server}/predict", content=huge, headers={"content-type": "application/json"})

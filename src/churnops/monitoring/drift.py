@@ -1,4 +1,5 @@
-"""Data drift and prediction drift of one day of the prediction log, with Evidently.
+"""Data drift and prediction drift of one day of the prediction log, with Evidently, and the
+realized performance of the predictions whose labels have arrived (`performance`).
 
 The reference is the champion's holdout: rows of its own training data set that it never
 fitted, scored by it, so its feature and prediction distributions are the training
@@ -47,6 +48,7 @@ class Monitored:
     distances: dict[str, float] = field(default_factory=dict)
     prediction_drift: float | None = None
     system: dict[str, Any] = field(default_factory=dict)
+    realized: dict[str, Any] = field(default_factory=dict)  # `performance.Realized`, labels permitting
     report: str = ""
     skipped: str = ""
 
@@ -66,7 +68,8 @@ def monitoring_dir(settings: Settings) -> Path:
 
 
 def system_metrics(frame: pd.DataFrame) -> dict[str, Any]:
-    """Request counts, throughput and latency of logged predictions, overall and per variant.
+    """Prediction counts (overall and per variant), throughput, and the latency of the requests
+    that made them (one figure per request_id).
 
     The log holds answered predictions only; refused requests are counted by the server's
     `/metrics` (`churnops_request_errors_total`).
@@ -92,14 +95,16 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     Writes `<workspace>/monitoring/<day>/report.html` (Evidently's) and `summary.json`, and
     rewrites the index page; rerunning a day replaces its files.
     """
+    from churnops.monitoring.performance import realized_performance
     from churnops.pipelines.promotion import existing_registry
     from churnops.serving.prediction_log import read_predictions
 
     cfg = settings.monitoring
     result = Monitored(day=day.isoformat())
+    result.realized = realized_performance(settings, day + timedelta(days=1)).as_dict()
     logged = read_predictions(settings.serving.prediction_log_url, day=day)
-    result.system = system_metrics(logged)
     current = logged[logged["variant"].isin(PRODUCTION_VARIANTS)] if not logged.empty else logged
+    result.system = system_metrics(current)
     result.predictions = len(current)
     registry = existing_registry(settings)
     result.champion = registry.holder("champion") if registry else None

@@ -19,9 +19,11 @@ one is released; a version that fails to load leaves the old one serving and rai
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +37,7 @@ from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churnops.alerts import Alert, raise_alert
 from churnops.serving.ab import CHALLENGER, SHADOW, challenger_mask
@@ -152,6 +155,8 @@ class ServerState:
     lookups: dict[str, Any] = field(default_factory=dict)  # feature service -> _Lookup
     _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
+    failed_target: tuple[str | None, str | None] | None = None  # (champion, challenger) that failed to load
+    alerting: list[threading.Thread] = field(default_factory=list)  # alerts being sent
 
     @property
     def ready(self) -> bool:
@@ -185,10 +190,10 @@ def create_app(
                 state.metrics.reload_failures.inc()
                 log.error("could not load the model (%s): %s", reason, exc)
                 if state.model is not None:
-                    raise_alert(
-                        settings.alerts,
+                    _alert(
+                        state,
                         Alert(
-                            key=f"serving-reload-failed-{uuid.uuid4().hex[:8]}",
+                            key=f"serving-reload-failed-{_fingerprint(settings.serving.alias, str(exc))}",
                             title=f"The server kept {state.model.name} version {state.model.version}: "
                             "the new version failed to load",
                             details={"reason": str(exc), "alias": settings.serving.alias},
@@ -216,9 +221,17 @@ def create_app(
                 log.warning("alias poll failed: %s", exc)
                 continue
             serving = state.challenger.version if state.challenger else None
-            if holder is not None and (state.model is None or holder != state.model.version or wanted != serving):
+            target = (holder, wanted)
+            if holder is None or target == state.failed_target:
+                continue  # nothing to serve, or this very pair already failed: retry when an alias moves
+            if state.model is None or holder != state.model.version or wanted != serving:
                 log.info("alias %s is on version %s (A/B challenger %s)", settings.serving.alias, holder, wanted)
                 await reload("the alias moved")
+                got = (
+                    state.model.version if state.model else None,
+                    state.challenger.version if state.challenger else None,
+                )
+                state.failed_target = None if got == target else target
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -226,8 +239,8 @@ def create_app(
 
         def log_full(lost: int) -> None:
             loop.call_soon_threadsafe(state.metrics.log_full.inc)
-            raise_alert(
-                settings.alerts,
+            _alert(
+                state,
                 Alert(
                     key=f"prediction-log-full-{uuid.uuid4().hex[:8]}",
                     title="The prediction log's queue is full: predictions are being dropped, not logged",
@@ -254,6 +267,8 @@ def create_app(
                 poller.cancel()
             if state.log is not None:
                 await asyncio.to_thread(state.log.close)
+            for sending in list(state.alerting):
+                await asyncio.to_thread(sending.join, 30)
 
     app = FastAPI(
         title="churnops prediction server",
@@ -301,12 +316,14 @@ def _challenger_for(state: ServerState, load: Callable[[Settings, str], ServedMo
         return state.challenger, f"; A/B challenger version {wanted}"
     try:
         challenger = load(settings, "challenger")
+        if challenger.version != wanted:  # the alias moved since its tests were checked
+            raise ModelLoadError(f"the challenger alias moved to {challenger.version} while {wanted} was loading")
     except Exception as exc:  # a broken challenger ends the test, never the serving
         state.metrics.reload_failures.inc()
-        raise_alert(
-            settings.alerts,
+        _alert(
+            state,
             Alert(
-                key=f"serving-challenger-failed-{uuid.uuid4().hex[:8]}",
+                key=f"serving-challenger-failed-v{wanted}-{_fingerprint(str(exc))}",
                 title=f"The A/B test did not start: challenger version {wanted} failed to load",
                 details={"reason": str(exc)},
             ),
@@ -356,7 +373,7 @@ class BodyGuard:
         if binary_header is not None:  # the v2 binary tensor extension, as Triton's clients send by default
             try:
                 body = _binary_to_json(body, int(binary_header))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 await self._refuse(scope, receive, send, path, 422, f"bad binary tensor data: {exc}")
                 return
             kind = "application/json"
@@ -446,17 +463,34 @@ def _errors(app: FastAPI, state: ServerState) -> None:
         state.metrics.refused(request.url.path, 422)
         return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (404, 405)
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code >= 400:
             state.metrics.refused(request.url.path, exc.status_code)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(OverflowError)
+    async def overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        state.metrics.refused(request.url.path, 422)
+        return JSONResponse({"error": "a feature value is too large for a 64-bit float"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         state.metrics.refused(request.url.path, 500)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def _alert(state: ServerState, alert: Alert) -> None:
+    """Send an alert from a thread of its own: a slow webhook must not hold up the event loop."""
+    state.alerting = [t for t in state.alerting if t.is_alive()]
+    sending = threading.Thread(target=raise_alert, args=(state.settings.alerts, alert), name="alert")
+    state.alerting.append(sending)
+    sending.start()
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
 def _clock(state: ServerState) -> datetime:
@@ -720,8 +754,9 @@ def _open_online(state: ServerState, *models: ServedModel | None) -> None:
 
     if state.online is None:
         try:
-            state.online = FeastFeatureStore(state.settings).store
-            state.provider = state.online._get_provider()
+            store = FeastFeatureStore(state.settings).store
+            provider = store._get_provider()
+            state.online, state.provider = store, provider  # together, once both work
         except Exception as exc:  # serving feature vectors works without it; lookups say why they fail
             log.warning("the online store cannot be opened: %s", exc)
             return

@@ -95,7 +95,10 @@ def admin_token(settings: Settings) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another deploy made it first: use theirs
+        return path.read_text().strip()
     with os.fdopen(descriptor, "w") as handle:
         handle.write(token)
     return token
@@ -223,6 +226,7 @@ def start_server(
     log_path = folder / f"{env}.log"
     settings_file = folder / f"{env}.settings.json"
     descriptor = os.open(settings_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold credentials
+    os.fchmod(descriptor, 0o600)  # also when the file was there before
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
     command = [sys.executable, "-m", "churnops", "serve"]
@@ -297,7 +301,8 @@ def stop_server(settings: Settings, env: str, timeout: float = 60.0) -> ServerSt
         while _alive(record.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _alive(record.pid):
-            os.killpg(record.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGKILL)
             note = f"did not stop within {timeout:.0f} s; killed"
     else:
         note = f"process {record.pid} was already gone; its pid file was removed"
@@ -388,7 +393,8 @@ def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | N
         status = start_server(settings, "staging", serving_as_of(settings, day), say)
         url = status.url
     else:
-        url = str(settings.deploy.staging_url)
+        url = str(settings.deploy.staging_url).rstrip("/")
+        _wait_serving(settings, url, challenger, say)
     checks = integration_tests(settings, url, challenger, say)
     passed = all(c["passed"] for c in checks)
     registry.tag(challenger, INTEGRATION_PASSED, "true" if passed else "false")
@@ -405,6 +411,23 @@ def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | N
             ),
         )
     return Staged(challenger, url, passed, checks)
+
+
+def _wait_serving(settings: Settings, url: str, version: str, say: Callable[[str], None]) -> None:
+    """Give a remote staging server (which follows its alias by polling) time to load `version`;
+    the health check then says whether it did."""
+    import httpx
+
+    say(f"staging: waiting for {url} to serve version {version}")
+    deadline = time.monotonic() + settings.deploy.start_timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            meta = httpx.get(f"{url}/v2/models/{settings.mlflow.model_name}", timeout=5)
+            if meta.status_code == 200 and meta.json().get("versions") == [version]:
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1.0)
 
 
 def serve_production(

@@ -9,6 +9,21 @@ from typing import Any
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+ENDPOINTS = frozenset(
+    {"/predict", "/invocations", "/metrics", "/admin/reload", "/v2", "/v2/health/live", "/v2/health/ready"}
+)
+
+
+def endpoint_label(path: str) -> str:
+    """A request path as a bounded label: the endpoint, `/v2/models/{name}[/...]`, or `other`."""
+    if path in ENDPOINTS:
+        return path
+    parts = path.split("/")
+    if len(parts) in (4, 5) and parts[1:3] == ["v2", "models"]:
+        return "/v2/models/{name}" + (f"/{parts[4]}" if len(parts) == 5 and parts[4] in ("infer", "ready") else "")
+    return "other"
+
+
 class ServerMetrics:
     """Requests, refusals, latency, online-store lookups, the prediction log and the model."""
 
@@ -70,8 +85,9 @@ class ServerMetrics:
         self.latency.labels(endpoint, model.version, variant).observe(seconds)
 
     def refused(self, endpoint: str, status: int) -> None:
-        """Count a 4xx or 5xx."""
-        self.errors.labels(endpoint, str(status)).inc()
+        """Count a 4xx or 5xx, under the endpoint's name (any other path counts as `other`, so
+        that requests for made-up paths cannot grow the metrics without bound)."""
+        self.errors.labels(endpoint_label(endpoint), str(status)).inc()
 
     def model_loaded(self, model: Any, challenger: Any = None) -> None:
         """Report the served version and any A/B challenger (and clear the ones before)."""

@@ -73,6 +73,11 @@ def load_served_model(settings: Settings, alias: str | None = None) -> ServedMod
         ModelLoadError: No version holds the alias, it is not fully recorded, its files do not
             match the recorded digest, or it fails its smoke prediction.
     """
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
     from churnops.pipelines.promotion import ARTIFACT_DIGEST, existing_registry
     from churnops.registry.mlflow_registry import COMPLETE
     from churnops.training import tracking
@@ -93,13 +98,16 @@ def load_served_model(settings: Settings, alias: str | None = None) -> ServedMod
     recorded = tags.get(ARTIFACT_DIGEST)
     if not recorded:
         raise ModelLoadError(f"version {version} has no recorded artifact digest; register it again")
-    actual = tracking.artifact_digest(model_uri)
-    if actual != recorded:
-        raise ModelLoadError(
-            f"version {version}'s files hash to {actual[:12]}, not the {recorded[:12]} recorded at registration; "
-            "refusing to serve them"
-        )
-    native = tracking.load_scorer(model_uri)
+    with tempfile.TemporaryDirectory(prefix="churnops-serve-") as folder:
+        # hash and load the same downloaded files: what is checked is what is deserialised
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        actual = tracking.folder_digest(local)
+        if actual != recorded:
+            raise ModelLoadError(
+                f"version {version}'s files hash to {actual[:12]}, not the {recorded[:12]} recorded at "
+                "registration; refusing to serve them"
+            )
+        native = tracking.load_scorer(str(local))
     run_id = str(record.run_id)
     holdout = tracking.load_holdout(run_id)
     rows = holdout[native.features].to_numpy(dtype=np.float64)

@@ -185,14 +185,14 @@ class PredictionLog:
             (
                 r.request_id,
                 r.ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else r.ts,  # SQLAlchemy's SQLite format
-                r.customer_id,
+                None if r.customer_id is None else int(r.customer_id),  # never a numpy scalar: drivers differ
                 r.model,
                 r.version,
                 r.variant,
                 json.dumps(r.features(), allow_nan=False),
-                r.probability,
-                r.label,
-                r.latency_ms,
+                float(r.probability),
+                int(r.label),
+                float(r.latency_ms),
             )
             for r in batch
         ]

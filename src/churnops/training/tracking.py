@@ -283,16 +283,21 @@ def artifact_digest(model_uri: str) -> str:
     no longer hash the same. MLflow's own `registered_model_meta`, which registration writes
     into the folder, is left out.
     """
-    import hashlib
     import tempfile
 
     import mlflow
 
-    digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="churnops-model-") as folder:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "registered_model_meta"):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(b"\0")
-            digest.update(path.read_bytes())
+        return folder_digest(Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)))
+
+
+def folder_digest(root: Path) -> str:
+    """`artifact_digest` of a model folder already on disk."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "registered_model_meta"):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
