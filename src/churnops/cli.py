@@ -419,6 +419,14 @@ def _show_monitored(result: Any) -> None:
         f"({result.sampled:,} compared)"
     )
     console.print(Text(f"  report: {result.report}"))
+    for est in result.estimated:
+        console.print(
+            Text(
+                f"  estimated (CBPE, before labels) v{est['version']} {est['variant']}: F1 {_f(est['estimated_f1'])}, "
+                f"precision {_f(est['estimated_precision'])}, recall {_f(est['estimated_recall'])} "
+                f"over {est['predictions']:,} predictions"
+            )
+        )
 
 
 def _show_staged(result: Any) -> None:
@@ -806,12 +814,13 @@ def _show_realized(realized: dict[str, Any]) -> None:
                 _f(g["precision"]),
                 _f(g["recall"]),
                 _f(g["roc_auc"]),
+                _f(g["estimated_f1"]),
             ]
             for g in realized["groups"]
         ]
         title = f"realized performance, predictions of {realized['first_day']} .. {realized['last_day']}"
-        headers = ["version", "variant", "predictions", "F1", "precision", "recall", "ROC AUC"]
-        console.print(_table(title, headers, rows, [False, False, True, True, True, True, True]))
+        headers = ["version", "variant", "predictions", "F1", "precision", "recall", "ROC AUC", "F1 est."]
+        console.print(_table(title, headers, rows, [False, False, True, True, True, True, True, True]))
     if realized["note"]:
         console.print(Text(f"realized performance: {realized['note']}", style="dim"))
 

@@ -72,6 +72,9 @@ def test_traffic_like_the_reference_shows_no_drift(shop: Shop, tmp_path: Path) -
     assert result.prediction_drift < settings.monitoring.drift_threshold
     assert result.system["predictions"] == 1500
     assert result.system["latency_p99_ms"] == pytest.approx(7.0)
+    (estimated,) = result.estimated
+    assert (estimated["version"], estimated["variant"], estimated["predictions"]) == ("1", "champion", 1500)
+    assert 0 < estimated["estimated_f1"] <= 1
     summary = json.loads((settings.paths.root / "monitoring" / DAY.isoformat() / "summary.json").read_text())
     assert summary["dataset_drift"] is False
     assert Path(result.report).read_text().lower().count("<html") >= 1
@@ -185,3 +188,5 @@ def test_realized_performance_waits_for_labels_then_equals_a_pandas_computation(
     assert group["recall"] == pytest.approx(recall_score(logged["churned"], label), abs=1e-4)
     assert group["roc_auc"] == pytest.approx(roc_auc_score(logged["churned"], proba), abs=1e-4)
     assert group["churn_rate"] == pytest.approx(logged["churned"].mean(), abs=1e-4)
+    tp, fp, fn = (proba * label).sum(), ((1 - proba) * label).sum(), (proba * (1 - label)).sum()
+    assert group["estimated_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)

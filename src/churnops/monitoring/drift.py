@@ -49,6 +49,7 @@ class Monitored:
     prediction_drift: float | None = None
     system: dict[str, Any] = field(default_factory=dict)
     realized: dict[str, Any] = field(default_factory=dict)  # `performance.Realized`, labels permitting
+    estimated: list[dict[str, Any]] = field(default_factory=list)  # CBPE per version and variant: estimates
     report: str = ""
     skipped: str = ""
 
@@ -89,6 +90,19 @@ def system_metrics(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def estimated_by_group(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """CBPE's estimated precision, recall and F1 per version and variant (`estimate`)."""
+    from churnops.monitoring.estimate import estimate_performance
+
+    if frame.empty:
+        return []
+    return [
+        {"version": str(version), "variant": str(variant)}
+        | estimate_performance(group["probability"].to_numpy(), group["label"].to_numpy())
+        for (version, variant), group in frame.groupby(["version", "variant"], sort=True)
+    ]
+
+
 def monitor_day(settings: Settings, day: date) -> Monitored:
     """Judge the drift of the predictions logged on `day` (UTC) against the champion's reference.
 
@@ -105,6 +119,7 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     logged = read_predictions(settings.serving.prediction_log_url, day=day)
     current = logged[logged["variant"].isin(PRODUCTION_VARIANTS)] if not logged.empty else logged
     result.system = system_metrics(current)
+    result.estimated = estimated_by_group(current)
     result.predictions = len(current)
     registry = existing_registry(settings)
     result.champion = registry.holder("champion") if registry else None

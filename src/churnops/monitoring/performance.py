@@ -45,6 +45,7 @@ def realized_performance(settings: Settings, known_until: date, window_days: int
     """
     from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
+    from churnops.monitoring.estimate import estimate_performance
     from churnops.pipelines.ingest import make_lake
     from churnops.serving.prediction_log import read_predictions
     from churnops.training.labels import label_customers
@@ -92,6 +93,8 @@ def realized_performance(settings: Settings, known_until: date, window_days: int
                 "precision": round(float(precision_score(y, label, zero_division=0)), 4),
                 "recall": round(float(recall_score(y, label, zero_division=0)), 4),
                 "roc_auc": round(float(roc_auc_score(y, p)), 4) if both else None,
+                # what CBPE estimated for the same predictions, before their labels: its check
+                "estimated_f1": estimate_performance(p, label)["estimated_f1"],
             }
         )
     if unlabelled:
