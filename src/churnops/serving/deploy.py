@@ -208,9 +208,12 @@ def start_server(
     if current.state in ("running", "starting") and record is not None:
         if record.settings_sha256 == digest:
             if current.state == "running":
-                answer = httpx.post(
-                    f"{record.url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
-                )
+                try:
+                    answer = httpx.post(
+                        f"{record.url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
+                    )
+                except httpx.HTTPError as exc:
+                    raise DeployError(f"the {env} server at {record.url} did not take the reload: {exc}") from exc
                 if answer.status_code != 200:
                     raise DeployError(f"the {env} server refused the reload: {answer.text}")
                 say(f"{env}: {answer.json()['result']}")
