@@ -408,6 +408,11 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
 
 def _show_monitored(result: Any) -> None:
     _show_realized(result.realized)
+    decision = result.decision or {}
+    for condition, since in decision.get("alarms", {}).items():
+        console.print(f"monitor {result.day}: ALARM {condition} (since {since})")
+    if decision.get("reason"):
+        console.print(f"monitor {result.day}: {decision['reason']}")
     if result.skipped:
         console.print(Text(f"monitor {result.day}: {result.skipped}", style="dim"))
         return

@@ -532,6 +532,12 @@ class MonitoringSettings(_Strict):
     performance_window_days: int = Field(
         7, gt=0, description="Labelled prediction days (the newest whose horizon has passed, and before) judged."
     )
+    min_f1: float = Field(0.6, ge=0, le=1, description="A version's realized or estimated F1 below this is a trigger.")
+    consecutive_checks: int = Field(
+        3, gt=0, description="Judged days in a row a condition must hold before it is an alarm (hysteresis)."
+    )
+    retrain_cooldown_days: int = Field(7, ge=0, description="Days after a retrain trigger before the next one.")
+    max_champion_age_days: int = Field(90, gt=0, description="A champion trained longer ago than this is a trigger.")
     seed: int = 0
 
 

@@ -50,6 +50,7 @@ class Monitored:
     system: dict[str, Any] = field(default_factory=dict)
     realized: dict[str, Any] = field(default_factory=dict)  # `performance.Realized`, labels permitting
     estimated: list[dict[str, Any]] = field(default_factory=list)  # CBPE per version and variant: estimates
+    decision: dict[str, Any] = field(default_factory=dict)  # `decide.Decision`: alarms, alerts, retrain
     report: str = ""
     skipped: str = ""
 
@@ -131,6 +132,7 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
             f"({cfg.min_sample:,}), too few to judge drift"
         )
     if result.skipped:
+        _decide(settings, result, registry)
         _write(settings, result, None)
         return result
     assert registry is not None
@@ -147,8 +149,21 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     result.drifted_features = sorted(c for c, d in distances.items() if d > cfg.drift_threshold)
     result.drifted_share = len(result.drifted_features) / len(features)
     result.dataset_drift = result.drifted_share >= cfg.drift_share
+    _decide(settings, result, registry)
     _write(settings, result, snapshot)
     return result
+
+
+def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
+    """Record the day's conditions and decide: alarms (with hysteresis), alerts, a retrain."""
+    from churnops.monitoring.decide import conditions, record_and_decide
+
+    champion_day = None
+    if registry is not None and result.champion is not None:
+        tags = dict(registry.client.get_model_version(registry.model_name, result.champion).tags)
+        champion_day = date.fromisoformat(tags["logical_date"]) if tags.get("logical_date") else None
+    holds = conditions(settings, result, champion_day)
+    result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds).as_dict()
 
 
 def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, list[str]]:

@@ -1,0 +1,137 @@
+"""Decisions that do not cry wolf: hysteresis, alerts once per occurrence, a retrain cooldown.
+
+Each monitored day records, per condition, whether it held (True), did not (False), or could not
+be judged (None: too few predictions, no labels yet), in `<workspace>/monitoring/history.json`.
+Everything is then derived from that history in day order, so rerunning a day, or running days
+out of order, gives the same decisions:
+
+- a condition is in alarm once it has held on `monitoring.consecutive_checks` judged days in a
+  row; a False day ends the streak, a None day neither extends nor ends it;
+- each occurrence of an alarm is alerted once (its key names the day the streak began), and an
+  alarm that clears and comes back later is a new occurrence, alerted again;
+- a retrain is triggered by an alarm, at most once per `monitoring.retrain_cooldown_days`.
+
+Conditions: `data_drift` (the data set drifted), `realized_f1` and `estimated_f1` (a version's
+F1 below `monitoring.min_f1`, realized from labels or estimated by CBPE), `champion_age` (the
+champion's logical date older than `monitoring.max_champion_age_days`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from churnops.settings import Settings
+
+CONDITIONS = ("data_drift", "realized_f1", "estimated_f1", "champion_age")
+
+
+@dataclass
+class Decision:
+    """What a day's check decided."""
+
+    day: str
+    holds: dict[str, bool | None] = field(default_factory=dict)
+    alarms: dict[str, str] = field(default_factory=dict)  # condition -> the day its streak began
+    raised: list[str] = field(default_factory=list)  # alert keys sent by this check
+    retrain: bool = False
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+
+def conditions(settings: Settings, monitored: Any, champion_day: date | None) -> dict[str, bool | None]:
+    """Whether each condition held on the monitored day (None: it could not be judged)."""
+    cfg = settings.monitoring
+    realized = [g["f1"] for g in (monitored.realized or {}).get("groups", [])]
+    estimated = [
+        e["estimated_f1"]
+        for e in monitored.estimated
+        if e["estimated_f1"] is not None and e["predictions"] >= cfg.min_sample
+    ]
+    day = date.fromisoformat(monitored.day)
+    return {
+        "data_drift": monitored.dataset_drift,
+        "realized_f1": min(realized) < cfg.min_f1 if realized else None,
+        "estimated_f1": min(estimated) < cfg.min_f1 if estimated else None,
+        "champion_age": (day - champion_day).days > cfg.max_champion_age_days if champion_day else None,
+    }
+
+
+def history_path(settings: Settings) -> Path:
+    """Every monitored day's conditions."""
+    return settings.paths.root / "monitoring" / "history.json"
+
+
+def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | None]) -> Decision:
+    """Record the day's conditions, derive the decision from the whole history, send new alerts."""
+    from churnops.alerts import Alert, raise_alert
+    from churnops.data.lake import write_local_atomic
+
+    path = history_path(settings)
+    history: dict[str, dict[str, bool | None]] = json.loads(path.read_text()) if path.exists() else {}
+    history[day.isoformat()] = holds
+    write_local_atomic(str(path), json.dumps(history, indent=1, sort_keys=True).encode())
+    decision = derive(history, day, settings.monitoring.consecutive_checks, settings.monitoring.retrain_cooldown_days)
+    for condition, since in decision.alarms.items():
+        key = f"monitor-{condition}-since-{since}"
+        sent = raise_alert(
+            settings.alerts,
+            Alert(
+                key=key,
+                title=f"{settings.mlflow.model_name}: {_TITLES[condition]} on {settings.monitoring.consecutive_checks} "
+                f"checks in a row (since {since})",
+                details={"condition": condition, "day": day.isoformat(), "retrain": decision.retrain},
+            ),
+        )
+        if sent:
+            decision.raised.append(key)
+    return decision
+
+
+_TITLES = {
+    "data_drift": "the served data drifted",
+    "realized_f1": "realized F1 below the floor",
+    "estimated_f1": "estimated F1 (CBPE) below the floor",
+    "champion_age": "the champion is older than allowed",
+}
+
+
+def derive(history: dict[str, dict[str, bool | None]], day: date, needed: int, cooldown_days: int) -> Decision:
+    """The decision for `day` from the history of days up to it (a pure function of both)."""
+    streak = dict.fromkeys(CONDITIONS, 0)
+    began: dict[str, str | None] = dict.fromkeys(CONDITIONS, None)
+    last_retrain: date | None = None
+    decision = Decision(day=day.isoformat())
+    for name in sorted(k for k in history if date.fromisoformat(k) <= day):
+        holds = history[name]
+        for condition in CONDITIONS:
+            value = holds.get(condition)
+            if value is None:
+                continue
+            if value:
+                streak[condition] += 1
+                began[condition] = began[condition] or name
+            else:
+                streak[condition], began[condition] = 0, None
+        alarms = {c: str(began[c]) for c in CONDITIONS if streak[c] >= needed}
+        current = date.fromisoformat(name)
+        retrain = bool(alarms) and (last_retrain is None or (current - last_retrain).days >= cooldown_days)
+        if retrain:
+            last_retrain = current
+        if name == day.isoformat():
+            decision.holds = dict(holds)
+            decision.alarms = alarms
+            decision.retrain = retrain
+            if alarms and not retrain and last_retrain is not None:
+                decision.reason = (
+                    f"in alarm, but a retrain was triggered on {last_retrain} (cooldown {cooldown_days} days)"
+                )
+            elif retrain:
+                decision.reason = f"retrain: {', '.join(sorted(alarms))}"
+    return decision

@@ -1,0 +1,73 @@
+"""Monitoring decisions: hysteresis, one alert per occurrence, a retrain cooldown, order independence."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+from churnops.monitoring.decide import derive, record_and_decide
+from churnops.settings import Settings, load_settings
+
+D0 = date(2025, 3, 1)
+
+
+def _history(drift: list[bool | None]) -> dict[str, dict[str, bool | None]]:
+    return {(D0 + timedelta(days=i)).isoformat(): {"data_drift": v} for i, v in enumerate(drift)}
+
+
+def _day(i: int) -> date:
+    return D0 + timedelta(days=i)
+
+
+def test_an_alarm_needs_the_condition_on_consecutive_checks() -> None:
+    history = _history([True, True, False, True, True, True])
+    assert derive(history, _day(1), 3, 7).alarms == {}
+    assert derive(history, _day(4), 3, 7).alarms == {}
+    assert derive(history, _day(5), 3, 7).alarms == {"data_drift": _day(3).isoformat()}
+
+
+def test_a_day_without_a_verdict_neither_extends_nor_ends_a_streak() -> None:
+    history = _history([True, None, True, None, True])
+    assert derive(history, _day(4), 3, 7).alarms == {"data_drift": _day(0).isoformat()}
+    assert derive(history, _day(3), 3, 7).alarms == {}
+
+
+def test_a_retrain_is_triggered_at_most_once_per_cooldown() -> None:
+    history = _history([True] * 12)
+    triggered = [i for i in range(12) if derive(history, _day(i), 3, 7).retrain]
+    assert triggered == [2, 9]
+    held = derive(history, _day(5), 3, 7)
+    assert held.alarms
+    assert not held.retrain
+    assert f"triggered on {_day(2)}" in held.reason
+
+
+def test_the_decision_depends_on_the_history_not_on_the_order_days_were_checked() -> None:
+    values = [True, False, True, True, True, False, True]
+    forward = _history(values)
+    backward = dict(reversed(list(forward.items())))
+    for i in range(len(values)):
+        assert derive(forward, _day(i), 2, 3) == derive(backward, _day(i), 2, 3)
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return load_settings(None, workspace=str(tmp_path / "ws"), monitoring={"consecutive_checks": 2})
+
+
+def _alerts(settings: Settings) -> list[dict[str, object]]:
+    path = Path(settings.alerts.file)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_each_occurrence_is_alerted_once_and_a_new_occurrence_again(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    sequence = [True, True, True, False, True, True]
+    for i, value in enumerate(sequence):
+        record_and_decide(settings, _day(i), {"data_drift": value})
+    again = record_and_decide(settings, _day(2), {"data_drift": True})  # a rerun of a checked day
+    assert again.raised == []
+    keys = [a["key"] for a in _alerts(settings)]
+    assert keys == [f"monitor-data_drift-since-{_day(0)}", f"monitor-data_drift-since-{_day(4)}"]
+    history = json.loads((settings.paths.root / "monitoring" / "history.json").read_text())
+    assert len(history) == len(sequence)
