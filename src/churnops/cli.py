@@ -371,10 +371,12 @@ def _show_register(result: Any, settings: Settings) -> None:
 
 
 def _show_step(step: Any, result: Any, settings: Settings) -> None:
+    from churnops.monitoring.drift import Monitored
     from churnops.pipelines.features import FeatureReport
     from churnops.pipelines.promotion import GateVerdict, Registered
     from churnops.pipelines.steps import Ingested, Simulated
     from churnops.pipelines.train import TrainResult
+    from churnops.serving.deploy import Production, Staged
 
     if result is None:
         console.print(Text(f"{step.name}: skipped (its condition did not hold)", style="dim"))
@@ -394,16 +396,12 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_gate(result)
     elif isinstance(result, Registered):
         _show_register(result, settings)
-    else:
-        from churnops.monitoring.drift import Monitored
-        from churnops.serving.deploy import Production, Staged
-
-        if isinstance(result, Staged):
-            _show_staged(result)
-        elif isinstance(result, Production):
-            _show_production(result)
-        elif isinstance(result, Monitored):
-            _show_monitored(result)
+    elif isinstance(result, Staged):
+        _show_staged(result)
+    elif isinstance(result, Production):
+        _show_production(result)
+    elif isinstance(result, Monitored):
+        _show_monitored(result)
 
 
 def _show_monitored(result: Any) -> None:
@@ -914,8 +912,11 @@ def deploy_production_command(
     date_: DateOption = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "deploy production",
 ) -> None:
-    """Move `champion` to the version on staging (it must have passed its integration tests) and
-    make the production server serve it (it hot-swaps; `churnops registry rollback` goes back)."""
+    """Promote the version on staging to champion; the production server hot-swaps to it.
+
+    The version must have passed its integration tests on staging. `churnops registry rollback`
+    goes back.
+    """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.steps import default_run_date
     from churnops.serving.deploy import DeployError, deploy_production
@@ -932,8 +933,10 @@ def deploy_production_command(
 
 @deploy_app.command("status")
 def deploy_status_command(config: ConfigOption = None) -> None:
-    """Each environment's server: running or not, its URL, pid, version and A/B variants. A pid file
-    whose process is gone is removed and reported."""
+    """Show each server: running or not, its URL, pid, version and A/B variants.
+
+    A pid file whose process is gone is removed and reported.
+    """
     from churnops.serving.deploy import server_status
 
     settings = _settings(config)

@@ -71,10 +71,6 @@ class ServerStatus:
     variants: dict[str, str] = field(default_factory=dict)
     note: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        """Small and JSON-able."""
-        return asdict(self)
-
 
 def servers_dir(settings: Settings) -> Path:
     """Where the pid files, logs and admin token of the local servers live."""
