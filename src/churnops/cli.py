@@ -374,12 +374,14 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
     from churnops.monitoring.drift import Monitored
     from churnops.pipelines.features import FeatureReport
     from churnops.pipelines.promotion import GateVerdict, Registered
-    from churnops.pipelines.steps import Ingested, Simulated
+    from churnops.pipelines.steps import Ingested, Simulated, TrainingDue
     from churnops.pipelines.train import TrainResult
     from churnops.serving.deploy import Production, Staged
 
     if result is None:
         console.print(Text(f"{step.name}: skipped (its condition did not hold)", style="dim"))
+    elif isinstance(result, TrainingDue):
+        console.print(Text(f"due: {'train' if result.due else 'no training'}: {result.reason}", style="dim"))
     elif isinstance(result, Simulated):
         console.print(
             f"simulate: {result.skipped}"
@@ -411,6 +413,16 @@ def _show_monitored(result: Any) -> None:
         console.print(f"monitor {result.day}: ALARM {condition} (since {since})")
     if decision.get("reason"):
         console.print(f"monitor {result.day}: {decision['reason']}")
+    system = result.system or {}
+    if system.get("requests"):
+        console.print(
+            Text(
+                f"monitor {result.day}: {system['requests']:,} requests, latency p50 "
+                f"{_f(system.get('latency_p50_ms'))} ms, p99 {_f(system.get('latency_p99_ms'))} ms, "
+                f"error rate {system['error_rate']:.2%}",
+                style="dim",
+            )
+        )
     if result.skipped:
         console.print(Text(f"monitor {result.day}: {result.skipped}", style="dim"))
         return
@@ -444,6 +456,11 @@ def _show_staged(result: Any) -> None:
 
 
 def _show_production(result: Any) -> None:
+    ab = result.ab or {}
+    if ab.get("challenger"):
+        console.print(
+            f"A/B test of version {ab['challenger']} against {ab['champion']}: {ab['status']}: {ab['reason']}"
+        )
     if result.skipped:
         console.print(Text(f"production: {result.skipped}", style="dim"))
         return

@@ -541,6 +541,26 @@ class MonitoringSettings(_Strict):
     seed: int = 0
 
 
+class ABTestSettings(_Strict):
+    """When the production A/B test is decided (the `production` step, from realized labels)."""
+
+    policy: Literal["superiority", "non_inferiority"] = Field(
+        "non_inferiority",
+        description="superiority: the challenger must be better; non_inferiority: not worse than ab_test.margin.",
+    )
+    margin: float = Field(
+        0.02,
+        ge=0,
+        description="F1 the challenger may give up (non_inferiority), and how much worse it must surely be to lose.",
+    )
+    min_labelled: int = Field(300, gt=0, description="Labelled customers each variant needs before a decision.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Of the bootstrap interval of the F1 difference.")
+    bootstrap_rounds: int = Field(2000, ge=100)
+    max_days: int = Field(
+        120, gt=0, description="A test still undecided this many days after it began ends; the champion stays."
+    )
+
+
 class AlertSettings(_Strict):
     """Where alerts go: always the log and an alert file; optionally a Slack-compatible webhook."""
 
@@ -569,6 +589,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    ab_test: ABTestSettings = Field(default_factory=ABTestSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -71,3 +71,17 @@ def test_each_occurrence_is_alerted_once_and_a_new_occurrence_again(tmp_path: Pa
     assert keys == [f"monitor-data_drift-since-{_day(0)}", f"monitor-data_drift-since-{_day(4)}"]
     history = json.loads((settings.paths.root / "monitoring" / "history.json").read_text())
     assert len(history) == len(sequence)
+
+
+def test_a_retrain_triggered_by_a_check_runs_with_the_next_logical_dates_training(tmp_path: Path) -> None:
+    """The check of day C runs in the pipeline of C + 1; its trigger trains on C + 2, and only then
+    (the cooldown holds the next one back)."""
+    from churnops.monitoring.decide import retrain_trigger
+
+    settings = _settings(tmp_path)
+    assert retrain_trigger(settings, _day(5)) is None  # nothing checked yet
+    for i, value in enumerate([True, True, True, True]):
+        record_and_decide(settings, _day(i), {"data_drift": value})
+    due = {i: retrain_trigger(settings, _day(i)) for i in range(7)}
+    assert [i for i, why in due.items() if why] == [3]  # two checks in a row: the check of day 1 made the alarm
+    assert f"its check of {_day(1)}: data_drift" in str(due[3])

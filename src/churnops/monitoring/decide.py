@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,27 @@ def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | Non
         if sent:
             decision.raised.append(key)
     return decision
+
+
+def retrain_trigger(settings: Settings, day: date) -> str | None:
+    """Why the training steps run on logical date `day` because of monitoring, if they do.
+
+    The monitor step of logical date D checks the day D - 1; a retrain it triggers runs with
+    the next logical date's training steps. So the trigger for `day` is the decision of the
+    check of `day - 2`, derived from the history like every decision (a pure function of it).
+    """
+    path = history_path(settings)
+    if not path.exists():
+        return None
+    history = json.loads(path.read_text())
+    checked = day - timedelta(days=2)
+    if checked.isoformat() not in history:
+        return None
+    cfg = settings.monitoring
+    decision = derive(history, checked, cfg.consecutive_checks, cfg.retrain_cooldown_days)
+    if not decision.retrain:
+        return None
+    return f"monitoring triggered a retrain on its check of {checked}: {', '.join(sorted(decision.alarms))}"
 
 
 _TITLES = {

@@ -69,19 +69,29 @@ def monitoring_dir(settings: Settings) -> Path:
     return settings.paths.root / "monitoring"
 
 
-def system_metrics(frame: pd.DataFrame) -> dict[str, Any]:
-    """Prediction counts (overall and per variant), throughput, and the latency of the requests
-    that made them (one figure per request_id).
-
-    The log holds answered predictions only; refused requests are counted by the server's
-    `/metrics` (`churnops_request_errors_total`).
+def system_metrics(frame: pd.DataFrame, refusals: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Prediction counts (overall and per variant), throughput, the latency of the requests that
+    made them (one figure per request_id), and the error rate: requests refused or failed over
+    all requests (answered ones are those in the log, refused ones the server recorded beside it).
     """
+    errors = 0 if refusals is None else len(refusals)
+    by_status = {} if refusals is None else {str(k): int(v) for k, v in refusals["status"].value_counts().items()}
     if frame.empty:
-        return {"predictions": 0}
+        return {
+            "predictions": 0,
+            "requests": errors,
+            "errors": errors,
+            "errors_by_status": by_status,
+            "error_rate": 1.0 if errors else None,
+        }
     requests = frame.drop_duplicates("request_id")
     span = (frame["ts"].max() - frame["ts"].min()).total_seconds()
     return {
         "predictions": len(frame),
+        "requests": len(requests) + errors,
+        "errors": errors,
+        "errors_by_status": by_status,
+        "error_rate": round(errors / (len(requests) + errors), 6),
         "per_variant": {str(k): int(v) for k, v in frame["variant"].value_counts().sort_index().items()},
         "first": frame["ts"].min().isoformat(),
         "last": frame["ts"].max().isoformat(),
@@ -112,14 +122,15 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     """
     from churnops.monitoring.performance import realized_performance
     from churnops.pipelines.promotion import existing_registry
-    from churnops.serving.prediction_log import read_predictions
+    from churnops.serving.prediction_log import read_predictions, read_refusals
 
     cfg = settings.monitoring
     result = Monitored(day=day.isoformat())
     result.realized = realized_performance(settings, day + timedelta(days=1)).as_dict()
     logged = read_predictions(settings.serving.prediction_log_url, day=day)
     current = logged[logged["variant"].isin(PRODUCTION_VARIANTS)] if not logged.empty else logged
-    result.system = system_metrics(current)
+    refusals = read_refusals(settings.serving.prediction_log_url, day)
+    result.system = system_metrics(current, refusals[refusals["alias"] == "champion"])
     result.estimated = estimated_by_group(current)
     result.predictions = len(current)
     registry = existing_registry(settings)

@@ -106,6 +106,23 @@ class Ingested:
         return cls(**body)
 
 
+@dataclass
+class TrainingDue:
+    """Whether the training steps run for this date, and why (or why not)."""
+
+    due: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> TrainingDue:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
 # --- the steps --------------------------------------------------------------------------
 
 
@@ -156,6 +173,28 @@ def features_step(settings: Settings, day: date, _: Results, say: Progress) -> A
     return build_features(settings, day, progress=say)
 
 
+def due_step(settings: Settings, day: date, _: Results, say: Progress) -> TrainingDue:
+    """Train when there is no champion yet, when monitoring triggered a retrain, or to redo the
+    day the champion was trained on; otherwise the champion stays and training waits."""
+    from churnops.monitoring.decide import retrain_trigger
+    from churnops.pipelines.promotion import existing_registry
+
+    registry = existing_registry(settings)
+    champion = registry.holder("champion") if registry else None
+    if registry is None or champion is None:
+        return TrainingDue(True, "no champion yet")
+    trained_on = registry.version_tags(champion).get("logical_date")
+    if trained_on == day.isoformat():
+        return TrainingDue(True, f"the champion (version {champion}) was trained for this date: a rerun")
+    trigger = retrain_trigger(settings, day)
+    if trigger:
+        return TrainingDue(True, trigger)
+    return TrainingDue(
+        False,
+        f"version {champion} (trained for {trained_on}) stays champion; monitoring has not triggered a retrain",
+    )
+
+
 def train_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
     """Train the candidates on what was known before the logical date; hand on the challenger's run."""
     from churnops.pipelines.train import train
@@ -187,10 +226,15 @@ def staging_step(settings: Settings, day: date, _: Results, say: Progress) -> An
 
 
 def production_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
-    """Serve the champion in production, A/B-testing a challenger that passed staging."""
+    """Decide a running A/B test if its labels allow (promote or end it), then serve the champion
+    in production, A/B-testing a challenger that passed staging."""
+    from churnops.monitoring.ab_test import decide_ab
     from churnops.serving.deploy import serve_production
 
-    return serve_production(settings, day, say)
+    decision = decide_ab(settings, day, say)
+    result = serve_production(settings, day, say)
+    result.ab = decision.as_dict()
+    return result
 
 
 def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
@@ -198,6 +242,17 @@ def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> An
     from churnops.monitoring.drift import default_monitor_day, monitor_day
 
     return monitor_day(settings, default_monitor_day(day))
+
+
+def _training_due(results: Results) -> bool:
+    due = results.find(TrainingDue)
+    return due is None or due.due  # not asked (a chosen subset of steps): train
+
+
+def _trained(results: Results) -> bool:
+    from churnops.pipelines.train import TrainResult
+
+    return results.find(TrainResult) is not None
 
 
 def _registered(results: Results) -> bool:
@@ -225,8 +280,21 @@ def steps() -> list[Step]:
         Step("simulate", simulate_step, Simulated, "publish the simulated shop up to the day before (if configured)"),
         Step("ingest", ingest_step, Ingested, "load every source into the raw lake, quarantining bad rows"),
         Step("features", features_step, FeatureReport, "compute, validate and publish features to Feast"),
-        Step("train", train_step, TrainResult, "train the candidates, tracked in MLflow; pick the challenger"),
-        Step("gate", gate_step, GateVerdict, "floor, lift over both baselines, not worse than the champion"),
+        Step("due", due_step, TrainingDue, "train today? (no champion yet, or monitoring triggered a retrain)"),
+        Step(
+            "train",
+            train_step,
+            TrainResult,
+            "train the candidates, tracked in MLflow; pick the challenger",
+            runs_if=_training_due,
+        ),
+        Step(
+            "gate",
+            gate_step,
+            GateVerdict,
+            "floor, lift over both baselines, not worse than the champion",
+            runs_if=_trained,
+        ),
         Step("register", register_step, Registered, "record the challenger in the registry", runs_if=_gate_passed),
         Step(
             "staging",
@@ -236,7 +304,10 @@ def steps() -> list[Step]:
             runs_if=_registered,
         ),
         Step(
-            "production", production_step, Production, "serve the champion; A/B-test a challenger that passed staging"
+            "production",
+            production_step,
+            Production,
+            "decide the A/B test from realized labels; serve the champion, A/B-testing a staged challenger",
         ),
         Step("monitor", monitor_step, Monitored, "data and prediction drift of the day before's predictions"),
     ]

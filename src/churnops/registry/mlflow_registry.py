@@ -43,7 +43,7 @@ class AliasMove:
     actor: str
     reason: str
     metrics: dict[str, float]
-    kind: str = "move"  # or "rollback"
+    kind: str = "move"  # or "rollback", or "release" (the alias taken off its version)
     logical_date: str | None = None
 
 
@@ -78,6 +78,14 @@ class ModelRegistry:
     def tag(self, version: str, key: str, value: str) -> None:
         """Set one tag on a version."""
         self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        """A version's tags.
+
+        Raises:
+            RegistryError: No such version.
+        """
+        return dict(self._version(version).tags)
 
     def mark_complete(self, version: str) -> None:
         """Write the last tag: from now on the version may hold aliases."""
@@ -204,6 +212,36 @@ class ModelRegistry:
                 raise RegistryError(f"give --version: no version holds the alias before {to!r}")
         metrics = _json_metrics(self._version(version).tags.get("holdout_metrics"))
         return self.move(to, version, reason, metrics, logical_date=logical_date)
+
+    def release(
+        self,
+        alias: str,
+        reason: str,
+        metrics: dict[str, float] | None = None,
+        actor: str | None = None,
+        logical_date: str | None = None,
+    ) -> AliasMove | None:
+        """Take an alias off its version (an A/B test ended: the challenger is no longer one),
+        recorded like every move (kind `release`); None if no version held it."""
+        holder = self.holder(alias)
+        if holder is None:
+            return None
+        move = AliasMove(
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            model=self.model_name,
+            alias=alias,
+            version=holder,
+            previous=holder,
+            actor=actor or default_actor(),
+            reason=reason,
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            kind="release",
+            logical_date=logical_date,
+        )
+        self.client.delete_registered_model_alias(self.model_name, alias)
+        self.tag(holder, f"alias.{alias}.released", _json({"at": move.at, "reason": reason}))
+        append_line(self.audit_log, asdict(move))
+        return move
 
     def history(self, alias: str | None = None) -> list[AliasMove]:
         """Audited moves, oldest first, optionally of one alias."""

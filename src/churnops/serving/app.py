@@ -41,9 +41,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churnops.alerts import Alert, raise_alert
 from churnops.serving.ab import CHALLENGER, SHADOW, challenger_mask
-from churnops.serving.metrics import ServerMetrics
+from churnops.serving.metrics import ServerMetrics, endpoint_label
 from churnops.serving.model import ModelLoadError, ServedModel, load_served_model
-from churnops.serving.prediction_log import LogRecord, PredictionLog
+from churnops.serving.prediction_log import LogRecord, PredictionLog, Refusal
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,14 @@ CustomerId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # the entity key 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ReloadRequest(_Body):
+    """An admin reload may also set the server's clock (a replay serves one past day after another)."""
+
+    as_of: datetime | None = Field(
+        None, description="The server's time from now on (null: the wall clock); TTLs are judged against it."
+    )
 
 
 class PredictRequest(_Body):
@@ -154,7 +162,8 @@ class ServerState:
     provider: Any = None  # its provider, whose online_read reads the online store
     lookups: dict[str, Any] = field(default_factory=dict)  # feature service -> _Lookup
     _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
-    started: float = field(default_factory=time.time)
+    as_of: datetime | None = None  # the server clock's origin (naive UTC); None: the wall clock
+    started: float = field(default_factory=time.time)  # when the clock was at `as_of`
     failed_target: tuple[str | None, str | None] | None = None  # (champion, challenger) that failed to load
     alerting: list[threading.Thread] = field(default_factory=list)  # alerts being sent
 
@@ -162,6 +171,13 @@ class ServerState:
     def ready(self) -> bool:
         """A model is loaded (its smoke prediction passed) and the server is not draining."""
         return self.model is not None and not self.shutting_down
+
+    def refused(self, path: str, status: int) -> None:
+        """Count a 4xx or 5xx in the metrics and record it beside the predictions (the day's
+        error rate in monitoring comes from there)."""
+        self.metrics.refused(path, status)
+        if self.log is not None:
+            self.log.put([Refusal(_clock(self), self.settings.serving.alias, endpoint_label(path), status)])
 
 
 def create_app(
@@ -178,7 +194,7 @@ def create_app(
         The FastAPI app; its `state.server` is the `ServerState`.
     """
     load = loader or load_served_model
-    state = ServerState(settings, ServerMetrics())
+    state = ServerState(settings, ServerMetrics(), as_of=_naive_utc(settings.serving.as_of))
 
     async def reload(reason: str) -> str:
         """Load the alias's version and swap it in; the old one keeps serving on failure."""
@@ -404,7 +420,7 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Any, receive: Any, send: Any, path: str, status: int, message: str) -> None:
-        self.state.metrics.refused(path, status)
+        self.state.refused(path, status)
         await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
@@ -449,7 +465,7 @@ def _binary_to_json(body: bytes, header_length: int) -> bytes:
 
 
 def _refuse(state: ServerState, request: Request, status: int, message: str) -> JSONResponse:
-    state.metrics.refused(request.url.path, status)
+    state.refused(request.url.path, status)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -460,24 +476,24 @@ def _errors(app: FastAPI, state: ServerState) -> None:
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {error.get('msg')}")
-        state.metrics.refused(request.url.path, 422)
+        state.refused(request.url.path, 422)
         return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (404, 405)
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code >= 400:
-            state.metrics.refused(request.url.path, exc.status_code)
+            state.refused(request.url.path, exc.status_code)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(OverflowError)
     async def overflow(request: Request, exc: OverflowError) -> JSONResponse:
-        state.metrics.refused(request.url.path, 422)
+        state.refused(request.url.path, 422)
         return JSONResponse({"error": "a feature value is too large for a 64-bit float"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        state.metrics.refused(request.url.path, 500)
+        state.refused(request.url.path, 500)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
@@ -493,15 +509,19 @@ def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def _clock(state: ServerState) -> datetime:
-    """The server's time (naive UTC): the wall clock, or with `serving.as_of` that moment plus the
-    time since the server started, so a replayed day's predictions are stamped inside that day."""
-    as_of = state.settings.serving.as_of
-    if as_of is None:
+    """The server's time (naive UTC): the wall clock, or with `serving.as_of` (or the `as_of` of
+    the last admin reload) that moment plus the time since, so a replayed day's predictions are
+    stamped inside that day."""
+    if state.as_of is None:
         return datetime.now(UTC).replace(tzinfo=None)
-    if as_of.tzinfo is not None:
-        as_of = as_of.astimezone(UTC).replace(tzinfo=None)
-    return as_of + timedelta(seconds=time.time() - state.started)
+    return state.as_of + timedelta(seconds=time.time() - state.started)
 
 
 def _model_or_503(state: ServerState) -> ServedModel:
@@ -1019,11 +1039,15 @@ def _ops_router(state: ServerState, reload: Callable[[str], Any]) -> APIRouter:
         return Response(body, media_type=kind)
 
     @router.post("/admin/reload")
-    async def admin_reload(authorization: str | None = Header(None)) -> dict[str, str]:
+    async def admin_reload(
+        body: ReloadRequest | None = None, authorization: str | None = Header(None)
+    ) -> dict[str, str]:
         token = state.settings.serving.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not token or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "admin endpoints need the configured bearer token", {"WWW-Authenticate": "Bearer"})
+        if body is not None and "as_of" in body.model_fields_set:
+            state.as_of, state.started = _naive_utc(body.as_of), time.time()
         return {"result": await reload("admin reload")}
 
     return router

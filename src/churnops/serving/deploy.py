@@ -198,7 +198,10 @@ def start_server(
         alias=alias, port=port_of(settings, env), admin_token=token, as_of=as_of.isoformat() if as_of else None
     )
     text = json.dumps(body, sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    # The clock is not a reason to restart: a running server takes a new one with its reload.
+    digest = hashlib.sha256(
+        json.dumps({**body, "serving": {**body["serving"], "as_of": None}}, sort_keys=True).encode()
+    ).hexdigest()
     current = server_status(settings, env)
     record = _read_record(settings, env)
     if current.state in ("running", "starting") and record is not None:
@@ -206,7 +209,10 @@ def start_server(
             if current.state == "running":
                 try:
                     answer = httpx.post(
-                        f"{record.url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
+                        f"{record.url}/admin/reload",
+                        headers={"Authorization": f"Bearer {token}"},
+                        json={"as_of": body["serving"]["as_of"]},
+                        timeout=120,
                     )
                 except httpx.HTTPError as exc:
                     raise DeployError(f"the {env} server at {record.url} did not take the reload: {exc}") from exc
@@ -343,6 +349,7 @@ class Production:
     mode: str = ""
     promoted: bool = False
     skipped: str = ""
+    ab: dict[str, Any] = field(default_factory=dict)  # `ab_test.ABDecision`, when the step looked at the test
 
     def as_dict(self) -> dict[str, Any]:
         """Small and JSON-able."""

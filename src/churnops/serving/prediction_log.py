@@ -27,6 +27,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 TABLE = "predictions"
+REFUSALS = "refusals"
 _STOP = object()
 # After the first record of a batch arrives the writer waits this long for more, so that under
 # load it writes one transaction per batch rather than one per request.
@@ -54,6 +55,28 @@ class LogRecord(NamedTuple):
             n: (None if math.isnan(v) else v)
             for n, v in zip(self.feature_names, map(float, self.feature_values), strict=True)
         }
+
+
+class Refusal(NamedTuple):
+    """A request the server refused or failed (4xx/5xx): what the day's error rate counts."""
+
+    ts: datetime
+    alias: str  # the alias the server serves: production's is `champion`
+    endpoint: str  # a bounded label (`metrics.endpoint_label`)
+    status: int
+
+
+def _refusals_table(metadata: Any) -> Any:
+    import sqlalchemy as sa
+
+    return sa.Table(
+        REFUSALS,
+        metadata,
+        sa.Column("ts", sa.DateTime, nullable=False, index=True),
+        sa.Column("alias", sa.String(32), nullable=False),
+        sa.Column("endpoint", sa.String(64), nullable=False),
+        sa.Column("status", sa.Integer, nullable=False),
+    )
 
 
 def _table(metadata: Any) -> Any:
@@ -106,11 +129,16 @@ class PredictionLog:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # readers do not block the writer
         metadata = sa.MetaData()
         self.table = _table(metadata)
+        refusals = _refusals_table(metadata)
         metadata.create_all(self.engine)
         marker = {"qmark": "?", "numeric": ":{}", "named": ":c{}"}.get(self.engine.dialect.paramstyle, "%s")
-        names = [c.name for c in self.table.columns]
-        markers = ", ".join(marker.format(i + 1) for i in range(len(names)))
-        self._insert = f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({markers})"
+
+        def insert(table: Any) -> str:
+            names = [c.name for c in table.columns]
+            markers = ", ".join(marker.format(i + 1) for i in range(len(names)))
+            return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({markers})"
+
+        self._insert, self._insert_refusal = insert(self.table), insert(refusals)
         self.batch_size = batch_size
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._on_full = on_full
@@ -126,7 +154,7 @@ class PredictionLog:
         """Records waiting to be written."""
         return self._queue.qsize()
 
-    def put(self, records: list[LogRecord]) -> int:
+    def put(self, records: Sequence[LogRecord | Refusal]) -> int:
         """Queue records without waiting; return how many were dropped because the queue was full."""
         lost = 0
         for record in records:
@@ -177,14 +205,19 @@ class PredictionLog:
             if stop:
                 return
 
-    def _write(self, batch: list[LogRecord]) -> None:
+    def _write(self, batch: list[LogRecord | Refusal]) -> None:
         """One transaction through the driver's own executemany (SQLAlchemy's per-row work would
         cost the serving thread its share of the interpreter)."""
         sqlite = self.engine.dialect.name == "sqlite"
+
+        def stamp(ts: datetime) -> Any:
+            return ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else ts  # SQLAlchemy's SQLite format
+
+        refusals = [(stamp(r.ts), r.alias, r.endpoint, int(r.status)) for r in batch if isinstance(r, Refusal)]
         rows = [
             (
                 r.request_id,
-                r.ts.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else r.ts,  # SQLAlchemy's SQLite format
+                stamp(r.ts),
                 None if r.customer_id is None else int(r.customer_id),  # never a numpy scalar: drivers differ
                 r.model,
                 r.version,
@@ -195,20 +228,41 @@ class PredictionLog:
                 float(r.latency_ms),
             )
             for r in batch
+            if isinstance(r, LogRecord)
         ]
         try:
             connection = self.engine.raw_connection()
             try:
                 cursor = connection.cursor()
-                cursor.executemany(self._insert, rows)
+                if rows:
+                    cursor.executemany(self._insert, rows)
+                if refusals:
+                    cursor.executemany(self._insert_refusal, refusals)
                 connection.commit()
             finally:
                 connection.close()
             self.written += len(rows)
         except Exception:  # the writer must outlive a bad batch; the loss is counted and logged
-            log.exception("prediction log: a batch of %d could not be written", len(rows))
+            log.exception("prediction log: a batch of %d could not be written", len(batch))
             with self._lock:
                 self.dropped += len(rows)
+
+
+def read_refusals(url: str, day: date) -> pd.DataFrame:
+    """The requests refused or failed on a day (ts, alias, endpoint, status), oldest first."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        table = _refusals_table(sa.MetaData())
+        if not sa.inspect(engine).has_table(REFUSALS):
+            return pd.DataFrame(columns=[c.name for c in table.columns])
+        start = datetime.combine(day, datetime.min.time())
+        query = sa.select(table).where(table.c.ts >= start, table.c.ts < start + timedelta(days=1)).order_by(table.c.ts)
+        with engine.connect() as conn:
+            return pd.read_sql(query, conn)
+    finally:
+        engine.dispose()
 
 
 def read_predictions(
