@@ -473,26 +473,18 @@ def _show_production(result: Any) -> None:
     console.print(f"production: version {result.champion}{promoted} on {result.url}{ab}")
 
 
-def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any:
+def _step_errors() -> tuple[type[Exception], ...]:
+    """What a step raises when the work fails for a reason its message explains."""
     from churnops.data.validation import BatchRejectedError
     from churnops.features.validation import FeatureValidationError
     from churnops.pipelines.features import FeatureBuildError
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.simulate import SimulationError
-    from churnops.pipelines.steps import run_steps
     from churnops.pipelines.train import TrainingError
     from churnops.registry.mlflow_registry import RegistryError
     from churnops.serving.deploy import DeployError
 
-    def on_step(step: Any, result: Any, seconds: float) -> None:
-        _show_step(step, result, settings)
-
-    def begin(line: str) -> None:
-        _progress_line(line)
-
-    try:
-        return run_steps(settings, day, only=only, progress=begin, on_step=on_step)
-    except (
+    return (
         SimulationError,
         IngestError,
         BatchRejectedError,
@@ -501,7 +493,18 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any
         TrainingError,
         RegistryError,
         DeployError,
-    ) as exc:
+    )
+
+
+def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any:
+    from churnops.pipelines.steps import run_steps
+
+    def on_step(step: Any, result: Any, seconds: float) -> None:
+        _show_step(step, result, settings)
+
+    try:
+        return run_steps(settings, day, only=only, progress=_progress_line, on_step=on_step)
+    except _step_errors() as exc:
         raise _fail(str(exc)) from exc
 
 
@@ -639,6 +642,81 @@ def run(config: ConfigOption = None, date_: DateOption = None) -> None:
     if settings.deploy.servers and champion:
         _next("`churnops deploy status` shows the servers, `churnops deploy stop` stops them")
     _next("`churnops status` shows the workspace; `churnops ui` opens MLflow's UI on it (http://127.0.0.1:5000)")
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Simulated days in the time-lapse.")] = 60,
+    drift_after: Annotated[
+        int, typer.Option("--drift-after", min=0, help="Days into the time-lapse when prices double (the drift).")
+    ] = 6,
+    traffic: Annotated[int, typer.Option("--traffic", min=1, help="Customers scored per simulated day.")] = 1500,
+    restart: Annotated[bool, typer.Option("--restart", help="Remove the demo's workspace and begin again.")] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop/--keep-serving", help="Stop the servers at the end, or leave them answering.")
+    ] = False,
+) -> None:
+    """A time-lapse of the whole loop on a simulated shop, with drift injected part-way.
+
+    Each simulated day the shop's orders arrive in the sources, the daily steps run (ingest,
+    features and the online store, training when due or triggered, staging, the A/B decision,
+    production, monitoring), and the production server answers that day's prediction traffic
+    over HTTP. Labels arrive as each prediction's four-week horizon passes. Watch for: the first
+    model promoted, drift detected after prices double, a retrain, an A/B test decided, the new
+    champion serving. About 10-15 s per simulated day.
+
+    The demo's shop and thresholds replace the defaults (a config file still wins); they are
+    written to <workspace>/demo.yaml for other commands (`-c`). Each step's output goes to
+    <workspace>/demo.log. A rerun carries on after the last finished day.
+    """
+    from churnops.demo_view import DemoView, milestone_lines
+    from churnops.pipelines.demo import Demo, DemoError, DemoPlan, demo_settings
+    from churnops.serving.deploy import stop_server
+
+    plan = DemoPlan(days=days, drift_after=drift_after, traffic=traffic)
+    settings = demo_settings(config, plan)
+    runner = Demo(settings, plan)
+    try:
+        done = set(runner.prepare(restart))
+    except DemoError as exc:
+        raise _fail(str(exc), 2) from exc
+    todo = [d for d in runner.days() if d.isoformat() not in done]
+    console.print(
+        f"churnops demo: {plan.days} simulated days from {plan.first_day}, prices double on {plan.drift_day}; "
+        f"workspace {settings.paths.root}" + (f" (carrying on: {len(done)} day(s) done)" if done else "")
+    )
+    # Step output and log lines go to the demo's log; the view shows what they amount to.
+    root_logger = logging.getLogger()
+    saved_handlers = root_logger.handlers[:]
+    handler = logging.FileHandler(runner.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger.handlers = [handler]
+    try:
+        with DemoView(console, plan.days) as view:
+            for day in todo:
+                label = day.isoformat()
+
+                def started(name: str, label: str = label) -> None:
+                    view.step(label, name)
+
+                view.day_done(runner.run_day(day, on_step=started))
+    except _step_errors() as exc:
+        raise _fail(f"{exc}\n(see {runner.log_path}; rerun `churnops demo` to carry on from that day)") from exc
+    finally:
+        root_logger.handlers = saved_handlers
+        handler.close()
+        if stop:
+            for env in ("staging", "production"):
+                stop_server(settings, env)
+    console.rule("the loop")
+    for reached, line in milestone_lines(runner.reached()):
+        console.print(Text(("  reached  " if reached else "  MISSING  ") + line, style="" if reached else "bold"))
+    _next(
+        f"open {settings.paths.root / 'monitoring' / 'index.html'} for the monitoring reports; other commands take "
+        f"the demo's settings with -c {runner.config_path}"
+        + ("" if stop else f"; `churnops deploy stop all -c {runner.config_path}` stops the servers")
+    )
 
 
 @app.command()

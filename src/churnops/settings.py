@@ -684,14 +684,16 @@ def resolve_config_path(config: Path | None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config: Path | None = None, defaults: dict[str, Any] | None = None, **overrides: Any) -> Settings:
     """Build the settings from a YAML file, environment variables and explicit overrides.
 
     Precedence, highest first: `overrides`, `CHURNOPS_*` environment variables (nested keys
-    joined by `__`, e.g. `CHURNOPS_INGEST__MAX_BAD_SHARE=0.05`), the YAML file, defaults.
+    joined by `__`, e.g. `CHURNOPS_INGEST__MAX_BAD_SHARE=0.05`), the YAML file, `defaults`, the
+    settings' own defaults.
 
     Args:
         config: Path of the YAML file; default $CHURNOPS_CONFIG, then ./churnops.yaml.
+        defaults: Nested keys that replace the built-in defaults (the demo's shop, say).
         **overrides: Top-level keys that win over every other source.
 
     Returns:
@@ -713,7 +715,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
         data = loaded
         origin = f"{path} (or CHURNOPS_* environment variables)"
-    merged = _deep_merge(_deep_merge(data, _env_values()), overrides)
+    merged = _deep_merge(_deep_merge(_deep_merge(defaults or {}, data), _env_values()), overrides)
     try:
         return Settings(**merged)
     except ValidationError as exc:

@@ -25,13 +25,24 @@ def _settings(shop: Shop, tmp_path: Path) -> Settings:
     return shop.settings.model_copy(update={"serving": serving})
 
 
-def _log_holdout(settings: Settings, shop: Shop, n: int, scale: dict[str, float] | None = None) -> None:
-    """Log n of the champion's holdout rows as the day's predictions, some features scaled."""
+def _log_reference(settings: Settings, shop: Shop, n: int, scale: dict[str, float] | None = None) -> None:
+    """Log n rows of the champion's reference (the feature snapshot of the day it was trained
+    for) as the day's predictions, some features scaled."""
+    import pandas as pd
+
+    from churnops.pipelines.features import feature_table
+
     registry = model_registry(settings)
     version = registry.holder("champion")
-    run_id = registry.client.get_model_version(registry.model_name, version).run_id
+    trained_for = registry.version_tags(version)["logical_date"]
     scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
-    rows = tracking.load_holdout(run_id).sample(n, replace=True, random_state=1)
+    table = feature_table(settings)
+    snapshot = pd.read_parquet(table.path_of(table.manifest().snapshots[trained_for]))
+    # Every row as often as n allows, the rest drawn without replacement: the traffic's
+    # distribution is the reference's, not a resample of it (800 customers resampled would
+    # differ by noise near the threshold on the heavy-tailed gap features).
+    whole, rest = divmod(n, len(snapshot))
+    rows = pd.concat([snapshot] * whole + [snapshot.sample(rest, random_state=1)], ignore_index=True)
     values = rows[scorer.features].astype("float64")
     for column, factor in (scale or {}).items():
         values[column] = values[column] * factor + factor
@@ -61,7 +72,7 @@ def _log_holdout(settings: Settings, shop: Shop, n: int, scale: dict[str, float]
 
 def test_traffic_like_the_reference_shows_no_drift(shop: Shop, tmp_path: Path) -> None:
     settings = _settings(shop, tmp_path)
-    _log_holdout(settings, shop, 1500)
+    _log_reference(settings, shop, 1500)
     result = monitor_day(settings, DAY)
     assert result.skipped == ""
     assert result.predictions == 1500
@@ -85,7 +96,7 @@ def test_shifted_features_are_named_and_the_data_set_drifts_by_share(shop: Shop,
     """6 of 22 features shifted: each is named, but under the share of 0.5 the data set has not drifted."""
     settings = _settings(shop, tmp_path)
     shifted = ["recency", "frequency", "monetary", "order_days", "customer_age_days", "mean_gap_days"]
-    _log_holdout(settings, shop, 1500, scale=dict.fromkeys(shifted, 3.0))
+    _log_reference(settings, shop, 1500, scale=dict.fromkeys(shifted, 3.0))
     result = monitor_day(settings, DAY)
     assert result.drifted_features == sorted(shifted)
     assert result.drifted_share == pytest.approx(len(shifted) / len(result.distances))
@@ -97,7 +108,7 @@ def test_shifted_features_are_named_and_the_data_set_drifts_by_share(shop: Shop,
 def test_everything_shifted_is_data_set_drift(shop: Shop, tmp_path: Path) -> None:
     settings = _settings(shop, tmp_path)
     features = tracking.load_scorer(f"models:/{settings.mlflow.model_name}@champion").features
-    _log_holdout(settings, shop, 1500, scale=dict.fromkeys(features, 3.0))
+    _log_reference(settings, shop, 1500, scale=dict.fromkeys(features, 3.0))
     result = monitor_day(settings, DAY)
     assert result.dataset_drift is True
     assert result.drifted_share is not None
@@ -106,7 +117,7 @@ def test_everything_shifted_is_data_set_drift(shop: Shop, tmp_path: Path) -> Non
 
 def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
     settings = _settings(shop, tmp_path)
-    _log_holdout(settings, shop, 100)
+    _log_reference(settings, shop, 100)
     result = monitor_day(settings, DAY)
     assert result.dataset_drift is None
     assert "under monitoring.min_sample" in result.skipped
@@ -114,7 +125,9 @@ def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
     other = monitor_day(settings, DAY + timedelta(days=1))
     assert other.predictions == 0
     assert "0 production predictions" in other.skipped
-    np.testing.assert_equal(other.system, {"predictions": 0})
+    np.testing.assert_equal(
+        other.system, {"predictions": 0, "requests": 0, "errors": 0, "errors_by_status": {}, "error_rate": None}
+    )
 
 
 def _log_on(settings: Settings, day: date, customers: list[int], seed: int) -> None:
@@ -190,3 +203,107 @@ def test_realized_performance_waits_for_labels_then_equals_a_pandas_computation(
     assert group["churn_rate"] == pytest.approx(logged["churned"].mean(), abs=1e-4)
     tp, fp, fn = (proba * label).sum(), ((1 - proba) * label).sum(), (proba * (1 - label)).sum()
     assert group["estimated_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+
+
+def _ab_workspace(shop: Shop, tmp_path: Path) -> Settings:
+    """A copy of the shop's workspace (its registry is the session's), v2 staged for an A/B test."""
+    import shutil
+
+    from churnops.serving.deploy import INTEGRATION_PASSED
+    from churnops.settings import load_settings
+
+    root = tmp_path / "ws"
+    shutil.copytree(shop.settings.paths.root, root)
+    settings = load_settings(shop.config, workspace=str(root), ab_test={"min_labelled": 100, "policy": "superiority"})
+    registry = model_registry(settings)
+    assert (registry.holder("champion"), registry.holder("challenger")) == shop.versions
+    registry.tag(shop.versions[1], INTEGRATION_PASSED, "true")
+    return settings
+
+
+def _log_ab(settings: Settings, shop: Shop, day: date, challenger_right: bool) -> None:
+    """A day of A/B predictions: one variant predicts each customer's label, the other its opposite."""
+    from churnops.pipelines.ingest import make_lake
+    from churnops.serving.ab import challenger_mask
+    from churnops.training.labels import label_customers
+
+    champion, challenger = shop.versions
+    truth = label_customers(
+        make_lake(settings).data_files("orders"),
+        [datetime(day.year, day.month, day.day)],
+        settings.training.horizon_days,
+        datetime(2025, 1, 1),
+    )
+    customers = truth["customer_id"].tolist()
+    to_challenger = challenger_mask(challenger, customers, 0.5)
+    start = datetime(day.year, day.month, day.day, 10)
+    records = []
+    for i, (c, churned, mine) in enumerate(zip(customers, truth["churned"], to_challenger, strict=True)):
+        right = mine == challenger_right
+        label = int(churned) if right else 1 - int(churned)
+        version, variant = (challenger, "challenger") if mine else (champion, "champion")
+        records.append(
+            LogRecord(
+                f"ab-{c}",
+                start + timedelta(seconds=i),
+                int(c),
+                "churn_predictor",
+                version,
+                variant,
+                ["x"],
+                [1.0],
+                float(label),
+                label,
+                1.0,
+            )
+        )
+    assert len(records) > 300
+    log = PredictionLog(settings.serving.prediction_log_url)
+    log.put(records)
+    log.close()
+
+
+def test_an_ab_test_waits_for_labels_then_promotes_the_challenger_that_wins(shop: Shop, tmp_path: Path) -> None:
+    """Until the horizon has passed nothing is decided; then the better variant's version is champion,
+    audited with the figures; the next look finds no test running."""
+    from churnops.monitoring.ab_test import decide_ab
+
+    settings = _ab_workspace(shop, tmp_path)
+    champion, challenger = shop.versions
+    day = date(2024, 11, 20)
+    _log_ab(settings, shop, day, challenger_right=True)
+    early = decide_ab(settings, day + timedelta(days=10))
+    assert early.status == "collecting"
+    assert early.began == day.isoformat()
+    assert model_registry(settings).holder("champion") == champion
+    decided = decide_ab(settings, date(2025, 1, 1))
+    assert decided.status == "promoted", decided
+    assert decided.verdict["f1"]["challenger"] == 1.0
+    assert decided.verdict["f1"]["champion"] == 0.0
+    assert decided.verdict["interval"][0] > 0
+    registry = model_registry(settings)
+    assert registry.holder("champion") == challenger
+    move = registry.history("champion")[-1]
+    assert move.version == challenger
+    assert move.previous == champion
+    assert move.reason.startswith("A/B test won (superiority)")
+    assert move.logical_date == "2025-01-01"
+    assert decide_ab(settings, date(2025, 1, 1)).status == "no test"
+
+
+def test_an_ab_test_the_challenger_loses_ends_with_the_champion_kept(shop: Shop, tmp_path: Path) -> None:
+    from churnops.monitoring.ab_test import decide_ab
+
+    settings = _ab_workspace(shop, tmp_path)
+    champion, challenger = shop.versions
+    _log_ab(settings, shop, date(2024, 11, 20), challenger_right=False)
+    decided = decide_ab(settings, date(2025, 1, 1))
+    assert decided.status == "ended", decided
+    assert "lost" in decided.reason
+    registry = model_registry(settings)
+    assert registry.holder("champion") == champion
+    assert registry.holder("challenger") is None
+    release = registry.history("challenger")[-1]
+    assert (release.kind, release.version) == ("release", challenger)
+    assert registry.version_tags(challenger)["ab.outcome"] == "lost"
+    assert decide_ab(settings, date(2025, 1, 1)).status == "no test"

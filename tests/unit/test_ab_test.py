@@ -50,7 +50,8 @@ def test_too_few_labelled_customers_in_either_variant_keeps_collecting() -> None
     assert verdict.outcome == COLLECTING
     assert verdict.labelled == {"champion": 5000, "challenger": 299}
     assert verdict.interval == []
-    assert verdict.f1["challenger"] is not None and verdict.f1["challenger"] > 0.95
+    assert verdict.f1["challenger"] is not None
+    assert verdict.f1["challenger"] > 0.95
 
 
 def test_the_interval_covers_the_true_difference_about_as_often_as_it_says() -> None:

@@ -1,10 +1,14 @@
 """Data drift and prediction drift of one day of the prediction log, with Evidently, and the
 realized performance of the predictions whose labels have arrived (`performance`).
 
-The reference is the champion's holdout: rows of its own training data set that it never
-fitted, scored by it, so its feature and prediction distributions are the training
-distribution's. The day's logged predictions of the production variants (champion and
-challenger; staging and shadow answers are not production traffic) are the current data.
+The reference is the feature snapshot of the champion's logical date (every customer the
+champion was put in front of, with the features its training data ended with), scored by it.
+Not its labelled training rows: their newest snapshot is at least a horizon older, and in a shop
+whose customers age every cumulative feature (tenure, order counts, lifetime spend) has moved in
+that time, so the check would cry drift on the first day. The champion's holdout stands in when
+that snapshot is no longer in the feature table. The day's logged predictions of the
+production variants (champion and challenger; staging and shadow answers are not production
+traffic) are the current data.
 
 Drift is judged by effect size, not by p-values that turn significant at any large n: every
 column's distance is the normed Wasserstein distance (Evidently's choice for large samples, here
@@ -71,7 +75,7 @@ def monitoring_dir(settings: Settings) -> Path:
 
 def system_metrics(frame: pd.DataFrame, refusals: pd.DataFrame | None = None) -> dict[str, Any]:
     """Prediction counts (overall and per variant), throughput, the latency of the requests that
-    made them (one figure per request_id), and the error rate: requests refused or failed over
+    made them (one figure per HTTP request), and the error rate: requests refused or failed over
     all requests (answered ones are those in the log, refused ones the server recorded beside it).
     """
     errors = 0 if refusals is None else len(refusals)
@@ -84,7 +88,8 @@ def system_metrics(frame: pd.DataFrame, refusals: pd.DataFrame | None = None) ->
             "errors_by_status": by_status,
             "error_rate": 1.0 if errors else None,
         }
-    requests = frame.drop_duplicates("request_id")
+    # An item's request_id is "<the HTTP request's id>-<its place in it>": one row per request.
+    requests = frame.assign(request=frame["request_id"].str.rsplit("-", n=1).str[0]).drop_duplicates("request")
     span = (frame["ts"].max() - frame["ts"].min()).total_seconds()
     return {
         "predictions": len(frame),
@@ -178,17 +183,24 @@ def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
 
 
 def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, list[str]]:
-    """The champion's holdout rows and its probabilities on them (sampled)."""
+    """The features of the day the champion was trained for, scored by it (sampled); its holdout
+    when that snapshot is no longer in the feature table."""
+    from churnops.pipelines.features import feature_table
     from churnops.training import tracking
 
     tracking.use_tracking(settings)
     record = registry.client.get_model_version(registry.model_name, version)
     scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
-    holdout = tracking.load_holdout(str(record.run_id))
+    table = feature_table(settings)
+    snapshot = table.manifest().snapshots.get(dict(record.tags).get("logical_date", ""))
+    if snapshot is not None:
+        rows = pd.read_parquet(table.path_of(snapshot), columns=list(scorer.features))
+    else:
+        rows = tracking.load_holdout(str(record.run_id))
     cfg = settings.monitoring
-    holdout = holdout.sample(min(len(holdout), cfg.sample_size), random_state=cfg.seed)
-    reference = holdout[scorer.features].astype("float64").reset_index(drop=True)
-    reference[PREDICTION] = scorer.predict_proba(holdout)
+    rows = rows.sample(min(len(rows), cfg.sample_size), random_state=cfg.seed)
+    reference = rows[scorer.features].astype("float64").reset_index(drop=True)
+    reference[PREDICTION] = scorer.predict_proba(reference)
     return reference, list(scorer.features)
 
 

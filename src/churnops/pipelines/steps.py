@@ -174,8 +174,9 @@ def features_step(settings: Settings, day: date, _: Results, say: Progress) -> A
 
 
 def due_step(settings: Settings, day: date, _: Results, say: Progress) -> TrainingDue:
-    """Train when there is no champion yet, when monitoring triggered a retrain, or to redo the
-    day the champion was trained on; otherwise the champion stays and training waits."""
+    """Train when there is no champion yet, when monitoring triggered a retrain (unless a
+    challenger is in an A/B test), or to redo the day the champion was trained on; otherwise the
+    champion stays and training waits."""
     from churnops.monitoring.decide import retrain_trigger
     from churnops.pipelines.promotion import existing_registry
 
@@ -188,6 +189,11 @@ def due_step(settings: Settings, day: date, _: Results, say: Progress) -> Traini
         return TrainingDue(True, f"the champion (version {champion}) was trained for this date: a rerun")
     trigger = retrain_trigger(settings, day)
     if trigger:
+        from churnops.serving.deploy import ab_challenger
+
+        tested = ab_challenger(registry, settings)
+        if tested is not None:  # the answer to the alarm is already being tested: a new one would restart it
+            return TrainingDue(False, f"{trigger}; but version {tested} is in an A/B test, whose decision comes first")
         return TrainingDue(True, trigger)
     return TrainingDue(
         False,
@@ -319,6 +325,7 @@ def run_steps(
     only: Iterable[str] | None = None,
     progress: Progress | None = None,
     on_step: Callable[[Step, object | None, float], None] | None = None,
+    on_start: Callable[[Step], None] | None = None,
 ) -> Results:
     """Run the steps in order for one logical date, in this process, under the workspace lock.
 
@@ -328,6 +335,7 @@ def run_steps(
         only: Run just these steps (by name), still in list order.
         progress: Called with progress lines.
         on_step: Called after each step with its result (None if skipped) and seconds.
+        on_start: Called before each step that runs.
 
     Returns:
         Every step's result.
@@ -344,6 +352,8 @@ def run_steps(
                 if on_step:
                     on_step(step, None, 0.0)
                 continue
+            if on_start:
+                on_start(step)
             result = step.run(settings, day, results, say)
             results.add(result)
             if on_step:

@@ -577,7 +577,8 @@ def _predict_router(state: ServerState) -> APIRouter:
             ids, parts = _scored_parts(state, champion, body)
         latency = time.perf_counter() - started
         out: list[dict[str, Any] | None] = [None] * len(ids)
-        request_ids = [uuid.uuid4().hex for _ in ids]
+        request = uuid.uuid4().hex  # each item's id names the HTTP request it came in and its place there
+        request_ids = [f"{request}-{i}" for i in range(len(ids))]
         records: list[LogRecord] = []
         now = _clock(state)
         for part in parts:
@@ -831,11 +832,12 @@ def _score_rows(state: ServerState, endpoint: str, rows: np.ndarray) -> tuple[Se
     proba = model.predict_proba(rows)
     latency = time.perf_counter() - started
     now = _clock(state)
+    request = uuid.uuid4().hex
     _log(
         state,
         [
-            _record(uuid.uuid4().hex, now, None, model, model.alias, row, float(p), int(p >= model.threshold), latency)
-            for row, p in zip(rows, proba, strict=True)
+            _record(f"{request}-{i}", now, None, model, model.alias, row, float(p), int(p >= model.threshold), latency)
+            for i, (row, p) in enumerate(zip(rows, proba, strict=True))
         ],
     )
     state.metrics.served(endpoint, model, model.alias, latency, len(rows))
