@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.installed ## Create .venv and install the locked dependencies (all extras).
 
-run: setup ## Simulate a shop and run the whole pipeline on embedded defaults (workspace ./.churnops).
-	$(BIN)/churnops run
+run: setup ## The whole loop as a time-lapse on a simulated shop (`churnops demo`, workspace ./.churnops).
+	$(BIN)/churnops demo
 
 services: ## Install the servers the integration tests start (PostgreSQL, Redis) if missing.
 	bash scripts/install-services.sh

@@ -57,8 +57,10 @@ app = typer.Typer(
     cls=_Group,
     help=(
         "MLOps for customer-churn prediction.\n\n"
-        "`churnops run` does the whole daily pipeline (simulate -> ingest -> features -> train -> gate -> "
-        "register) for one logical date. Step by step: `simulate` writes a simulated shop into the sources, "
+        "`churnops demo` shows the whole loop as a time-lapse on a simulated shop. `churnops run` does the "
+        "daily pipeline (simulate -> ingest -> features -> train when due -> gate -> register -> staging -> "
+        "production -> monitor) for one logical date. Step by step: `simulate` writes a simulated shop into "
+        "the sources, "
         "`ingest` loads them into the raw lake, `features` computes and publishes features, `train` trains, "
         "gates and registers, `backtest` replays training as of a past date, `status` shows the workspace, "
         "`ui` opens MLflow's UI on it.\n\n"
@@ -408,6 +410,13 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
 
 def _show_monitored(result: Any) -> None:
     _show_realized(result.realized)
+    target = result.target_drift or {}
+    if target:
+        console.print(
+            f"target drift: churn rate {target['churn_rate']:.1%} over {target['labelled']:,} labelled predictions "
+            f"against {target['reference_churn_rate']:.1%} in the champion's holdout, Cohen's h "
+            f"{target['cohens_h']:+.3f}" + (" (DRIFT)" if target["drifted"] else "")
+        )
     decision = result.decision or {}
     for condition, since in decision.get("alarms", {}).items():
         console.print(f"monitor {result.day}: ALARM {condition} (since {since})")
@@ -611,10 +620,12 @@ def train(config: ConfigOption = None, date_: DateOption = None) -> None:
 @app.command()
 def run(config: ConfigOption = None, date_: DateOption = None) -> None:
     """Run the daily pipeline for one logical date: simulate (if the sources are the simulated shop),
-    ingest, features, train, gate, register.
+    ingest, features, training when due, gate, register, staging, production, monitor.
 
     The steps are the declared list in `churnops.pipelines.steps`, the same one the Airflow DAG
-    is built from. The run stops at the first failing step; a failing gate stops before register.
+    is built from. Training runs when there is no champion yet or monitoring triggered a retrain;
+    the production step decides a running A/B test. The run stops at the first failing step; a
+    failing gate stops before register.
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.promotion import GateVerdict, existing_registry

@@ -529,6 +529,9 @@ class MonitoringSettings(_Strict):
         0.1, gt=0, description="A feature drifts when its normed Wasserstein distance exceeds this (an effect size)."
     )
     drift_share: float = Field(0.5, gt=0, le=1, description="The data set drifts when this share of features does.")
+    target_drift_threshold: float = Field(
+        0.2, gt=0, description="The labelled churn rate drifts from the champion's when |Cohen's h| exceeds this."
+    )
     performance_window_days: int = Field(
         7, gt=0, description="Labelled prediction days (the newest whose horizon has passed, and before) judged."
     )

@@ -307,3 +307,45 @@ def test_an_ab_test_the_challenger_loses_ends_with_the_champion_kept(shop: Shop,
     assert (release.kind, release.version) == ("release", challenger)
     assert registry.version_tags(challenger)["ab.outcome"] == "lost"
     assert decide_ab(settings, date(2025, 1, 1)).status == "no test"
+
+
+def test_target_drift_compares_the_labelled_churn_rate_with_the_champions_by_cohens_h(
+    shop: Shop, tmp_path: Path
+) -> None:
+    """Once labels exist the monitor reports the labelled churn rate beside the holdout's, and the
+    effect size of the difference; it is judged drifted above the threshold, not before."""
+    import pandas as pd
+
+    from churnops.pipelines.ingest import make_lake
+
+    settings = _settings(shop, tmp_path)
+    day = date(2024, 12, 1)
+    orders = pd.concat(
+        pd.read_parquet(f, columns=["customer_id", "order_date"]) for f in make_lake(settings).data_files("orders")
+    )
+    orders["order_date"] = pd.to_datetime(orders["order_date"])
+    before = orders[orders["order_date"] < pd.Timestamp(day)]
+    window = orders[
+        (orders["order_date"] >= pd.Timestamp(day)) & (orders["order_date"] < pd.Timestamp(day) + pd.Timedelta(days=28))
+    ]
+    buyers = set(window["customer_id"])
+    # Only customers who churned: the labelled churn rate is 1, far from the holdout's.
+    churners = sorted(c for c in set(before["customer_id"]) if c not in buyers)[:200]
+    _log_on(settings, day, churners, seed=3)
+    result = monitor_day(settings, date(2024, 12, 31))
+    target = result.target_drift
+    registry = model_registry(settings)
+    run_id = registry.client.get_model_version(registry.model_name, registry.holder("champion")).run_id
+    reference = tracking.load_holdout(run_id)["churned"].mean()
+    assert target["labelled"] == len(churners)
+    assert target["churn_rate"] == 1.0
+    assert target["reference_churn_rate"] == pytest.approx(reference, abs=1e-4)
+    assert target["cohens_h"] == pytest.approx(np.pi - 2 * np.arcsin(np.sqrt(reference)), abs=1e-3)
+    assert target["drifted"] is True
+    quiet = monitor_day(
+        settings.model_copy(
+            update={"monitoring": settings.monitoring.model_copy(update={"target_drift_threshold": 10.0})}
+        ),
+        date(2024, 12, 31),
+    )
+    assert quiet.target_drift["drifted"] is False

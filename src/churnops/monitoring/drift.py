@@ -53,6 +53,7 @@ class Monitored:
     prediction_drift: float | None = None
     system: dict[str, Any] = field(default_factory=dict)
     realized: dict[str, Any] = field(default_factory=dict)  # `performance.Realized`, labels permitting
+    target_drift: dict[str, Any] = field(default_factory=dict)  # labelled churn rate against the champion's
     estimated: list[dict[str, Any]] = field(default_factory=list)  # CBPE per version and variant: estimates
     decision: dict[str, Any] = field(default_factory=dict)  # `decide.Decision`: alarms, alerts, retrain
     report: str = ""
@@ -140,6 +141,8 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     result.predictions = len(current)
     registry = existing_registry(settings)
     result.champion = registry.holder("champion") if registry else None
+    if result.champion is not None and result.realized.get("groups"):
+        result.target_drift = _target_drift(settings, registry, result.champion, result.realized["groups"])
     if result.champion is None:
         result.skipped = "no champion yet"
     elif len(current) < cfg.min_sample:
@@ -180,6 +183,26 @@ def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
         champion_day = date.fromisoformat(tags["logical_date"]) if tags.get("logical_date") else None
     holds = conditions(settings, result, champion_day)
     result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds).as_dict()
+
+
+def _target_drift(settings: Settings, registry: Any, version: str, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The churn rate of the labelled predictions against the champion's holdout's, as Cohen's h
+    (the effect size of a difference of proportions: 0.2 is small, 0.5 medium)."""
+    from churnops.training import tracking
+
+    tracking.use_tracking(settings)
+    run_id = registry.client.get_model_version(registry.model_name, version).run_id
+    reference = float(tracking.load_holdout(str(run_id))["churned"].mean())
+    labelled = sum(g["predictions"] for g in groups)
+    current = sum(g["churn_rate"] * g["predictions"] for g in groups) / labelled
+    h = 2 * np.arcsin(np.sqrt(current)) - 2 * np.arcsin(np.sqrt(reference))
+    return {
+        "labelled": labelled,
+        "churn_rate": round(current, 4),
+        "reference_churn_rate": round(reference, 4),
+        "cohens_h": round(float(h), 4),
+        "drifted": bool(abs(h) > settings.monitoring.target_drift_threshold),
+    }
 
 
 def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, list[str]]:
