@@ -505,16 +505,29 @@ def _step_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def _run_steps(settings: Settings, day: date, only: Sequence[str] | None) -> Any:
-    from churnops.pipelines.steps import run_steps
+def _run_steps(settings: Settings, day: date, only: Sequence[str] | None, resume_from: str | None = None) -> Any:
+    from churnops.pipelines.steps import StepsError, run_steps
+
+    running: list[str] = []
 
     def on_step(step: Any, result: Any, seconds: float) -> None:
         _show_step(step, result, settings)
 
     try:
-        return run_steps(settings, day, only=only, progress=_progress_line, on_step=on_step)
+        return run_steps(
+            settings,
+            day,
+            only=only,
+            progress=_progress_line,
+            on_step=on_step,
+            on_start=lambda step: running.append(step.name),
+            resume_from=resume_from,
+        )
+    except StepsError as exc:
+        raise _fail(str(exc), 2) from exc
     except _step_errors() as exc:
-        raise _fail(str(exc)) from exc
+        again = f"\n(once fixed, `churnops run --date {day} --from {running[-1]}` resumes there)" if running else ""
+        raise _fail(f"{exc}{again}") from exc
 
 
 @app.command()
@@ -618,7 +631,18 @@ def train(config: ConfigOption = None, date_: DateOption = None) -> None:
 
 
 @app.command()
-def run(config: ConfigOption = None, date_: DateOption = None) -> None:
+def run(
+    config: ConfigOption = None,
+    date_: DateOption = None,
+    resume_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Resume at this step (after a failure): the steps before it are not run again, the results "
+            "they kept for the date stand in.",
+        ),
+    ] = None,
+) -> None:
     """Run the daily pipeline for one logical date: simulate (if the sources are the simulated shop),
     ingest, features, training when due, gate, register, staging, production, monitor.
 
@@ -637,7 +661,7 @@ def run(config: ConfigOption = None, date_: DateOption = None) -> None:
     except IngestError as exc:
         raise _fail(str(exc)) from exc
     console.rule(f"churnops run {day}")
-    results = _run_steps(settings, day, None)
+    results = _run_steps(settings, day, None, resume_from)
     verdict = results.find(GateVerdict)
     if verdict is not None and not verdict.passed:
         raise _fail("the challenger failed the gate; nothing was registered (see the conditions above)")

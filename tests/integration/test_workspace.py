@@ -188,3 +188,34 @@ def test_a_busy_workspace_gives_one_line_and_exit_75(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     time.sleep(0.1)
+
+
+def test_a_run_resumes_at_a_step_with_the_kept_results_of_the_steps_before(original: Settings, tmp_path: Path) -> None:
+    """`--from production` runs production and monitor only; a rerun of the whole finished day trains
+    nothing new (the champion's own day reuses its runs) and registers nothing new."""
+    from churnops.pipelines.promotion import Registered, model_registry
+    from churnops.pipelines.steps import StepsError, TrainingDue, run_steps
+    from churnops.pipelines.train import TrainResult
+
+    copy = tmp_path / "ws"
+    shutil.copytree(original.workspace, copy)
+    settings = _settings(copy)
+    ran: list[str] = []
+    results = run_steps(settings, DAY, resume_from="production", on_start=lambda step: ran.append(step.name))
+    assert ran == ["production", "monitor"]
+    assert results.get(Registered).version == "1"  # kept by the first run, read back
+    assert results.get(TrainingDue).due is True
+    assert results.get(TrainResult).logical_date == DAY.isoformat()
+
+    ran.clear()
+    again = run_steps(settings, DAY, on_start=lambda step: ran.append(step.name))
+    assert "train" in ran  # the champion was trained for this date: a rerun reuses its runs
+    assert again.get(TrainResult).reused
+    assert again.get(Registered).reused
+    assert model_registry(settings).holder("champion") == "1"
+
+    with pytest.raises(StepsError, match="no step is called 'gates'"):
+        run_steps(settings, DAY, resume_from="gates")
+    fresh = _settings(tmp_path / "empty")
+    with pytest.raises(StepsError, match="step simulate has not run for"):
+        run_steps(fresh, DAY, resume_from="train")

@@ -11,10 +11,12 @@ results so far (register runs only when the gate passed).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from churnops.settings import Settings
@@ -319,6 +321,40 @@ def steps() -> list[Step]:
     ]
 
 
+class StepsError(RuntimeError):
+    """The steps cannot be run as asked (an unknown step, or one to resume after that never ran)."""
+
+
+def results_dir(settings: Settings, day: date) -> Path:
+    """Where each step's result for a logical date is kept (`<step>.json`)."""
+    return settings.paths.root / "runs" / day.isoformat()
+
+
+def _keep(settings: Settings, day: date, step: Step, result: object | None) -> None:
+    from churnops.data.lake import write_local_atomic
+
+    body = {"step": step.name, "skipped": result is None}
+    if result is not None:
+        body["result"] = result.as_dict()  # type: ignore[attr-defined]
+    write_local_atomic(str(results_dir(settings, day) / f"{step.name}.json"), json.dumps(body).encode())
+
+
+def _kept(settings: Settings, day: date, step: Step) -> object | None:
+    """A step's recorded result for the date (None: it was skipped).
+
+    Raises:
+        StepsError: It never ran for that date.
+    """
+    path = results_dir(settings, day) / f"{step.name}.json"
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StepsError(
+            f"step {step.name} has not run for {day}, so the run cannot resume after it; run the whole day"
+        ) from exc
+    return None if body["skipped"] else step.result.from_dict(body["result"])  # type: ignore[attr-defined]
+
+
 def run_steps(
     settings: Settings,
     day: date,
@@ -326,8 +362,12 @@ def run_steps(
     progress: Progress | None = None,
     on_step: Callable[[Step, object | None, float], None] | None = None,
     on_start: Callable[[Step], None] | None = None,
+    resume_from: str | None = None,
 ) -> Results:
     """Run the steps in order for one logical date, in this process, under the workspace lock.
+
+    Each step's result is kept under `results_dir`, so a run that failed at a step can resume
+    from it: the steps before it are not run again, their kept results stand in.
 
     Args:
         settings: The loaded settings.
@@ -336,19 +376,34 @@ def run_steps(
         progress: Called with progress lines.
         on_step: Called after each step with its result (None if skipped) and seconds.
         on_start: Called before each step that runs.
+        resume_from: Start at this step, with the kept results of the steps before it.
 
     Returns:
         Every step's result.
+
+    Raises:
+        StepsError: `resume_from` names no step, or a step before it never ran for this date.
     """
     say = progress or (lambda _: None)
     chosen = set(only) if only is not None else None
+    names = [step.name for step in steps()]
+    if resume_from is not None and resume_from not in names:
+        raise StepsError(f"no step is called {resume_from!r}; the steps are {', '.join(names)}")
     results = Results()
     with settings.paths.lock("churnops run"):
+        resuming = resume_from is not None
         for step in steps():
+            if resuming and step.name != resume_from:
+                kept = _kept(settings, day, step)
+                if kept is not None:
+                    results.add(kept)
+                continue
+            resuming = False
             if chosen is not None and step.name not in chosen:
                 continue
             started = time.perf_counter()
             if step.runs_if is not None and not step.runs_if(results):
+                _keep(settings, day, step, None)
                 if on_step:
                     on_step(step, None, 0.0)
                 continue
@@ -356,6 +411,7 @@ def run_steps(
                 on_start(step)
             result = step.run(settings, day, results, say)
             results.add(result)
+            _keep(settings, day, step, result)
             if on_step:
                 on_step(step, result, time.perf_counter() - started)
     return results
