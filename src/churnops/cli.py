@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import date
@@ -679,6 +680,18 @@ def run(
     _next("`churnops status` shows the workspace; `churnops ui` opens MLflow's UI on it (http://127.0.0.1:5000)")
 
 
+def _scenarios(settings: Settings) -> str:
+    described = []
+    for scenario in settings.simulation.scenarios:
+        what = {
+            "price_shift": f"prices x{1 + scenario.magnitude:g}",
+            "new_segment": "a new customer segment",
+            "concept_drift": "high spenders leave",
+        }[scenario.kind]
+        described.append(f"{what} from {scenario.start}")
+    return ", ".join(described) or "none"
+
+
 @app.command()
 def demo(
     config: ConfigOption = None,
@@ -709,6 +722,7 @@ def demo(
     from churnops.pipelines.demo import Demo, DemoError, DemoPlan, demo_settings
     from churnops.serving.deploy import stop_server
 
+    began = time.perf_counter()
     plan = DemoPlan(days=days, drift_after=drift_after, traffic=traffic)
     settings = demo_settings(config, plan)
     runner = Demo(settings, plan)
@@ -718,7 +732,7 @@ def demo(
         raise _fail(str(exc), 2) from exc
     todo = [d for d in runner.days() if d.isoformat() not in done]
     console.print(
-        f"churnops demo: {plan.days} simulated days from {plan.first_day}, prices double on {plan.drift_day}; "
+        f"churnops demo: {plan.days} simulated days from {plan.first_day}; drift: {_scenarios(settings)}; "
         f"workspace {settings.paths.root}" + (f" (carrying on: {len(done)} day(s) done)" if done else "")
     )
     # Step output and log lines go to the demo's log; the view shows what they amount to.
@@ -744,14 +758,32 @@ def demo(
         if stop:
             for env in ("staging", "production"):
                 stop_server(settings, env)
+    from churnops.monitoring.report import write_report
+
+    page = write_report(settings)
     console.rule("the loop")
     for reached, line in milestone_lines(runner.reached()):
         console.print(Text(("  reached  " if reached else "  MISSING  ") + line, style="" if reached else "bold"))
+    minutes, seconds = divmod(int(time.perf_counter() - began), 60)
+    console.print(f"{len(todo)} simulated day(s) in {minutes} min {seconds:02d} s; the report: {page}")
     _next(
-        f"open {settings.paths.root / 'monitoring' / 'index.html'} for the monitoring reports; other commands take "
-        f"the demo's settings with -c {runner.config_path}"
+        f"open {page} in a browser; `churnops ui -c {runner.config_path}` opens MLflow's UI on the demo's runs "
+        "(the report links to them)"
         + ("" if stop else f"; `churnops deploy stop all -c {runner.config_path}` stops the servers")
     )
+
+
+@app.command()
+def report(config: ConfigOption = None) -> None:
+    """Write <workspace>/report.html: realized and estimated F1 and AUC over time per version, drift,
+    traffic, latency and error rate, alias moves and alerts, links to the Evidently reports and
+    MLflow runs (from what monitoring and the registry recorded)."""
+    from churnops.monitoring.report import write_report
+
+    settings = _settings(config)
+    page = write_report(settings)
+    console.print(f"wrote {page}")
+    _next("open it in a browser; `churnops ui` serves the MLflow runs it links to")
 
 
 @app.command()

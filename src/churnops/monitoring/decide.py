@@ -84,8 +84,7 @@ def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | Non
             settings.alerts,
             Alert(
                 key=key,
-                title=f"{settings.mlflow.model_name}: {_TITLES[condition]} on {settings.monitoring.consecutive_checks} "
-                f"checks in a row (since {since})",
+                title=f"{settings.mlflow.model_name}: {_TITLES[condition]} on {_checks(settings)} (since {since})",
                 details={"condition": condition, "day": day.isoformat(), "retrain": decision.retrain},
             ),
         )
@@ -113,6 +112,11 @@ def retrain_trigger(settings: Settings, day: date) -> str | None:
     if not decision.retrain:
         return None
     return f"monitoring triggered a retrain on its check of {checked}: {', '.join(sorted(decision.alarms))}"
+
+
+def _checks(settings: Settings) -> str:
+    needed = settings.monitoring.consecutive_checks
+    return "the last check" if needed == 1 else f"{needed} checks in a row"
 
 
 _TITLES = {
