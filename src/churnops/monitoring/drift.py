@@ -165,7 +165,7 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     distances = _distances(snapshot)
     result.prediction_drift = distances.pop(PREDICTION, None)
     result.distances = distances
-    result.drifted_features = sorted(c for c, d in distances.items() if d > cfg.drift_threshold)
+    result.drifted_features = sorted(c for c, d in distances.items() if d >= cfg.drift_threshold)
     result.drifted_share = len(result.drifted_features) / len(features)
     result.dataset_drift = result.drifted_share >= cfg.drift_share
     _decide(settings, result, registry)

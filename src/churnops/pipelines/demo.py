@@ -50,8 +50,8 @@ class DemoPlan:
     """Which simulated days the time-lapse covers, when the drift starts, how much traffic."""
 
     first_day: date = FIRST_DAY
-    days: int = 60
-    drift_after: int = 6
+    days: int = 46
+    drift_after: int = 3
     traffic: int = 1500  # customers scored per day
     batch: int = 20  # customer_ids per request
 
@@ -102,7 +102,7 @@ def demo_defaults(plan: DemoPlan) -> dict[str, Any]:
         "gate": {"min_lift_f1": 0.0, "min_lift_auc": -0.03, "bootstrap_rounds": 300},
         "serving": {"ab_weight": 0.5},
         "deploy": {"latency_requests": 100},
-        "monitoring": {"drift_share": 0.25},
+        "monitoring": {"drift_share": 0.2},
         "ab_test": {"margin": 0.05},
     }
 
