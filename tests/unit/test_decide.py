@@ -85,3 +85,38 @@ def test_a_retrain_triggered_by_a_check_runs_with_the_next_logical_dates_trainin
     due = {i: retrain_trigger(settings, _day(i)) for i in range(7)}
     assert [i for i, why in due.items() if why] == [3]  # two checks in a row: the check of day 1 made the alarm
     assert f"its check of {_day(1)}: data_drift" in str(due[3])
+
+
+def test_a_webhook_receives_each_occurrence_of_an_alarm_exactly_once(tmp_path: Path) -> None:
+    """A local receiver: two occurrences of drift (and reruns of their days) are two posts."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = load_settings(
+            None,
+            workspace=str(tmp_path / "ws"),
+            monitoring={"consecutive_checks": 2},
+            alerts={"webhook_url": f"http://127.0.0.1:{server.server_port}/hook"},
+        )
+        for i, value in enumerate([True, True, True, False, True, True]):
+            record_and_decide(settings, _day(i), {"data_drift": value})
+            record_and_decide(settings, _day(i), {"data_drift": value})  # the same check again
+    finally:
+        server.shutdown()
+    assert len(posts) == 2
+    assert f"since {_day(0)}" in str(posts[0]["text"])
+    assert f"since {_day(4)}" in str(posts[1]["text"])

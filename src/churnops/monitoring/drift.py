@@ -161,16 +161,44 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     values = pd.DataFrame(list(sample["features"])).reindex(columns=features).astype("float64")
     values[PREDICTION] = sample["probability"].to_numpy(dtype="float64")
     result.sampled = len(values)
-    snapshot = _evidently(reference, values, [*features, PREDICTION], cfg.drift_threshold, cfg.drift_share)
-    distances = _distances(snapshot)
-    result.prediction_drift = distances.pop(PREDICTION, None)
-    result.distances = distances
-    result.drifted_features = sorted(c for c, d in distances.items() if d >= cfg.drift_threshold)
-    result.drifted_share = len(result.drifted_features) / len(features)
-    result.dataset_drift = result.drifted_share >= cfg.drift_share
+    check = check_drift(reference, values, features, cfg)
+    snapshot = check.snapshot
+    result.prediction_drift = check.prediction_drift
+    result.distances = check.distances
+    result.drifted_features = check.drifted_features
+    result.drifted_share = check.drifted_share
+    result.dataset_drift = check.dataset_drift
     _decide(settings, result, registry)
     _write(settings, result, snapshot)
     return result
+
+
+@dataclass
+class DriftCheck:
+    """One drift check's verdict and the Evidently snapshot behind it."""
+
+    snapshot: Any
+    distances: dict[str, float]
+    prediction_drift: float | None
+    drifted_features: list[str]
+    drifted_share: float
+    dataset_drift: bool
+
+
+def check_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], cfg: Any) -> DriftCheck:
+    """The drift rule: both sides sampled to at most `cfg.sample_size` rows, Evidently's data drift
+    preset with the normed Wasserstein distance; a feature drifts at `cfg.drift_threshold`, the
+    data set at `cfg.drift_share` of the features. A `probability` column on both sides is the
+    prediction drift, beside the features."""
+    columns = [*features, PREDICTION] if PREDICTION in reference and PREDICTION in current else list(features)
+    reference = reference.sample(min(len(reference), cfg.sample_size), random_state=cfg.seed)
+    current = current.sample(min(len(current), cfg.sample_size), random_state=cfg.seed)
+    snapshot = _evidently(reference, current, columns, cfg.drift_threshold, cfg.drift_share)
+    distances = _distances(snapshot)
+    prediction = distances.pop(PREDICTION, None)
+    drifted = sorted(c for c, d in distances.items() if d >= cfg.drift_threshold)
+    share = len(drifted) / len(features)
+    return DriftCheck(snapshot, distances, prediction, drifted, share, share >= cfg.drift_share)
 
 
 def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
