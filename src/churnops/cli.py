@@ -698,7 +698,7 @@ def demo(
     days: Annotated[int, typer.Option("--days", min=1, help="Simulated days in the time-lapse.")] = 46,
     drift_after: Annotated[
         int, typer.Option("--drift-after", min=0, help="Days into the time-lapse when prices double (the drift).")
-    ] = 3,
+    ] = 2,
     traffic: Annotated[int, typer.Option("--traffic", min=1, help="Customers scored per simulated day.")] = 1500,
     restart: Annotated[bool, typer.Option("--restart", help="Remove the demo's workspace and begin again.")] = False,
     stop: Annotated[

@@ -89,6 +89,16 @@ def test_a_short_demo_trains_serves_monitors_detects_drift_retrains_and_a_rerun_
     total = sum(len(f) for f in per_day)
     assert len(read_predictions(settings.serving.prediction_log_url)) == total
 
+    # A run that stopped after the last day's traffic but before marking it done: the rerun
+    # redoes that day's steps and does not send its traffic twice.
+    state["done"] = state["done"][:-1]
+    (root / "demo.json").write_text(json.dumps(state))
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"carrying on: {DAYS - 1} day(s) done" in resumed.output
+    assert "answered before" in (root / "demo.log").read_text()
+    assert len(read_predictions(settings.serving.prediction_log_url)) == total
+
 
 def _check_report_in_a_browser(page_path: Path) -> None:
     """The report page loads in headless Chromium with no console errors, its charts draw lines,

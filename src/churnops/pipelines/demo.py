@@ -51,7 +51,7 @@ class DemoPlan:
 
     first_day: date = FIRST_DAY
     days: int = 46
-    drift_after: int = 3
+    drift_after: int = 2
     traffic: int = 1500  # customers scored per day
     batch: int = 20  # customer_ids per request
 
@@ -74,9 +74,13 @@ def demo_defaults(plan: DemoPlan) -> dict[str, Any]:
     """The demo's shop and thresholds: small enough for a day to take seconds.
 
     A four-week horizon lets labels come within the time-lapse; over it this shop's churn is
-    mostly recency, so the gate keeps the design's F1 floor of 0.7 and asks only that the model
-    rank no worse than the recency score (by 0.03). A 50/50 A/B split and a non-inferiority
-    margin of 0.05 let a test be decided from a few weeks of labels.
+    mostly recency and "everyone churns" is a strong baseline, so the gate keeps the design's F1
+    floor of 0.7 and asks only that the model be no worse than either baseline (by 0.01 in F1,
+    0.03 in AUC) nor than the champion (by 0.03): with the stricter defaults, a retrain three
+    weeks after the first model was refused on noise (F1 0.017 below the champion's) in one of
+    two runs. A 50/50 A/B split and a non-inferiority margin of 0.05 let a test be decided from a
+    few days of labels; a drift share of a fifth on 2 checks in a row sees doubled prices within
+    about two weeks (they move the eight spend features, a third of them, gradually).
     """
     return {
         "simulation": {
@@ -99,10 +103,10 @@ def demo_defaults(plan: DemoPlan) -> dict[str, Any]:
                 }
             },
         },
-        "gate": {"min_lift_f1": 0.0, "min_lift_auc": -0.03, "bootstrap_rounds": 300},
+        "gate": {"min_lift_f1": -0.01, "min_lift_auc": -0.03, "non_inferiority_margin": 0.03, "bootstrap_rounds": 300},
         "serving": {"ab_weight": 0.5},
         "deploy": {"latency_requests": 100},
-        "monitoring": {"drift_share": 0.2},
+        "monitoring": {"drift_share": 0.2, "consecutive_checks": 2},
         "ab_test": {"margin": 0.05},
     }
 
@@ -254,7 +258,11 @@ class Demo:
             )
         traffic = Traffic()
         url = _production_url(results)
-        if url:
+        if url and self._answered(day):
+            say_later = f"{day}: the day's traffic was answered before (a rerun of an unfinished day): not sent again"
+            with self.log_path.open("a") as lines:
+                lines.write(say_later + "\n")
+        elif url:
             if on_step is not None:
                 on_step("traffic")
             traffic = self.send_traffic(url, day)
@@ -272,6 +280,13 @@ class Demo:
             state["champion"] = view.champion
         self._save(state)
         return view
+
+    def _answered(self, day: date) -> bool:
+        """The prediction log already holds production predictions of `day`."""
+        from churnops.serving.prediction_log import read_predictions
+
+        logged = read_predictions(self.settings.serving.prediction_log_url, day=day)
+        return bool(logged["variant"].isin(("champion", "challenger", "shadow")).any())
 
     def reached(self) -> dict[str, str]:
         """Milestone -> the day it was first reached."""
