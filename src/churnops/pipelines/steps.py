@@ -246,7 +246,8 @@ def production_step(settings: Settings, day: date, _: Results, say: Progress) ->
 
 
 def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
-    """Drift of the day before's production predictions against the champion's reference."""
+    """Monitor the day before's production predictions: drift against the champion's reference,
+    realized and estimated performance, system figures, and the decision (alarms, a retrain)."""
     from churnops.monitoring.drift import default_monitor_day, monitor_day
 
     return monitor_day(settings, default_monitor_day(day))
@@ -317,7 +318,12 @@ def steps() -> list[Step]:
             Production,
             "decide the A/B test from realized labels; serve the champion, A/B-testing a staged challenger",
         ),
-        Step("monitor", monitor_step, Monitored, "data and prediction drift of the day before's predictions"),
+        Step(
+            "monitor",
+            monitor_step,
+            Monitored,
+            "the day before's predictions: drift, realized and estimated performance, system figures, the decision",
+        ),
     ]
 
 
