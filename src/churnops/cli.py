@@ -712,7 +712,8 @@ def demo(
     production, monitoring), and the production server answers that day's prediction traffic
     over HTTP. Labels arrive as each prediction's four-week horizon passes. Watch for: the first
     model promoted, drift detected after prices double, a retrain, an A/B test decided, the new
-    champion serving. About 10-15 s per simulated day.
+    champion serving. About 10 s per simulated day (the first, which trains, 30 s): under ten
+    minutes in all. The servers listen on serving.port (8000) and deploy.staging_port (8001).
 
     The demo's shop and thresholds replace the defaults (a config file still wins); they are
     written to <workspace>/demo.yaml for other commands (`-c`). Each step's output goes to

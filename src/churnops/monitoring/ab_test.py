@@ -203,19 +203,20 @@ def _labelled(
         "champion": window[(window["version"] == champion) & (window["variant"] == "champion")],
         "challenger": window[(window["version"] == challenger) & window["variant"].isin(("challenger", "shadow"))],
     }
-    files = make_lake(settings).data_files("orders")
-    out = []
-    for arm in arms.values():
+    firsts = {}
+    for name, arm in arms.items():
         first = arm.sort_values("ts").drop_duplicates("customer_id")
-        first = first.assign(day=first["ts"].dt.normalize(), customer_id=first["customer_id"].astype("int64"))
-        if first.empty:
-            out.append(empty)
-            continue
-        days = sorted({d.to_pydatetime() for d in first["day"]})
-        labels = label_customers(files, days, horizon, datetime(day.year, day.month, day.day))
-        joined = first.merge(
-            labels.rename(columns={"event_timestamp": "day"}).astype({"day": "datetime64[us]"}),
-            on=["customer_id", "day"],
-        )
+        firsts[name] = first.assign(day=first["ts"].dt.normalize(), customer_id=first["customer_id"].astype("int64"))
+    days = sorted({d.to_pydatetime() for first in firsts.values() for d in first["day"]})
+    if not days:
+        return empty, empty, began
+    # One pass over the lake's orders labels both variants' customers.
+    labels = label_customers(
+        make_lake(settings).data_files("orders"), days, horizon, datetime(day.year, day.month, day.day)
+    )
+    labels = labels.rename(columns={"event_timestamp": "day"}).astype({"day": "datetime64[us]"})
+    out = []
+    for first in firsts.values():
+        joined = first.merge(labels, on=["customer_id", "day"])
         out.append((joined["churned"].to_numpy(np.int64), joined["label"].to_numpy(np.int64)))
     return out[0], out[1], began

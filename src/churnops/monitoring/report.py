@@ -127,7 +127,6 @@ def _runs(settings: Settings, registry: Any) -> list[tuple[str, str, str]]:
 
 def write_report(settings: Settings) -> Path:
     """Write the report page from the workspace's records; return its path."""
-    from churnops.alerts import alert_sinks
     from churnops.data.lake import write_local_atomic
     from churnops.jsonl import read_lines
     from churnops.pipelines.promotion import existing_registry
@@ -136,8 +135,7 @@ def write_report(settings: Settings) -> Path:
     charts = collect(summaries)
     registry = existing_registry(settings)
     moves = registry.history() if registry else []
-    file_sink, _ = alert_sinks(settings.alerts)
-    alerts = read_lines(file_sink.path)
+    alerts = read_lines(Path(settings.alerts.file))
     runs = _runs(settings, registry) if registry else []
     name = escape(settings.mlflow.model_name)
 
