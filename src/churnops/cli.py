@@ -357,9 +357,6 @@ def _show_gate(verdict: Any) -> None:
     console.print(f"{headline} ({gate.confidence:.0%} paired bootstrap, {gate.rounds} rounds):")
     for condition in gate.conditions:
         console.print(Text(f"  {condition.describe(gate.confidence)}"))
-    if not verdict.passed:
-        alerted = "the team was alerted" if verdict.alerted else "already alerted for this failure"
-        console.print(Text(f"  nothing registered; {alerted}"))
 
 
 def _show_register(result: Any, settings: Settings) -> None:
@@ -376,7 +373,7 @@ def _show_register(result: Any, settings: Settings) -> None:
 def _show_step(step: Any, result: Any, settings: Settings) -> None:
     from churnops.monitoring.drift import Monitored
     from churnops.pipelines.features import FeatureReport
-    from churnops.pipelines.promotion import GateVerdict, Registered
+    from churnops.pipelines.promotion import GateNotice, GateVerdict, Registered
     from churnops.pipelines.steps import Ingested, Simulated, TrainingDue
     from churnops.pipelines.train import TrainResult
     from churnops.serving.deploy import Production, Staged
@@ -399,6 +396,9 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_train(result)
     elif isinstance(result, GateVerdict):
         _show_gate(result)
+    elif isinstance(result, GateNotice):
+        alerted = "the team was alerted" if result.alerted else "already alerted for this failure"
+        console.print(Text(f"notify: nothing registered; {alerted}"))
     elif isinstance(result, Registered):
         _show_register(result, settings)
     elif isinstance(result, Staged):
@@ -623,7 +623,7 @@ def train(config: ConfigOption = None, date_: DateOption = None) -> None:
         day = _parse_day(date_, "--date") or default_logical_date(settings)
     except TrainingError as exc:
         raise _fail(str(exc)) from exc
-    results = _run_steps(settings, day, ("train", "gate", "register"))
+    results = _run_steps(settings, day, ("train", "gate", "notify", "register"))
     verdict = results.get(GateVerdict)
     if not verdict.passed:
         raise _fail("the challenger failed the gate; nothing was registered")

@@ -60,6 +60,13 @@ class FeatureManifest:
             digest.update(f"{name}:{self.snapshots[name].content_hash};".encode())
         return digest.hexdigest()
 
+    def content_hash_of(self, names: list[str]) -> str:
+        """Hash of some of its snapshots, in the same form as the whole table's."""
+        digest = hashlib.sha256()
+        for name in sorted(names):
+            digest.update(f"{name}:{self.snapshots[name].content_hash};".encode())
+        return digest.hexdigest()
+
     @property
     def rows(self) -> int:
         """Rows over all snapshots."""

@@ -1,1 +1,1 @@
-"""Orchestration: the in-process runner and the Airflow DAG (not built yet; a later issue)."""
+"""Orchestration: the Airflow adapter (the in-process runner is `pipelines.steps.run_steps`)."""

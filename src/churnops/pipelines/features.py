@@ -71,6 +71,22 @@ def plan_snapshots(first_order: date, as_of: date, cadence_days: int, max_histor
     return sorted(snapshots) or [as_of]
 
 
+def on_grid(snapshots: list[str], as_of: date, cadence_days: int, max_history: int | None) -> list[str]:
+    """The snapshots among `snapshots` that `plan_snapshots` plans for `as_of`, oldest first.
+
+    The table also holds other dates' grids (each logical date plans its own); training for a
+    date uses only its own, so the result does not depend on which other dates ran before.
+    """
+    days = sorted(
+        (date.fromisoformat(s) for s in snapshots),
+        reverse=True,
+    )
+    chosen = [d for d in days if d <= as_of and (as_of - d).days % cadence_days == 0]
+    if max_history is not None:
+        chosen = chosen[: max_history + 1]
+    return sorted(d.isoformat() for d in chosen)
+
+
 def raw_lineage(settings: Settings) -> list[dict[str, Any]]:
     """The raw partitions (and content hashes) the features are built from."""
     lake = make_lake(settings)

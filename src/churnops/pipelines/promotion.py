@@ -93,7 +93,13 @@ def existing_registry(settings: Settings) -> ModelRegistry | None:
     return ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.model_name, settings.paths.registry_audit)
 
 
-def gate(settings: Settings, as_of: date, run_id: str, progress: Callable[[str], None] | None = None) -> GateVerdict:
+def gate(
+    settings: Settings,
+    as_of: date,
+    run_id: str,
+    progress: Callable[[str], None] | None = None,
+    alert: bool = True,
+) -> GateVerdict:
     """Judge the challenger of a training run against the floor, the baselines and the champion.
 
     Args:
@@ -101,6 +107,7 @@ def gate(settings: Settings, as_of: date, run_id: str, progress: Callable[[str],
         as_of: The logical date (recorded with the verdict).
         run_id: The challenger's MLflow run (the train step's result).
         progress: Called with a line per stage.
+        alert: Alert the team of a failure here (the daily steps leave it to their `notify` step).
 
     Returns:
         The verdict; `passed` False means nothing may be registered (the team was alerted once).
@@ -140,7 +147,7 @@ def gate(settings: Settings, as_of: date, run_id: str, progress: Callable[[str],
         )
         verdict = GateVerdict(run_id, result.passed, result, champion_version)
         _record(run_id, settings, result)
-        if not result.passed:
+        if not result.passed and alert:
             verdict.alerted = _alert(settings, run, verdict)
         append_run(
             settings.paths,
@@ -174,6 +181,45 @@ def _record(run_id: str, settings: Settings, result: GateResult) -> None:
         metrics[f"gate_{slug}"] = condition.observed
         metrics[f"gate_{slug}_ci_low"] = condition.ci_low
     tracking.log_run_metrics(run_id, metrics)
+
+
+@dataclass
+class GateNotice:
+    """The notify step's result: the team was told of a failed gate (or had been already)."""
+
+    run_id: str
+    alerted: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> GateNotice:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+def notify_gate_failure(settings: Settings, as_of: date, verdict: GateVerdict) -> GateNotice:
+    """Alert the team that the gate refused a challenger; the same failure alerts once.
+
+    Args:
+        settings: The loaded settings.
+        as_of: The logical date (recorded in the run log).
+        verdict: The gate's failing verdict.
+
+    Returns:
+        Whether an alert went out now (False: it had been sent for this failure before).
+    """
+    from churnops.training import tracking
+
+    alerted = _alert(settings, tracking.run_data(verdict.run_id), verdict)
+    append_run(
+        settings.paths,
+        {"command": "notify", "date": as_of.isoformat(), "run_id": verdict.run_id, "alerted": alerted},
+    )
+    return GateNotice(verdict.run_id, alerted, list(verdict.gate.reasons))
 
 
 def _alert(settings: Settings, run: Any, verdict: GateVerdict) -> bool:

@@ -68,6 +68,8 @@ class Step:
     result: type
     description: str
     runs_if: Callable[[Results], bool] | None = None
+    after: tuple[str, ...] = ()  # the steps it waits for in a DAG; default: the one before it in the list
+    branch: str = ""  # a DAG picks it by its `runs_if` right after this step (the gate's two ways)
 
 
 # --- results of the steps that have no result type of their own -------------------------
@@ -211,11 +213,20 @@ def train_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
 
 
 def gate_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
-    """Judge the challenger's run; the verdict decides the branch."""
+    """Judge the challenger's run; the verdict decides the branch (register, or notify the team)."""
     from churnops.pipelines.promotion import gate
     from churnops.pipelines.train import TrainResult
 
-    return gate(settings, day, results.get(TrainResult).run_id, progress=say)
+    return gate(settings, day, results.get(TrainResult).run_id, progress=say, alert=False)
+
+
+def notify_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
+    """The gate failed: alert the team (once per failure) with its reasons."""
+    from churnops.pipelines.promotion import GateVerdict, notify_gate_failure
+
+    notice = notify_gate_failure(settings, day, results.get(GateVerdict))
+    say("the team was alerted" if notice.alerted else "already alerted for this failure")
+    return notice
 
 
 def register_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
@@ -277,11 +288,18 @@ def _gate_passed(results: Results) -> bool:
     return verdict is not None and verdict.passed
 
 
+def _gate_failed(results: Results) -> bool:
+    from churnops.pipelines.promotion import GateVerdict
+
+    verdict = results.find(GateVerdict)
+    return verdict is not None and not verdict.passed
+
+
 def steps() -> list[Step]:
     """The daily pipeline, in order."""
     from churnops.monitoring.drift import Monitored
     from churnops.pipelines.features import FeatureReport
-    from churnops.pipelines.promotion import GateVerdict, Registered
+    from churnops.pipelines.promotion import GateNotice, GateVerdict, Registered
     from churnops.pipelines.train import TrainResult
     from churnops.serving.deploy import Production, Staged
 
@@ -304,7 +322,24 @@ def steps() -> list[Step]:
             "floor, lift over both baselines, not worse than the champion",
             runs_if=_trained,
         ),
-        Step("register", register_step, Registered, "record the challenger in the registry", runs_if=_gate_passed),
+        Step(
+            "notify",
+            notify_step,
+            GateNotice,
+            "the gate failed: alert the team with its reasons; nothing is registered",
+            runs_if=_gate_failed,
+            after=("gate",),
+            branch="gate",
+        ),
+        Step(
+            "register",
+            register_step,
+            Registered,
+            "record the challenger in the registry",
+            runs_if=_gate_passed,
+            after=("gate",),
+            branch="gate",
+        ),
         Step(
             "staging",
             staging_step,
@@ -317,6 +352,7 @@ def steps() -> list[Step]:
             production_step,
             Production,
             "decide the A/B test from realized labels; serve the champion, A/B-testing a staged challenger",
+            after=("staging", "notify"),
         ),
         Step(
             "monitor",
@@ -361,6 +397,43 @@ def _kept(settings: Settings, day: date, step: Step) -> object | None:
     return None if body["skipped"] else step.result.from_dict(body["result"])  # type: ignore[attr-defined]
 
 
+def step_named(name: str) -> Step:
+    """The step of that name.
+
+    Raises:
+        StepsError: No step is called that.
+    """
+    for step in steps():
+        if step.name == name:
+            return step
+    raise StepsError(f"no step is called {name!r}; the steps are {', '.join(s.name for s in steps())}")
+
+
+def run_step(
+    settings: Settings,
+    day: date,
+    step: Step,
+    results: Results,
+    say: Progress,
+    on_start: Callable[[Step], None] | None = None,
+) -> object | None:
+    """Run one step for a logical date on the results so far (None: its condition did not hold).
+
+    Its result is added to `results` and kept under `results_dir`, whichever runner called it,
+    so `churnops run --from` can resume after a run an orchestrator began.
+    """
+    with settings.paths.lock(f"churnops run: {step.name}"):
+        if step.runs_if is not None and not step.runs_if(results):
+            _keep(settings, day, step, None)
+            return None
+        if on_start:
+            on_start(step)
+        result = step.run(settings, day, results, say)
+        results.add(result)
+        _keep(settings, day, step, result)
+        return result
+
+
 def run_steps(
     settings: Settings,
     day: date,
@@ -392,9 +465,8 @@ def run_steps(
     """
     say = progress or (lambda _: None)
     chosen = set(only) if only is not None else None
-    names = [step.name for step in steps()]
-    if resume_from is not None and resume_from not in names:
-        raise StepsError(f"no step is called {resume_from!r}; the steps are {', '.join(names)}")
+    if resume_from is not None:
+        step_named(resume_from)
     results = Results()
     with settings.paths.lock("churnops run"):
         resuming = resume_from is not None
@@ -408,16 +480,7 @@ def run_steps(
             if chosen is not None and step.name not in chosen:
                 continue
             started = time.perf_counter()
-            if step.runs_if is not None and not step.runs_if(results):
-                _keep(settings, day, step, None)
-                if on_step:
-                    on_step(step, None, 0.0)
-                continue
-            if on_start:
-                on_start(step)
-            result = step.run(settings, day, results, say)
-            results.add(result)
-            _keep(settings, day, step, result)
+            result = run_step(settings, day, step, results, say, on_start)
             if on_step:
                 on_step(step, result, time.perf_counter() - started)
     return results

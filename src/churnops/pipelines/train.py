@@ -24,7 +24,7 @@ import pandas as pd
 from churnops.data.tables import order_span
 from churnops.features.store import FeatureStore
 from churnops.features.table import FeatureTable
-from churnops.pipelines.features import feature_table
+from churnops.pipelines.features import feature_table, on_grid
 from churnops.pipelines.ingest import make_lake
 from churnops.runlog import append_run
 from churnops.settings import CandidateSettings, Settings
@@ -229,8 +229,16 @@ def build_training_set(
         raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
     horizon = settings.training.horizon_days
     known_until = logical_datetime(as_of)
-    snapshots = [datetime.fromisoformat(s) for s in sorted(manifest.snapshots) if date.fromisoformat(s) <= as_of]
+    cfg = settings.features
+    used = on_grid(list(manifest.snapshots), as_of, cfg.cadence_days, cfg.history_snapshots)
+    snapshots = [datetime.fromisoformat(s) for s in used]
     labels = label_customers(files, snapshots, horizon, known_until)
+    if labels.empty and as_of.isoformat() not in manifest.snapshots:
+        raise TrainingError(
+            f"training for {as_of} uses the snapshots planned back from {as_of} every "
+            f"{cfg.cadence_days} days, and the feature table has none with a complete label window; "
+            f"run `churnops features --as-of {as_of}` first"
+        )
     if labels.empty:
         first = f"{snapshots[0]:%Y-%m-%d}" if snapshots else "none"
         raise TrainingError(
@@ -269,7 +277,7 @@ def build_training_set(
         description,
     )
     lineage = {
-        "feature_table_hash": manifest.content_hash,
+        "feature_table_hash": manifest.content_hash_of(used),  # the snapshots this date trains on
         "raw_partitions": manifest.raw_partitions,
         "logical_date": as_of.isoformat(),
         "label_horizon_days": horizon,

@@ -1,0 +1,222 @@
+"""The Airflow DAG, run by real Airflow 3 (SQLite metadata database) in processes of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from churnops.settings import Settings, load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("airflow_driver.py")
+BIN = Path(sys.executable).parent
+DAYS = ["2024-12-31", "2025-01-01"]
+CONFIG: dict[str, Any] = {
+    "simulation": {"customers": 800, "start": "2024-01-01", "end": "2024-12-31", "products": 150, "seed": 4},
+    "training": {
+        "horizon_days": 28,
+        "holdout_snapshots": 2,
+        "validation_snapshots": 2,
+        "cv_folds": 2,
+        "candidates": {
+            "lightgbm": {
+                "algorithm": "lightgbm",
+                "params": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 50},
+            }
+        },
+    },
+    "gate": {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100},
+    "deploy": {"servers": False},
+}
+STEP_TASKS = ["simulate", "ingest", "features", "due", "train", "gate", "notify", "register", "staging", "production"]
+
+
+def _config(folder: Path, **overrides: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "churnops.yaml"
+    path.write_text(yaml.safe_dump({"workspace": str(folder / "ws"), **CONFIG, **overrides}))
+    return path
+
+
+def _airflow_env(home: Path, config: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CHURNOPS_"))}
+    return env | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "CHURNOPS_CONFIG": str(config),
+        "PATH": f"{BIN}:{env.get('PATH', '')}",
+    }
+
+
+def _call(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(args[:3])} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
+    return done
+
+
+def _migrate(home: Path, config: Path) -> dict[str, str]:
+    env = _airflow_env(home, config)
+    _call([str(BIN / "airflow"), "db", "migrate"], env, home.parent, home.parent / "migrate.log")
+    return env
+
+
+def _drive(env: dict[str, str], cwd: Path, *args: str) -> Any:
+    out = cwd / f"driver-{args[0]}.json"
+    _call([sys.executable, str(DRIVER), args[0], str(out), *args[1:]], env, cwd, cwd / f"driver-{args[0]}.log")
+    return json.loads(out.read_text())
+
+
+def _kept(settings: Settings, day: str, step: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((settings.paths.root / "runs" / day / f"{step}.json").read_text())
+    return body
+
+
+def _registry_state(settings: Settings) -> dict[str, Any]:
+    from churnops.pipelines.promotion import existing_registry
+
+    registry = existing_registry(settings)
+    assert registry is not None
+    return {
+        "versions": sorted(str(v["version"]) for v in registry.versions()),
+        "aliases": {alias: registry.holder(alias) for alias in ("challenger", "staging", "champion")},
+    }
+
+
+def test_the_dag_file_parses_with_the_designed_shape_and_touches_nothing(tmp_path: Path) -> None:
+    """The DAG imports without errors or side effects, has no cycle, and has the designed tasks,
+    dependencies, schedule, retries, timeout and owner."""
+    config = _config(tmp_path)
+    env = _airflow_env(tmp_path / "airflow", config)
+    body = _drive(env, tmp_path, "describe")
+    assert body["import_errors"] == {}
+    dag = body["dags"]["churnops_daily"]
+    assert dag["schedule"] == "0 0 * * *"
+    assert dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["catchup"] is False
+    assert dag["max_active_runs"] == 1
+    assert {"churnops", "mlops"} <= set(dag["tags"])
+    assert dag["params"] == ["config"]
+    tasks = dag["tasks"]
+    assert set(tasks) == {*STEP_TASKS, "gate_branch", "monitor"}
+    upstream = {task_id: task["upstream"] for task_id, task in tasks.items()}
+    assert upstream == {
+        "simulate": [],
+        "ingest": ["simulate"],
+        "features": ["ingest"],
+        "due": ["features"],
+        "train": ["due"],
+        "gate": ["train"],
+        "gate_branch": ["gate"],
+        "notify": ["gate_branch"],
+        "register": ["gate_branch"],
+        "staging": ["register"],
+        "production": ["notify", "staging"],
+        "monitor": ["production"],
+    }
+    assert tasks["gate_branch"]["operator"] == "BranchPythonOperator"
+    for task_id, task in tasks.items():
+        assert task["retries"] == 2, task_id
+        assert task["retry_delay_s"] == 600, task_id
+        assert task["execution_timeout_s"] == 7200, task_id
+        assert task["owner"] == "churnops", task_id
+        # a skipped step (nothing due, nothing registered) must not stop the day's later steps
+        assert task["trigger_rule"] == ("all_success" if task_id == "simulate" else "none_failed"), task_id
+    assert not (tmp_path / "ws").exists()  # parsing loaded no settings and created no workspace
+    assert not (tmp_path / ".churnops").exists()
+
+
+@pytest.fixture(scope="module")
+def in_order(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The same two days run in this process with `run_steps` (what `churnops run` does)."""
+    from churnops.pipelines.steps import run_steps
+
+    settings = load_settings(_config(tmp_path_factory.mktemp("inprocess")))
+    for day in DAYS:
+        run_steps(settings, date.fromisoformat(day))
+    return settings
+
+
+def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: Path, in_order: Settings) -> None:
+    """Two daily DAG runs (a two-day backfill) then a rerun of the first: every task ends as
+    designed, and the feature tables, model metrics, registry versions and aliases equal those
+    of `churnops run` over the same days; the rerun adds nothing."""
+    config = _config(tmp_path)
+    settings = load_settings(config)
+    env = _migrate(tmp_path / "airflow", config)
+    runs = _drive(env, tmp_path, "run", *DAYS)
+    first, second = runs
+    assert first["state"] == second["state"] == "success"
+    assert first["interval"][1].startswith(DAYS[0])  # the churnops date is the end of the data interval
+    assert {k: v for k, v in first["tasks"].items() if v != "success"} == {"notify": "skipped"}
+    # day two: no training due, so the training branch skips itself and production and monitoring still run
+    assert second["tasks"]["due"] == "success"
+    assert {t for t, state in second["tasks"].items() if state == "skipped"} == {
+        "train",
+        "gate",
+        "notify",
+        "register",
+        "staging",
+    }
+    assert second["tasks"]["production"] == second["tasks"]["monitor"] == "success"
+    assert not _kept(settings, DAYS[1], "due")["result"]["due"]
+
+    for day in DAYS:
+        ours, theirs = _kept(settings, day, "features"), _kept(in_order, day, "features")
+        assert ours["result"]["content_hash"] == theirs["result"]["content_hash"]
+    ours_train, theirs_train = _kept(settings, DAYS[0], "train")["result"], _kept(in_order, DAYS[0], "train")["result"]
+    for metric, value in theirs_train["candidates"][0]["holdout"].items():
+        assert ours_train["candidates"][0]["holdout"][metric] == pytest.approx(value, abs=1e-9), metric
+    state = _registry_state(settings)
+    assert state == _registry_state(in_order)
+    assert state == {"versions": ["1"], "aliases": {"challenger": "1", "staging": None, "champion": "1"}}
+
+    rerun = _drive(env, tmp_path, "run", DAYS[0])[0]
+    assert rerun["state"] == "success"
+    assert _registry_state(settings) == state  # the rerun reused the run and the version
+    again = _kept(settings, DAYS[0], "train")["result"]
+    assert again["reused"] is True
+    assert again["run_id"] == ours_train["run_id"]
+    # the older day rerun rewrote its snapshots with the same content: the table equals the
+    # in-order one, snapshot by snapshot
+    from churnops.pipelines.features import feature_table
+
+    ours_table, theirs_table = feature_table(settings).manifest(), feature_table(in_order).manifest()
+    assert {k: v.content_hash for k, v in ours_table.snapshots.items()} == {
+        k: v.content_hash for k, v in theirs_table.snapshots.items()
+    }
+
+
+def test_a_failing_gate_takes_the_notify_branch_under_airflow_dags_test(tmp_path: Path) -> None:
+    """`airflow dags test` from the CLI, with a gate nothing passes: the branch notifies the team
+    once, registers nothing, and the day's later steps still run."""
+    config = _config(tmp_path, gate={**CONFIG["gate"], "min_f1": 0.99})
+    settings = load_settings(config)
+    env = _migrate(tmp_path / "airflow", config)
+    _call(
+        [str(BIN / "airflow"), "dags", "test", "churnops_daily", DAYS[0]],
+        env,
+        tmp_path,
+        tmp_path / "dags-test.log",
+    )
+    assert not _kept(settings, DAYS[0], "gate")["result"]["passed"]
+    notice = _kept(settings, DAYS[0], "notify")["result"]
+    assert notice["alerted"] is True
+    assert any(reason.startswith("F1 floor") for reason in notice["reasons"])
+    assert not (settings.paths.root / "runs" / DAYS[0] / "register.json").exists()  # the branch skipped it
+    assert _kept(settings, DAYS[0], "production")["result"]["skipped"] == "no champion yet"
+    assert _kept(settings, DAYS[0], "monitor")["step"] == "monitor"
+    alerts = [json.loads(line) for line in Path(settings.alerts.file).read_text().splitlines()]
+    assert [a["key"].startswith("gate-failed") for a in alerts] == [True]
