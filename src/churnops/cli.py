@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -785,6 +786,70 @@ def report(config: ConfigOption = None) -> None:
     page = write_report(settings)
     console.print(f"wrote {page}")
     _next("open it in a browser; `churnops ui` serves the MLflow runs it links to")
+
+
+@app.command()
+def lineage(
+    version: Annotated[
+        str | None, typer.Argument(help="A registry version of the model (see `churnops registry list`).")
+    ] = None,
+    prediction: Annotated[
+        str | None,
+        typer.Option("--prediction", help="A logged prediction's request_id (`<request>-<index>`): start from it."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Trace a model version, or one logged prediction, back to the raw data.
+
+    Prints the chain as recorded: the prediction (its variant, the feature values used and the
+    feature snapshot that holds exactly them), the version with its aliases and every alias
+    move, the MLflow run, the feature-table hash of the snapshots it trained on, and each raw
+    partition with its content hash, checked against the lake today (same, changed or gone).
+    """
+    from churnops.pipelines.lineage import LineageError, model_lineage, prediction_lineage
+
+    if (version is None) == (prediction is None):
+        raise _fail("give a model version (`churnops lineage 3`) or `--prediction REQUEST_ID`, not both", 2)
+    settings = _settings(config)
+    try:
+        chain = prediction_lineage(settings, prediction) if prediction else model_lineage(settings, str(version))
+    except LineageError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(chain.as_dict(), indent=2, default=str))
+        return
+    _show_lineage(chain)
+
+
+def _show_lineage(chain: Any) -> None:
+    if chain.prediction:
+        p = chain.prediction
+        served = (
+            f"feature snapshot {p['served_snapshot']}" if p["served_snapshot"] else "features sent with the request"
+        )
+        who = f"customer {p['customer_id']}" if p["customer_id"] is not None else "a feature vector"
+        console.print(
+            f"prediction {p['request_id']} at {p['ts']}: {who}, variant {p['variant']}, "
+            f"probability {p['probability']:.4f}, label {p['label']}"
+        )
+        console.print(Text(f"  features: {served} ({len(p['features'])} values logged)"))
+    aliases = ", ".join(chain.aliases) or "no alias now"
+    console.print(f"{chain.model} version {chain.version} ({aliases}), trained for {chain.logical_date}")
+    for move in chain.alias_moves:
+        console.print(Text(f"  {move['at']}  {move['kind']} {move['alias']} by {move['actor']}: {move['reason']}"))
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(chain.holdout.items()) if k in ("f1", "roc_auc"))
+    console.print(f"MLflow run {chain.run_id} ({chain.candidate}; holdout {metrics or 'not recorded'})")
+    console.print(Text(f"  model files sha256 {chain.model_sha256 or 'not recorded'}"))
+    parts = chain.snapshots
+    spans = ", ".join(f"{name} {v[0]}..{v[-1]} ({len(v)})" for name, v in parts.items() if v)
+    console.print(f"feature table sha256 {chain.feature_table_hash} ({spans}); feature service {chain.feature_service}")
+    console.print(f"raw partitions ({len(chain.raw_partitions)}):")
+    for part in chain.raw_partitions:
+        flag = "" if part.now == "same" else f"  ({part.now.upper()} in the lake since)"
+        console.print(
+            Text(f"  {part.table}/ingest_date={part.ingest_date}  {part.rows:,} rows  sha256 {part.sha256}{flag}")
+        )
 
 
 @app.command()

@@ -265,6 +265,26 @@ def read_refusals(url: str, day: date) -> pd.DataFrame:
         engine.dispose()
 
 
+def find_prediction(url: str, request_id: str) -> dict[str, Any] | None:
+    """One logged prediction by its request_id (`<request>-<index>`), or None."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        table = _table(sa.MetaData())
+        if not sa.inspect(engine).has_table(TABLE):
+            return None
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(table).where(table.c.request_id == request_id)).mappings().first()
+    finally:
+        engine.dispose()
+    if row is None:
+        return None
+    found = dict(row)
+    found["features"] = json.loads(found["features"])
+    return found
+
+
 def read_predictions(
     url: str, day: date | None = None, version: str | None = None, until: date | None = None
 ) -> pd.DataFrame:

@@ -1,0 +1,199 @@
+"""Lineage: from a model version (or one logged prediction) back to the raw partitions.
+
+The chain is read from what each stage recorded: the prediction log row (version, variant, the
+feature values used), the registry version's tags (run, feature service, model digest), the
+MLflow run's `lineage.json` (the feature-table hash of the snapshots it trained on, the raw
+partitions with their content hashes, the split), the alias audit log, and the raw lake's
+current manifests, against which every recorded partition hash is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from churnops.settings import Settings
+
+
+class LineageError(LookupError):
+    """The version or prediction asked for is not recorded."""
+
+
+@dataclass
+class RawPartition:
+    """A raw partition a model's features were built from, checked against the lake today."""
+
+    table: str
+    ingest_date: str
+    sha256: str
+    rows: int
+    now: str  # "same" | "changed" | "gone"
+
+
+@dataclass
+class Lineage:
+    """The recorded chain of one model version, and of a prediction when asked for one."""
+
+    model: str
+    version: str
+    aliases: list[str]
+    alias_moves: list[dict[str, Any]]
+    run_id: str
+    candidate: str
+    logical_date: str
+    holdout: dict[str, float]
+    model_sha256: str
+    feature_service: str
+    feature_table_hash: str
+    snapshots: dict[str, list[str]]
+    raw_partitions: list[RawPartition]
+    prediction: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return asdict(self)
+
+
+def model_lineage(settings: Settings, version: str) -> Lineage:
+    """The chain of a registry version: aliases and their moves, the run, features, raw data.
+
+    Raises:
+        LineageError: No such version (or no registry yet).
+    """
+    from churnops.pipelines.promotion import ARTIFACT_DIGEST, existing_registry
+
+    registry = existing_registry(settings)
+    if registry is None:
+        raise LineageError("no registry yet: nothing has been trained and registered in this workspace")
+    found = {v["version"]: v for v in registry.versions()}
+    if version not in found:
+        known = ", ".join(sorted(found, key=int)) or "none"
+        raise LineageError(f"{registry.model_name} has no version {version}; its versions: {known}")
+    row = found[version]
+    tags = row["tags"]
+    recorded = _run_lineage(registry, row["run_id"])
+    moves = [
+        {"at": m.at, "alias": m.alias, "kind": m.kind, "actor": m.actor, "reason": m.reason}
+        for m in registry.history()
+        if m.version == version
+    ]
+    return Lineage(
+        model=registry.model_name,
+        version=version,
+        aliases=list(row["aliases"]),
+        alias_moves=moves,
+        run_id=row["run_id"],
+        candidate=tags.get("candidate", ""),
+        logical_date=tags.get("logical_date", recorded.get("logical_date", "")),
+        holdout=json.loads(tags.get("holdout_metrics", "{}")),
+        model_sha256=tags.get(ARTIFACT_DIGEST, ""),
+        feature_service=tags.get("feature_service", ""),
+        feature_table_hash=recorded.get("feature_table_hash", tags.get("feature_table_hash", "")),
+        snapshots=recorded.get("snapshots", {}),
+        raw_partitions=_check_partitions(settings, recorded.get("raw_partitions", [])),
+    )
+
+
+def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
+    """The chain of one logged prediction: the row, the snapshot its features came from, and
+    its model version's chain.
+
+    Raises:
+        LineageError: No prediction has that request_id.
+    """
+    from churnops.serving.prediction_log import find_prediction
+
+    row = find_prediction(settings.serving.prediction_log_url, request_id)
+    if row is None:
+        raise LineageError(
+            f"no logged prediction has request_id {request_id!r} (an item of a request is `<request>-<index>`)"
+        )
+    lineage = model_lineage(settings, str(row["version"]))
+    features = row["features"]
+    lineage.prediction = {
+        "request_id": row["request_id"],
+        "ts": str(row["ts"]),
+        "customer_id": None if row["customer_id"] is None else int(row["customer_id"]),
+        "variant": row["variant"],
+        "probability": float(row["probability"]),
+        "label": int(row["label"]),
+        "features": features,
+        "served_snapshot": _matching_snapshot(settings, row["customer_id"], features, row["ts"]),
+    }
+    return lineage
+
+
+def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:
+    """The run's `lineage.json` ({} for a run logged without one: the chain stops at the run)."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="churnops-lineage-") as folder:
+        try:
+            path = registry.client.download_artifacts(run_id, "lineage.json", folder)
+        except (MlflowException, OSError):
+            return {}
+        with open(path, encoding="utf-8") as handle:
+            body: dict[str, Any] = json.load(handle)
+    return body
+
+
+def _check_partitions(settings: Settings, recorded: list[dict[str, Any]]) -> list[RawPartition]:
+    from churnops.pipelines.ingest import make_lake
+
+    lake = make_lake(settings)
+    now: dict[tuple[str, str], str] = {}
+    for table in sorted({p["table"] for p in recorded}):
+        for manifest in lake.manifests(table):
+            now[(table, manifest.ingest_date)] = manifest.sha256
+    out = []
+    for p in recorded:
+        current = now.get((p["table"], p["ingest_date"]))
+        state = "gone" if current is None else ("same" if current == p["sha256"] else "changed")
+        out.append(RawPartition(p["table"], p["ingest_date"], p["sha256"], int(p["rows"]), state))
+    return out
+
+
+def _matching_snapshot(settings: Settings, customer_id: Any, features: dict[str, Any], ts: Any) -> str:
+    """The newest feature snapshot, no later than the prediction, whose row for the customer holds
+    exactly the logged values ("" when none does: the features came with the request, or the
+    snapshot has been replaced since)."""
+    import duckdb
+
+    from churnops.pipelines.features import feature_table
+
+    if customer_id is None or not features:
+        return ""
+    table = feature_table(settings)
+    manifest = table.manifest()
+    files = table.files()
+    names = [n for n in features if n in manifest.features]
+    if not files or not names:
+        return ""
+    columns = ", ".join(f'"{n}"' for n in names)
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"SELECT event_timestamp, {columns} FROM read_parquet(?) WHERE customer_id = ? "
+            "ORDER BY event_timestamp DESC",
+            [files, int(customer_id)],
+        )
+        .fetchall()
+    )
+    served_by = str(ts)[:10]
+    for event_timestamp, *values in rows:
+        when = f"{event_timestamp:%Y-%m-%d}"
+        if when > served_by:
+            continue
+        if all(_same(features[n], v) for n, v in zip(names, values, strict=True)):
+            return when
+    return ""
+
+
+def _same(logged: Any, stored: Any) -> bool:
+    if logged is None or stored is None or (isinstance(stored, float) and math.isnan(stored)):
+        return (logged is None) == (stored is None or (isinstance(stored, float) and math.isnan(stored)))
+    return math.isclose(float(logged), float(stored), rel_tol=1e-9, abs_tol=1e-9)
