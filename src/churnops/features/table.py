@@ -150,7 +150,14 @@ class FeatureTable:
         """
         manifest = self.manifest()
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        changed = (manifest.raw_partitions, manifest.features, manifest.engine) != (raw_partitions, features, engine)
         for snapshot, (path, rows, content_hash) in staged.items():
+            held = manifest.snapshots.get(snapshot)
+            same = held is not None and (held.rows, held.content_hash) == (rows, content_hash)
+            if same and Path(self.path_of(held)).exists():  # type: ignore[arg-type]
+                os.remove(path)  # the same content again: keep the file in place, so a rerun changes no byte
+                continue
+            changed = True
             folder = self.root / f"snapshot={snapshot}"
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"part-{uuid.uuid4().hex}.parquet"
@@ -158,6 +165,8 @@ class FeatureTable:
             manifest.snapshots[snapshot] = SnapshotFile(
                 snapshot, str(final.relative_to(self.root)), rows, content_hash, now
             )
+        if not changed:
+            return manifest
         manifest.raw_partitions = raw_partitions
         manifest.features = features
         manifest.engine = engine
