@@ -152,3 +152,83 @@ def s3_server() -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, artifacts_destination: str, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A real `mlflow server` with basic authentication, in a process group of its own.
+
+    The admin password is a fresh random one (never MLflow's default); yields the variables a
+    client needs (`MLFLOW_TRACKING_URI`, `..._USERNAME`, `..._PASSWORD`). Stopping it ends the
+    whole process group: `mlflow server` runs its workers as child processes.
+    """
+    import secrets
+    import signal
+    import sys
+
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    if not os.path.exists(mlflow_bin):
+        missing("mlflow (a dependency)")
+    port = free_port()
+    password = secrets.token_urlsafe(18)
+    with tempfile.TemporaryDirectory(prefix="churnops-mlflow-") as folder:
+        auth_config = os.path.join(folder, "basic_auth.ini")
+        with open(auth_config, "w") as handle:
+            handle.write(
+                "[mlflow]\n"
+                "default_permission = READ\n"
+                f"database_uri = sqlite:///{folder}/basic_auth.db\n"
+                "admin_username = admin\n"
+                f"admin_password = {password}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+        log = open(os.path.join(folder, "server.log"), "wb")  # noqa: SIM115 - held while it runs
+        proc = subprocess.Popen(
+            [
+                mlflow_bin,
+                "server",
+                "--app-name",
+                "basic-auth",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                artifacts_destination,
+            ],
+            env={
+                **os.environ,
+                **env,
+                "MLFLOW_AUTH_CONFIG_PATH": auth_config,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # CSRF protection of the auth app
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            try:
+                _wait_port(port, timeout=120)
+            except TimeoutError:
+                log.flush()
+                with open(os.path.join(folder, "server.log"), errors="replace") as handle:
+                    raise AssertionError(f"mlflow server did not start:\n{handle.read()[-3000:]}") from None
+            yield {
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+                "MLFLOW_TRACKING_USERNAME": "admin",
+                "MLFLOW_TRACKING_PASSWORD": password,
+            }
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            log.close()

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -108,13 +109,18 @@ class Manifest:
         return cls(body["table"], body["ingest_date"], parts, body["committed_at"])
 
 
+class LakeError(RuntimeError):
+    """The lake holds something its manifests do not vouch for."""
+
+
 class RawLake:
     """Read and atomically publish raw partitions, locally or on object storage."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, cache_dir: Path | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self._local = "file" in _protocols(self.fs)
+        self.cache_dir = cache_dir
 
     def partition_dir(self, table: str, ingest_date: date) -> str:
         """Directory of one partition (inside the filesystem, without protocol)."""
@@ -200,8 +206,28 @@ class RawLake:
         return manifest
 
     def data_files(self, table: str) -> list[str]:
-        """Committed data files of `table` as full URIs, oldest partition first."""
-        return [self._full(self.locate(p.data.path)) for m in self.manifests(table) for p in m.parts]
+        """Committed data files of `table` for a query engine, oldest partition first.
+
+        On object storage with a `cache_dir`, these are local copies, fetched once per file and
+        checked against the manifest's sha256 (data files are immutable, so a copy never goes
+        stale); DuckDB and a local Spark then read them without an S3 extension or connector.
+        Without a cache they are full URIs.
+        """
+        parts = [p for m in self.manifests(table) for p in m.parts]
+        if self._local or self.cache_dir is None:
+            return [self._full(self.locate(p.data.path)) for p in parts]
+        folder = self.cache_dir / table
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = {f"{p.data.sha256}.parquet": p for p in parts}
+        for stale in set(os.listdir(folder)) - set(wanted):
+            (folder / stale).unlink(missing_ok=True)  # a replaced partition's file
+        for name, part in wanted.items():
+            if not (folder / name).exists():
+                payload = self.fs.cat_file(self.locate(part.data.path))
+                if hashlib.sha256(payload).hexdigest() != part.data.sha256:
+                    raise LakeError(f"{self._full(self.locate(part.data.path))} does not match its manifest's sha256")
+                write_local_atomic(str(folder / name), payload)
+        return [str(folder / f"{p.data.sha256}.parquet") for p in parts]
 
     def quarantine_files(self, table: str) -> list[str]:
         """Committed quarantine files of `table` as full URIs."""
@@ -214,7 +240,10 @@ class RawLake:
 
     def read(self, table: str, columns: list[str] | None = None, *, quarantine: bool = False) -> pd.DataFrame:
         """All committed rows of a table (or its quarantine) as one frame."""
-        files = self.quarantine_files(table) if quarantine else self.data_files(table)
+        if quarantine:
+            files = self.quarantine_files(table)
+        else:
+            files = [self._full(self.locate(p.data.path)) for m in self.manifests(table) for p in m.parts]
         if not files:
             return pd.DataFrame(columns=columns or [])
         tables = [pq.read_table(p.split("://", 1)[-1], columns=columns, filesystem=self.fs) for p in files]

@@ -56,8 +56,9 @@ NO_NEW_DATA = "no new data"
 
 
 def make_lake(settings: Settings) -> RawLake:
-    """The raw lake the settings point at."""
-    return RawLake(settings.lake_uri, settings.lake_storage_options)
+    """The raw lake the settings point at (on object storage, engines read local copies kept in
+    `<workspace>/lake-cache`)."""
+    return RawLake(settings.lake_uri, settings.lake_storage_options, cache_dir=settings.paths.root / "lake-cache")
 
 
 def ingest(

@@ -72,7 +72,13 @@ class ModelRegistry:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
             self.client.create_registered_model(self.model_name, description="Customer churn within the horizon.")
-        version = self.client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
+        from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+        # a logged model (`models:/m-...`) is named by its id too: a tracking server requires it
+        model_id = _parse_model_id_if_present(model_uri)
+        version = self.client.create_model_version(
+            self.model_name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
         return str(version.version)
 
     def tag(self, version: str, key: str, value: str) -> None:

@@ -54,6 +54,8 @@ def use_tracking(settings: Settings, experiment: str | None = None) -> str:
     if found is not None:
         return str(found.experiment_id)
     location = settings.mlflow.artifact_location
+    if not location:  # a tracking server's own artifact store (its --artifacts-destination)
+        return str(mlflow.create_experiment(name))
     if "://" not in location:
         Path(location).mkdir(parents=True, exist_ok=True)
         location = Path(location).resolve().as_uri()
