@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.integration.test_workspace import CONFIG
+from tests.servers import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +48,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding the project's dvc.yaml and params.yaml, a small shop's
     churnops.yaml, and that shop's sources; `dvc repro` run once."""
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        missing("git")
     folder = tmp_path_factory.mktemp("dvc")
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, folder / name)

@@ -39,6 +39,7 @@ def describe(dags_folder: str) -> dict[str, Any]:
                     "retry_delay_s": t.retry_delay.total_seconds(),
                     "execution_timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                     "owner": t.owner,
+                    "depends_on_past": t.depends_on_past,
                     "operator": type(t).__name__,
                 }
                 for t in dag.tasks

@@ -107,6 +107,9 @@ def build_dag(
     listed = steps()
     default_args = {
         "owner": "churnops",
+        # a day builds on the day before (the champion it keeps, monitoring's decision it reads):
+        # each task waits for its own task of the previous run, so days run in date order
+        "depends_on_past": True,
         "retries": 2,
         "retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=2),
