@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ENTITY = "customer"
 VIEW = "customer_features"
+ENTITY_KEY = "customer_id"  # the entity's join key
 SOURCE = "customer_features_source"
 CURRENT_SERVICE = "churn_features_current"
 ONLINE_WRITE_BATCH = 50_000
@@ -301,15 +302,54 @@ class FeastFeatureStore:
         columns = ["customer_id", "event_timestamp", "created_timestamp", *(f.name for f in view.features)]
         parquet = pq.ParquetFile(self.table.path_of(entry))
         total, done = parquet.metadata.num_rows, 0
-        nullable_ints = {pa.int64(): pd.Int64Dtype()}.get  # nulls stay nulls, not NaN floats
-        for batch in parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns):
-            with quiet():
-                store.write_to_online_store(VIEW, batch.to_pandas(types_mapper=nullable_ints))
-            done += batch.num_rows
-            if progress:
-                progress(done, total)
+        if not self._publish_bulk(parquet, view, columns, total, progress):
+            nullable_ints = {pa.int64(): pd.Int64Dtype()}.get  # nulls stay nulls, not NaN floats
+            for batch in parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns):
+                with quiet():
+                    store.write_to_online_store(VIEW, batch.to_pandas(types_mapper=nullable_ints))
+                done += batch.num_rows
+                if progress:
+                    progress(done, total)
         start = snapshot.replace(tzinfo=UTC) if snapshot.tzinfo is None else snapshot
         store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
+
+    def _publish_bulk(
+        self, parquet: Any, view: Any, columns: list[str], total: int, progress: Callable[[int, int], None] | None
+    ) -> bool:
+        """Write the snapshot straight into the SQLite online table (`online_bulk`); False when
+        that path does not apply (another store, a table or encoding Feast changed, or rows that
+        do not share one snapshot time), and Feast's own path is to be used."""
+        import pyarrow.compute as pc
+        from feast.infra.online_stores.sqlite import _table_id
+
+        from churnops.features import online_bulk
+
+        if self.settings.feast.online_store != "sqlite" or not online_bulk.encodings_agree(ENTITY_KEY):
+            return False
+        table = _table_id(self.store.project, view)
+        if online_bulk.table_columns(self.online_db, table) != online_bulk.COLUMNS:
+            return False
+        stamps = parquet.read(columns=["event_timestamp", "created_timestamp"])
+        moments = []
+        for name in ("event_timestamp", "created_timestamp"):
+            column = stamps.column(name)
+            low, high = pc.min(column).as_py(), pc.max(column).as_py()
+            if low is None or low != high:
+                return False
+            moments.append(_utc(low).replace(tzinfo=None))
+        ints = {f.name for f in view.features if "Int64" in str(f.dtype)}
+        online_bulk.write_online_rows(
+            self.online_db,
+            table,
+            parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns),
+            ENTITY_KEY,
+            [f.name for f in view.features],
+            ints,
+            moments[0],
+            moments[1],
+            progress=(lambda done: progress(done, total)) if progress else None,
+        )
+        return True
 
     def training_rows(self, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         """Point-in-time join of entity rows (customer_id, event_timestamp, ...) with the features."""

@@ -166,6 +166,7 @@ class FeatureTable:
                 snapshot, str(final.relative_to(self.root)), rows, content_hash, now
             )
         if not changed:
+            self._remove_unreferenced(manifest)  # the emptied staging folder
             return manifest
         manifest.raw_partitions = raw_partitions
         manifest.features = features
