@@ -131,7 +131,12 @@ def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(
     from churnops.features import online_bulk
 
     assert online_bulk.encodings_agree(feast_repo.ENTITY_KEY)
+    written: list[int] = []
+    real_write = online_bulk.write_online_rows
+    monkeypatch.setattr(online_bulk, "write_online_rows", lambda *a, **k: written.append(real_write(*a, **k)))
     report = build_features(shop)
+    assert len(written) == 1  # the bulk path wrote the snapshot
+    assert written[0] > 1000
     store = feast_repo.FeastFeatureStore(shop)
     bulk = _dump_all(store.online_db)
     with sqlite3.connect(store.online_db) as con:

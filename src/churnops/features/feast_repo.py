@@ -327,8 +327,11 @@ class FeastFeatureStore:
         if self.settings.feast.online_store != "sqlite" or not online_bulk.encodings_agree(ENTITY_KEY):
             return False
         table = _table_id(self.store.project, view)
-        if online_bulk.table_columns(self.online_db, table) != online_bulk.COLUMNS:
-            return False
+        present = online_bulk.table_columns(self.online_db, table)
+        if [
+            c for c in present if c != "vector_value"
+        ] != online_bulk.COLUMNS or self.store.config.online_store.vector_enabled:
+            return False  # vector_value stays NULL, as Feast leaves it without vector search
         stamps = parquet.read(columns=["event_timestamp", "created_timestamp"])
         moments = []
         for name in ("event_timestamp", "created_timestamp"):

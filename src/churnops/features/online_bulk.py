@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
+COLUMNS = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]  # (+ vector_value)
 DOUBLE_TAG = b"\x29"  # ValueProto.double_val: field 5, wire type 1 (64-bit)
 INT64_TAG = b"\x20"  # ValueProto.int64_val: field 4, wire type 0 (varint)
 
@@ -87,8 +87,8 @@ def _rows(
     ids: np.ndarray,
     columns: dict[str, tuple[np.ndarray, np.ndarray | None, bool]],
     prefix: bytes,
-    event_ts: datetime,
-    created_ts: datetime,
+    event_ts: Any,
+    created_ts: Any,
 ) -> Iterator[tuple[Any, ...]]:
     keys = [prefix + struct.pack("<q", int(c)) for c in ids]
     memo: dict[int, tuple[bytes, str]] = {}
@@ -144,6 +144,10 @@ def write_online_rows(
         Customers written.
     """
     prefix = entity_key_prefix(join_key)
+    # stored as Feast's sqlite module stores datetimes (it registers its adapter, epoch seconds)
+    adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
+    event_value: Any = adapt(event_ts) if adapt else event_ts
+    created_value: Any = adapt(created_ts) if adapt else created_ts
     upsert = (
         f'INSERT INTO "{table}" ({", ".join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) '
         "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
@@ -167,7 +171,7 @@ def write_online_rows(
                         if missing is not None:
                             values[missing] = np.nan
                     columns[name] = (values, missing if is_int else None, is_int)
-                conn.executemany(upsert, _rows(ids, columns, prefix, event_ts, created_ts))
+                conn.executemany(upsert, _rows(ids, columns, prefix, event_value, created_value))
                 done += len(ids)
                 if progress:
                     progress(done)
