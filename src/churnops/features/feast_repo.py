@@ -344,7 +344,7 @@ class FeastFeatureStore:
         online_bulk.write_online_rows(
             self.online_db,
             table,
-            parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns),
+            parquet.read(columns=columns),
             ENTITY_KEY,
             [f.name for f in view.features],
             ints,
