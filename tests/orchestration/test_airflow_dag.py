@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from churnops.settings import Settings, load_settings
+from tests.integration.test_workspace import CONFIG  # the small shop the workspace tests run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,23 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("airflow_driver.py")
 BIN = Path(sys.executable).parent
 DAYS = ["2024-12-31", "2025-01-01"]
-CONFIG: dict[str, Any] = {
-    "simulation": {"customers": 800, "start": "2024-01-01", "end": "2024-12-31", "products": 150, "seed": 4},
-    "training": {
-        "horizon_days": 28,
-        "holdout_snapshots": 2,
-        "validation_snapshots": 2,
-        "cv_folds": 2,
-        "candidates": {
-            "lightgbm": {
-                "algorithm": "lightgbm",
-                "params": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 50},
-            }
-        },
-    },
-    "gate": {"min_f1": 0.3, "min_lift_f1": -0.5, "min_lift_auc": -0.5, "bootstrap_rounds": 100},
-    "deploy": {"servers": False},
-}
 STEP_TASKS = ["simulate", "ingest", "features", "due", "train", "gate", "notify", "register", "staging", "production"]
 
 
