@@ -214,6 +214,7 @@ def notify_gate_failure(settings: Settings, as_of: date, verdict: GateVerdict) -
     """
     from churnops.training import tracking
 
+    tracking.use_tracking(settings)  # a task of its own under Airflow: nothing set MLflow's URI in this process
     alerted = _alert(settings, tracking.run_data(verdict.run_id), verdict)
     append_run(
         settings.paths,
