@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from datetime import date
@@ -75,7 +76,7 @@ def test_a_prediction_traces_back_to_the_snapshot_the_run_and_every_raw_partitio
         assert f"sha256 {sha}" in text.stdout
 
 
-def test_lineage_says_what_is_missing(shop: Shop) -> None:
+def test_lineage_says_what_is_missing(shop: Shop, tmp_path: Path) -> None:
     """An unknown version or request_id fails with a message naming what exists; asking for
     neither (or both) is a usage error."""
     runner = CliRunner()
@@ -83,10 +84,27 @@ def test_lineage_says_what_is_missing(shop: Shop) -> None:
     assert unknown.exit_code == 1
     assert "no version 999" in unknown.output
     assert shop.versions[0] in unknown.output
-    missing = runner.invoke(app, ["lineage", "--prediction", "nope-0", "-c", str(shop.config)])
+    log = tmp_path / "empty-log.db"
+    sqlite3.connect(log).execute("CREATE TABLE unrelated (x INTEGER)").connection.close()  # a log, no predictions
+    env = {"CHURNOPS_SERVING__PREDICTION_LOG_URL": f"sqlite:///{log}"}
+    missing = runner.invoke(app, ["lineage", "--prediction", "nope-0", "-c", str(shop.config)], env=env)
     assert missing.exit_code == 1
     assert "no logged prediction has request_id 'nope-0'" in missing.output
     assert runner.invoke(app, ["lineage", "-c", str(shop.config)]).exit_code == 2
+
+
+def test_lineage_on_an_empty_workspace_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """Nothing trained or served yet: one line each, exit 1, and nothing is created."""
+    runner = CliRunner()
+    env = {"CHURNOPS_WORKSPACE": str(tmp_path / "ws")}
+    version = runner.invoke(app, ["lineage", "1"], env=env)
+    assert version.exit_code == 1
+    assert "no registry yet" in version.output
+    served = runner.invoke(app, ["lineage", "--prediction", "abc-0"], env=env)
+    assert served.exit_code == 1
+    assert "no prediction log yet" in served.output
+    assert "Traceback" not in served.output
+    assert not (tmp_path / "ws").exists()
 
 
 def test_a_partition_rewritten_or_removed_since_training_is_flagged(shop: Shop) -> None:

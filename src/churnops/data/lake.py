@@ -215,7 +215,7 @@ class RawLake:
         """
         parts = [p for m in self.manifests(table) for p in m.parts]
         if self._local or self.cache_dir is None:
-            return [self._full(self.locate(p.data.path)) for p in parts]
+            return self._data_uris(parts)
         folder = self.cache_dir / table
         folder.mkdir(parents=True, exist_ok=True)
         wanted = {f"{p.data.sha256}.parquet": p for p in parts}
@@ -228,6 +228,9 @@ class RawLake:
                     raise LakeError(f"{self._full(self.locate(part.data.path))} does not match its manifest's sha256")
                 write_local_atomic(str(folder / name), payload)
         return [str(folder / f"{p.data.sha256}.parquet") for p in parts]
+
+    def _data_uris(self, parts: list[Part]) -> list[str]:
+        return [self._full(self.locate(p.data.path)) for p in parts]
 
     def quarantine_files(self, table: str) -> list[str]:
         """Committed quarantine files of `table` as full URIs."""
@@ -242,8 +245,8 @@ class RawLake:
         """All committed rows of a table (or its quarantine) as one frame."""
         if quarantine:
             files = self.quarantine_files(table)
-        else:
-            files = [self._full(self.locate(p.data.path)) for m in self.manifests(table) for p in m.parts]
+        else:  # the objects themselves (read through the lake's filesystem), not cached copies
+            files = self._data_uris([p for m in self.manifests(table) for p in m.parts])
         if not files:
             return pd.DataFrame(columns=columns or [])
         tables = [pq.read_table(p.split("://", 1)[-1], columns=columns, filesystem=self.fs) for p in files]

@@ -328,14 +328,13 @@ class FeastFeatureStore:
             return False
         table = _table_id(self.store.project, view)
         present = online_bulk.table_columns(self.online_db, table)
-        if [
-            c for c in present if c != "vector_value"
-        ] != online_bulk.COLUMNS or self.store.config.online_store.vector_enabled:
-            return False  # vector_value stays NULL, as Feast leaves it without vector search
-        stamps = parquet.read(columns=["event_timestamp", "created_timestamp"])
+        vectors = bool(getattr(self.store.config.online_store, "vector_enabled", False))
+        if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
+            return False  # (vector_value stays NULL, as Feast leaves it without vector search)
+        snapshot = parquet.read(columns=columns)
         moments = []
         for name in ("event_timestamp", "created_timestamp"):
-            column = stamps.column(name)
+            column = snapshot.column(name)
             low, high = pc.min(column).as_py(), pc.max(column).as_py()
             if low is None or low != high:
                 return False
@@ -344,7 +343,7 @@ class FeastFeatureStore:
         online_bulk.write_online_rows(
             self.online_db,
             table,
-            parquet.read(columns=columns),
+            snapshot,
             ENTITY_KEY,
             [f.name for f in view.features],
             ints,

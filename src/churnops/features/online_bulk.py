@@ -37,7 +37,7 @@ def entity_key_prefix(join_key: str) -> bytes:
     encoded = join_key.encode("utf8")
     int64_type = 4  # ValueType.INT64
     string_type = 2  # ValueType.STRING
-    return struct.pack("<IIi", 1, string_type, len(encoded)) + encoded + struct.pack("<II", int64_type, 8)
+    return struct.pack("<III", 1, string_type, len(encoded)) + encoded + struct.pack("<II", int64_type, 8)
 
 
 def _varint(value: int) -> bytes:

@@ -55,10 +55,7 @@ class FeatureManifest:
     @property
     def content_hash(self) -> str:
         """Hash of the whole table: its snapshots' content hashes in order."""
-        digest = hashlib.sha256()
-        for name in sorted(self.snapshots):
-            digest.update(f"{name}:{self.snapshots[name].content_hash};".encode())
-        return digest.hexdigest()
+        return self.content_hash_of(list(self.snapshots))
 
     def content_hash_of(self, names: list[str]) -> str:
         """Hash of some of its snapshots, in the same form as the whole table's."""

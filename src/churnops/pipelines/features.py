@@ -77,14 +77,11 @@ def on_grid(snapshots: list[str], as_of: date, cadence_days: int, max_history: i
     The table also holds other dates' grids (each logical date plans its own); training for a
     date uses only its own, so the result does not depend on which other dates ran before.
     """
-    days = sorted(
-        (date.fromisoformat(s) for s in snapshots),
-        reverse=True,
-    )
+    days = sorted(date.fromisoformat(s) for s in snapshots)
     chosen = [d for d in days if d <= as_of and (as_of - d).days % cadence_days == 0]
     if max_history is not None:
-        chosen = chosen[: max_history + 1]
-    return sorted(d.isoformat() for d in chosen)
+        chosen = chosen[-(max_history + 1) :]  # the newest, as plan_snapshots keeps them
+    return [d.isoformat() for d in chosen]
 
 
 def raw_lineage(settings: Settings) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from churnops.settings import Settings
@@ -103,9 +104,18 @@ def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
     Raises:
         LineageError: No prediction has that request_id.
     """
+    import sqlalchemy as sa
+
     from churnops.serving.prediction_log import find_prediction
 
-    row = find_prediction(settings.serving.prediction_log_url, request_id)
+    url = settings.serving.prediction_log_url
+    database = sa.engine.make_url(url)
+    if database.get_backend_name() == "sqlite" and not Path(database.database or "").exists():
+        raise LineageError(f"no prediction log yet ({database.database}): nothing has been served in this workspace")
+    try:
+        row = find_prediction(url, request_id)
+    except sa.exc.OperationalError as exc:
+        raise LineageError(f"cannot read the prediction log ({database.render_as_string()}): {exc.orig}") from exc
     if row is None:
         raise LineageError(
             f"no logged prediction has request_id {request_id!r} (an item of a request is `<request>-<index>`)"
@@ -194,6 +204,8 @@ def _matching_snapshot(settings: Settings, customer_id: Any, features: dict[str,
 
 
 def _same(logged: Any, stored: Any) -> bool:
-    if logged is None or stored is None or (isinstance(stored, float) and math.isnan(stored)):
-        return (logged is None) == (stored is None or (isinstance(stored, float) and math.isnan(stored)))
+    """A logged value (None for missing) against a stored one (None or NaN for missing)."""
+    gone = stored is None or (isinstance(stored, float) and math.isnan(stored))
+    if logged is None or gone:
+        return logged is None and gone
     return math.isclose(float(logged), float(stored), rel_tol=1e-9, abs_tol=1e-9)
