@@ -14,8 +14,9 @@ In one run, each phase in its own process (so peak memory is its own):
    two (reference) or three (engine) runs;
 2. 52 weekly snapshots in one run against 52 separate single-snapshot runs, both written
    to Parquet partitioned by snapshot;
-3. materialization of the latest snapshot into Feast's SQLite online store (the bulk writer,
-   `features/online_bulk.py`), against Feast's own `write_to_online_store` on the first
+3. materialization of the latest snapshot into Feast's SQLite online store and into a Redis
+   server started for the phase (BENCH_ONLINE_STORES=sqlite,redis; the bulk writers,
+   `features/online_bulk.py`), each against Feast's own `write_to_online_store` on the first
    BENCH_FEAST_BASELINE customers (default 50,000) of the same snapshot, extrapolated per
    customer (the whole million takes Feast ~9 minutes); a spot check that 1,000 random
    customers' online values equal the snapshot; online lookup latency (p50/p99) for 1 and 100
@@ -112,10 +113,11 @@ from churnops.features.definitions import feature_specs
 from churnops.features.duckdb_engine import connect_features, write_features
 from churnops.features.table import FeatureTable
 from churnops.pipelines.features import publish
-settings = load_settings(None, workspace="{ws}/workspace")
+online = {{"online_store": "redis", "redis_connection_string": "{redis}"}} if "{redis}" else {{}}
+settings = load_settings(None, workspace="{ws}/workspace-{kind}", feast=online)
 customers = pd.read_parquet("{ws}/customers.parquet")
 specs = feature_specs((7, 30, 90))
-table = FeatureTable(Path("{ws}/workspace/features/customer_features"))
+table = FeatureTable(Path("{ws}/workspace-{kind}/features/customer_features"))
 staging = table.staging_dir()
 as_of = pd.Timestamp("{as_of}")
 con, optional = connect_features(["{ws}/orders.parquet"], customers)
@@ -154,7 +156,11 @@ online = online.set_index("customer_id").loc[sample]
 names = [s.name for s in specs]
 a, b = online[names].astype("float64").to_numpy(), snapshot.loc[sample, names].astype("float64").to_numpy()
 spot_equal = bool(((a == b) | (np.isnan(a) & np.isnan(b))).all())
-# the baseline: Feast's own write path on the first customers of the same snapshot
+# the baseline: Feast's own write path on the first customers of the same snapshot (into an
+# emptied Redis: Feast's Redis path skips customers whose stored timestamp is as new)
+if "{redis}":
+    import redis
+    redis.Redis(host="{redis}".split(":")[0], port=int("{redis}".split(":")[1])).flushdb()
 import pyarrow as pa, pyarrow.parquet as pq
 head = pq.ParquetFile(table.files()[-1]).iter_batches(batch_size={baseline})
 frame = next(head).to_pandas(types_mapper={{pa.int64(): pd.Int64Dtype()}}.get)
@@ -251,27 +257,51 @@ def many_snapshots(ws: str) -> None:
 
 
 def online_store(ws: str, data: dict[str, Any]) -> None:
-    """Phase 3: the online store's daily load, against Feast's own path in the same run."""
+    """Phase 3: the online store's daily load, into SQLite and into a Redis server started
+    here, each against Feast's own path in the same run."""
+    from tests import servers
+
     baseline_customers = int(os.environ.get("BENCH_FEAST_BASELINE", "50000"))
-    feast = run_child(FEAST.format(ws=ws, as_of=AS_OF, customers=data["customers"], baseline=baseline_customers))
-    per_customer = feast["baseline_seconds"] / feast["baseline_customers"]
-    report(
-        "feature_store_online",
-        {
-            "customers_materialized": feast["rows"],
-            "materialize_seconds": feast["materialize_seconds"],
-            "feast_path_customers": feast["baseline_customers"],
-            "feast_path_seconds": feast["baseline_seconds"],
-            "feast_path_extrapolated_seconds": per_customer * feast["rows"],
-            "speedup_vs_feast_path": per_customer * feast["rows"] / feast["materialize_seconds"],
-            "online_equals_snapshot_1000_customers": feast["spot_equal"],
-            "lookup_1_p50_ms": feast["p50_1"],
-            "lookup_1_p99_ms": feast["p99_1"],
-            "lookup_100_p50_ms": feast["p50_100"],
-            "lookup_100_p99_ms": feast["p99_100"],
-            "peak_rss_mb": feast["peak_rss_mb"],
-        },
-    )
+    stores = [s for s in os.environ.get("BENCH_ONLINE_STORES", "sqlite,redis").split(",") if s]
+    for kind in stores:
+        if kind == "redis":
+            with servers.redis_server() as url:
+                host_port = url.removeprefix("redis://").split("/")[0]
+                feast = run_child(
+                    FEAST.format(
+                        ws=ws,
+                        as_of=AS_OF,
+                        customers=data["customers"],
+                        baseline=baseline_customers,
+                        kind=kind,
+                        redis=host_port,
+                    )
+                )
+        else:
+            feast = run_child(
+                FEAST.format(
+                    ws=ws, as_of=AS_OF, customers=data["customers"], baseline=baseline_customers, kind=kind, redis=""
+                )
+            )
+        per_customer = feast["baseline_seconds"] / feast["baseline_customers"]
+        report(
+            "feature_store_online" + ("" if kind == "sqlite" else f"_{kind}"),
+            {
+                "store": kind,
+                "customers_materialized": feast["rows"],
+                "materialize_seconds": feast["materialize_seconds"],
+                "feast_path_customers": feast["baseline_customers"],
+                "feast_path_seconds": feast["baseline_seconds"],
+                "feast_path_extrapolated_seconds": per_customer * feast["rows"],
+                "speedup_vs_feast_path": per_customer * feast["rows"] / feast["materialize_seconds"],
+                "online_equals_snapshot_1000_customers": feast["spot_equal"],
+                "lookup_1_p50_ms": feast["p50_1"],
+                "lookup_1_p99_ms": feast["p99_1"],
+                "lookup_100_p50_ms": feast["p50_100"],
+                "lookup_100_p99_ms": feast["p99_100"],
+                "peak_rss_mb": feast["peak_rss_mb"],
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -278,3 +278,58 @@ def test_redis_online_store_serves_the_same_values(shop: Settings, redis_url: st
     for customer in customers:
         assert from_redis.loc[customer, "frequency"] == latest.loc[customer, "frequency"]
         assert from_redis.loc[customer, "monetary"] == pytest.approx(latest.loc[customer, "monetary"])
+
+
+def _redis_dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash in the Redis database, field by field, with its TTL state."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    return {key: {**client.hgetall(key), b"ttl?": bytes([client.ttl(key) > 0])} for key in client.scan_iter(count=1000)}
+
+
+@pytest.mark.parametrize("key_ttl", [None, 86_400])
+def test_the_bulk_redis_writer_writes_exactly_the_hashes_feast_writes(
+    shop: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch, key_ttl: int | None
+) -> None:
+    """Into Redis, the bulk writer leaves the hashes Feast's `write_to_online_store` leaves for
+    the same snapshot: keys, every field and value (nulls included), the timestamp and, when the
+    store sets one, the keys' TTL; and Feast reads the values back."""
+    import redis
+
+    from churnops.features import online_bulk
+
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    db_url = f"redis://{host_port}/7"  # a database of its own: this test empties it
+    redis.Redis.from_url(db_url).flushdb()
+    online = {"online_store": "redis", "redis_connection_string": f"{host_port},db=7"}
+    settings = shop.model_copy(update={"feast": shop.feast.model_copy(update=online)})
+    if key_ttl:
+        real_config = feast_repo.repo_config
+
+        def with_ttl(s: Settings) -> dict[str, object]:
+            config = real_config(s)
+            return {**config, "online_store": {**config["online_store"], "key_ttl_seconds": key_ttl}}
+
+        monkeypatch.setattr(feast_repo, "repo_config", with_ttl)
+    written: list[int] = []
+    real_write = online_bulk.write_redis_rows
+    monkeypatch.setattr(online_bulk, "write_redis_rows", lambda *a, **k: written.append(real_write(*a, **k)))
+    report = build_features(settings)
+    assert len(written) == 1  # the bulk path wrote the snapshot
+    bulk = _redis_dump(db_url)
+    assert len(bulk) == written[0] > 1000
+    assert all(row[b"ttl?"] == bytes([bool(key_ttl)]) for row in bulk.values())
+    latest = pd.read_parquet(feature_table(shop).files()[-1]).set_index("customer_id")
+    sample = [int(c) for c in latest.index[:50]]
+    online = _online(settings, sample).set_index("customer_id")
+    names = [s.name for s in feature_specs((7, 30, 90))]
+    a = online.loc[sample, names].astype("float64").to_numpy()
+    b = latest.loc[sample, names].astype("float64").to_numpy()
+    assert ((a == b) | (np.isnan(a) & np.isnan(b))).all()
+    assert np.isnan(b).any()  # nulls were among the values compared
+    redis.Redis.from_url(db_url).flushdb()
+    monkeypatch.setattr(online_bulk, "encodings_agree", lambda _key: False)  # Feast's own path
+    feast_repo.FeastFeatureStore(settings).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
+    assert len(written) == 1
+    assert _redis_dump(db_url) == bulk

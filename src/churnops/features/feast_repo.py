@@ -316,21 +316,17 @@ class FeastFeatureStore:
     def _publish_bulk(
         self, parquet: Any, view: Any, columns: list[str], total: int, progress: Callable[[int, int], None] | None
     ) -> bool:
-        """Write the snapshot straight into the SQLite online table (`online_bulk`); False when
-        that path does not apply (another store, a table or encoding Feast changed, or rows that
-        do not share one snapshot time), and Feast's own path is to be used."""
+        """Write the snapshot straight into the SQLite table or the Redis hashes (`online_bulk`);
+        False when that path does not apply (another store or Redis deployment, a table or
+        encoding Feast changed, or rows that do not share one snapshot time), and Feast's own
+        path is to be used."""
         import pyarrow.compute as pc
-        from feast.infra.online_stores.sqlite import _table_id
 
         from churnops.features import online_bulk
 
-        if self.settings.feast.online_store != "sqlite" or not online_bulk.encodings_agree(ENTITY_KEY):
+        kind = self.settings.feast.online_store
+        if kind not in ("sqlite", "redis") or not online_bulk.encodings_agree(ENTITY_KEY):
             return False
-        table = _table_id(self.store.project, view)
-        present = online_bulk.table_columns(self.online_db, table)
-        vectors = bool(getattr(self.store.config.online_store, "vector_enabled", False))
-        if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
-            return False  # (vector_value stays NULL, as Feast leaves it without vector search)
         snapshot = parquet.read(columns=columns)
         moments = []
         for name in ("event_timestamp", "created_timestamp"):
@@ -340,6 +336,16 @@ class FeastFeatureStore:
                 return False
             moments.append(_utc(low).replace(tzinfo=None))
         ints = {f.name for f in view.features if "Int64" in str(f.dtype)}
+        report = (lambda done: progress(done, total)) if progress else None
+        if kind == "redis":
+            return self._publish_redis(view, snapshot, ints, moments[0], report)
+        from feast.infra.online_stores.sqlite import _table_id
+
+        table = _table_id(self.store.project, view)
+        present = online_bulk.table_columns(self.online_db, table)
+        vectors = bool(getattr(self.store.config.online_store, "vector_enabled", False))
+        if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
+            return False  # (vector_value stays NULL, as Feast leaves it without vector search)
         online_bulk.write_online_rows(
             self.online_db,
             table,
@@ -349,7 +355,39 @@ class FeastFeatureStore:
             ints,
             moments[0],
             moments[1],
-            progress=(lambda done: progress(done, total)) if progress else None,
+            progress=report,
+        )
+        return True
+
+    def _publish_redis(
+        self, view: Any, snapshot: Any, ints: set[str], moment: datetime, progress: Callable[[int], None] | None
+    ) -> bool:
+        """The Redis half of `_publish_bulk`: a plain or Sentinel-found Redis through Feast's own
+        client (a Redis Cluster routes keys by slot: Feast's path writes there)."""
+        from feast.infra.online_stores.redis import RedisType, _versioned_fv_name
+
+        from churnops.features import online_bulk
+
+        config = self.store.config
+        options = config.online_store
+        if options.redis_type == RedisType.redis_cluster or config.entity_key_serialization_version != 3:
+            return False
+        name = _versioned_fv_name(view, config)
+        features = [f.name for f in view.features]
+        if not online_bulk.redis_encodings_agree(ENTITY_KEY, self.store.project, name, features):
+            return False
+        client = self.store._get_provider().online_store._get_client(options)
+        online_bulk.write_redis_rows(
+            client,
+            self.store.project,
+            name,
+            snapshot,
+            ENTITY_KEY,
+            features,
+            ints,
+            moment.replace(tzinfo=UTC),
+            key_ttl_seconds=options.key_ttl_seconds,
+            progress=progress,
         )
         return True
 
