@@ -372,12 +372,13 @@ def _show_register(result: Any, settings: Settings) -> None:
 
 
 def _show_step(step: Any, result: Any, settings: Settings) -> None:
+    from churnops.monitoring.decide import Decision
     from churnops.monitoring.drift import Monitored
-    from churnops.pipelines.features import FeatureReport
+    from churnops.pipelines.features import FeatureReport, FeaturesChecked
     from churnops.pipelines.promotion import GateNotice, GateVerdict, Registered
     from churnops.pipelines.steps import Ingested, Simulated, TrainingDue
     from churnops.pipelines.train import TrainResult
-    from churnops.serving.deploy import Production, Staged
+    from churnops.serving.deploy import IntegrationTested, Production, Staged
 
     if result is None:
         console.print(Text(f"{step.name}: skipped (its condition did not hold)", style="dim"))
@@ -393,6 +394,10 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_ingest(result)
     elif isinstance(result, FeatureReport):
         _show_features(result)
+    elif isinstance(result, FeaturesChecked):
+        console.print(
+            Text(f"validate: snapshot {result.snapshot}, {result.rows:,} rows as committed and valid; {result.online}")
+        )
     elif isinstance(result, TrainResult):
         _show_train(result)
     elif isinstance(result, GateVerdict):
@@ -402,12 +407,26 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         console.print(Text(f"notify: nothing registered; {alerted}"))
     elif isinstance(result, Registered):
         _show_register(result, settings)
-    elif isinstance(result, Staged):
+    elif isinstance(result, IntegrationTested):
         _show_staged(result)
+    elif isinstance(result, Staged):
+        if result.skipped:
+            console.print(Text(f"staging: {result.skipped}", style="dim"))
+        else:
+            console.print(f"staging: version {result.version} on {result.url}")
     elif isinstance(result, Production):
         _show_production(result)
     elif isinstance(result, Monitored):
         _show_monitored(result)
+    elif isinstance(result, Decision):
+        _show_decision(result.day, result.as_dict())
+
+
+def _show_decision(day: str, decision: dict[str, Any]) -> None:
+    for condition, since in decision.get("alarms", {}).items():
+        console.print(f"monitor {day}: ALARM {condition} (since {since})")
+    if decision.get("reason"):
+        console.print(f"monitor {day}: {decision['reason']}")
 
 
 def _show_monitored(result: Any) -> None:
@@ -419,11 +438,7 @@ def _show_monitored(result: Any) -> None:
             f"against {target['reference_churn_rate']:.1%} in the champion's holdout, Cohen's h "
             f"{target['cohens_h']:+.3f}" + (" (DRIFT)" if target["drifted"] else "")
         )
-    decision = result.decision or {}
-    for condition, since in decision.get("alarms", {}).items():
-        console.print(f"monitor {result.day}: ALARM {condition} (since {since})")
-    if decision.get("reason"):
-        console.print(f"monitor {result.day}: {decision['reason']}")
+    _show_decision(result.day, result.decision or {})
     system = result.system or {}
     if system.get("requests"):
         console.print(
@@ -671,9 +686,9 @@ def run(
     champion = registry.holder("champion") if registry else None
     console.rule("done")
     console.print(f"champion: {settings.mlflow.model_name} version {champion or '(none yet)'}")
-    from churnops.serving.deploy import Staged
+    from churnops.serving.deploy import IntegrationTested
 
-    staged = results.find(Staged)
+    staged = results.find(IntegrationTested)
     if staged is not None and staged.version and not staged.skipped and not staged.passed:
         raise _fail(f"version {staged.version} failed its integration tests on staging; it goes no further")
     if settings.deploy.servers and champion:

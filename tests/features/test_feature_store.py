@@ -333,3 +333,35 @@ def test_the_bulk_redis_writer_writes_exactly_the_hashes_feast_writes(
     feast_repo.FeastFeatureStore(settings).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
     assert len(written) == 1
     assert _redis_dump(db_url) == bulk
+
+
+def test_the_validate_step_catches_a_changed_snapshot_and_an_online_store_that_disagrees(shop: Settings) -> None:
+    """`check_features` (the validate step) passes on what the features step wrote, reading every
+    customer back from the online store; one value changed in the online store, or one value
+    changed in the committed snapshot file, fails it with a message naming the problem."""
+    from churnops.features.validation import FeatureValidationError
+    from churnops.pipelines.features import check_features
+
+    day = date(2024, 7, 1)
+    build_features(shop, day)
+    checked = check_features(shop, day, sample=10_000)
+    assert checked.snapshot == "2024-07-01"
+    assert checked.online_sampled == checked.rows > 1000  # the sample is every customer here
+
+    table = feature_table(shop)
+    path = table.path_of(table.manifest().snapshots["2024-07-01"])
+    frame = pd.read_parquet(path)
+    buyer = frame.loc[frame["monetary"].notna(), "customer_id"].iloc[0]
+    changed = frame[frame["customer_id"] == buyer].copy()
+    changed["monetary"] = changed["monetary"] + 1.0
+    store = feast_repo.FeastFeatureStore(shop).store
+    store.write_to_online_store(feast_repo.VIEW, changed)
+    with pytest.raises(FeatureValidationError, match=rf"disagrees .* 1 of {len(frame)} .*customer {buyer} monetary"):
+        check_features(shop, day, sample=10_000)
+    store.write_to_online_store(feast_repo.VIEW, frame[frame["customer_id"] == buyer])
+    check_features(shop, day, sample=10_000)  # put back: it passes again
+
+    frame.loc[frame["customer_id"] == buyer, "monetary"] += 1.0
+    frame.to_parquet(path, index=False)
+    with pytest.raises(FeatureValidationError, match="2024-07-01 on disk is not the one committed"):
+        check_features(shop, day)

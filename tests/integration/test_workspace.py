@@ -191,7 +191,7 @@ def test_a_busy_workspace_gives_one_line_and_exit_75(tmp_path: Path) -> None:
 
 
 def test_a_run_resumes_at_a_step_with_the_kept_results_of_the_steps_before(original: Settings, tmp_path: Path) -> None:
-    """`--from production` runs production and monitor only; a rerun of the whole finished day trains
+    """`--from production` runs production, monitor and trigger only; a rerun of the whole finished day trains
     nothing new (the champion's own day reuses its runs) and registers nothing new."""
     from churnops.pipelines.promotion import Registered, model_registry
     from churnops.pipelines.steps import StepsError, TrainingDue, run_steps
@@ -202,7 +202,7 @@ def test_a_run_resumes_at_a_step_with_the_kept_results_of_the_steps_before(origi
     settings = _settings(copy)
     ran: list[str] = []
     results = run_steps(settings, DAY, resume_from="production", on_start=lambda step: ran.append(step.name))
-    assert ran == ["production", "monitor"]
+    assert ran == ["production", "monitor", "trigger"]
     assert results.get(Registered).version == "1"  # kept by the first run, read back
     assert results.get(TrainingDue).due is True
     assert results.get(TrainResult).logical_date == DAY.isoformat()

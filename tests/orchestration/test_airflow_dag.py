@@ -22,7 +22,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("airflow_driver.py")
 BIN = Path(sys.executable).parent
 DAYS = ["2024-12-31", "2025-01-01"]
-STEP_TASKS = ["simulate", "ingest", "features", "due", "train", "gate", "notify", "register", "staging", "production"]
+STEP_TASKS = [
+    "simulate",
+    "ingest",
+    "features",
+    "validate",
+    "due",
+    "train",
+    "gate",
+    "notify",
+    "register",
+    "staging",
+    "integration",
+    "production",
+]
 
 
 def _config(folder: Path, **overrides: Any) -> Path:
@@ -94,21 +107,24 @@ def test_the_dag_file_parses_with_the_designed_shape_and_touches_nothing(tmp_pat
     assert {"churnops", "mlops"} <= set(dag["tags"])
     assert dag["params"] == ["config"]
     tasks = dag["tasks"]
-    assert set(tasks) == {*STEP_TASKS, "gate_branch", "monitor"}
+    assert set(tasks) == {*STEP_TASKS, "gate_branch", "monitor", "trigger"}
     upstream = {task_id: task["upstream"] for task_id, task in tasks.items()}
     assert upstream == {
         "simulate": [],
         "ingest": ["simulate"],
         "features": ["ingest"],
-        "due": ["features"],
+        "validate": ["features"],
+        "due": ["validate"],
         "train": ["due"],
         "gate": ["train"],
         "gate_branch": ["gate"],
         "notify": ["gate_branch"],
         "register": ["gate_branch"],
         "staging": ["register"],
-        "production": ["notify", "staging"],
+        "integration": ["staging"],
+        "production": ["integration", "notify"],
         "monitor": ["production"],
+        "trigger": ["monitor"],
     }
     assert tasks["gate_branch"]["operator"] == "BranchPythonOperator"
     for task_id, task in tasks.items():
@@ -145,7 +161,13 @@ def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: 
     first, second = runs
     assert first["state"] == second["state"] == "success"
     assert first["interval"][1].startswith(DAYS[0])  # the churnops date is the end of the data interval
-    assert {k: v for k, v in first["tasks"].items() if v != "success"} == {"notify": "skipped"}
+    # the first model becomes champion at once: nothing to stage, so the integration tests skip
+    not_run = {k: v for k, v in first["tasks"].items() if v != "success"}
+    assert not_run == {"notify": "skipped", "integration": "skipped"}
+    assert _kept(settings, DAYS[0], "staging")["result"]["skipped"].endswith("is the champion already")
+    checked = _kept(settings, DAYS[0], "validate")["result"]
+    assert checked["snapshot"] == DAYS[0]
+    assert checked["online_sampled"] > 0
     # day two: no training due, so the training branch skips itself and production and monitoring still run
     assert second["tasks"]["due"] == "success"
     assert {t for t, state in second["tasks"].items() if state == "skipped"} == {
@@ -154,8 +176,9 @@ def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: 
         "notify",
         "register",
         "staging",
+        "integration",
     }
-    assert second["tasks"]["production"] == second["tasks"]["monitor"] == "success"
+    assert second["tasks"]["production"] == second["tasks"]["monitor"] == second["tasks"]["trigger"] == "success"
     assert not _kept(settings, DAYS[1], "due")["result"]["due"]
 
     for day in DAYS:
@@ -203,5 +226,6 @@ def test_a_failing_gate_takes_the_notify_branch_under_airflow_dags_test(tmp_path
     assert not (settings.paths.root / "runs" / DAYS[0] / "register.json").exists()  # the branch skipped it
     assert _kept(settings, DAYS[0], "production")["result"]["skipped"] == "no champion yet"
     assert _kept(settings, DAYS[0], "monitor")["step"] == "monitor"
+    assert _kept(settings, DAYS[0], "trigger")["result"]["retrain"] is False
     alerts = [json.loads(line) for line in Path(settings.alerts.file).read_text().splitlines()]
     assert [a["key"].startswith("gate-failed") for a in alerts] == [True]

@@ -503,6 +503,21 @@ def compute_features(
     return frame
 
 
+def snapshot_hash(path: str, feature_columns: list[str]) -> tuple[int, str]:
+    """Rows and content hash of one committed snapshot file, as `write_features` computed them."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        quoted = path.replace("'", "''")
+        query = f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM read_parquet('{quoted}')"
+        rows, digest = con.execute(query).fetchone()  # type: ignore[misc]
+    finally:
+        con.close()
+    return int(rows), _digest(int(digest))
+
+
 def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> Staged:
     """Row counts and content hashes of a snapshot-partitioned output written by another engine.
 

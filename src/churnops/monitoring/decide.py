@@ -44,6 +44,11 @@ class Decision:
         """Small and JSON-able."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Decision:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
 
 def conditions(settings: Settings, monitored: Any, champion_day: date | None) -> dict[str, bool | None]:
     """Whether each condition held on the monitored day (None: it could not be judged)."""
@@ -96,7 +101,7 @@ def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | Non
 def retrain_trigger(settings: Settings, day: date) -> str | None:
     """Why the training steps run on logical date `day` because of monitoring, if they do.
 
-    The monitor step of logical date D checks the day D - 1; a retrain it triggers runs with
+    The monitor and trigger steps of logical date D check the day D - 1; a retrain triggered runs with
     the next logical date's training steps. So the trigger for `day` is the decision of the
     check of `day - 2`, derived from the history like every decision (a pure function of it).
     """

@@ -120,11 +120,13 @@ def estimated_by_group(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def monitor_day(settings: Settings, day: date) -> Monitored:
+def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored:
     """Judge the drift of the predictions logged on `day` (UTC) against the champion's reference.
 
     Writes `<workspace>/monitoring/<day>/report.html` (Evidently's) and `summary.json`, and
-    rewrites the index page; rerunning a day replaces its files.
+    rewrites the index page; rerunning a day replaces its files. With `decide`, the day's
+    conditions also go into the history and the decision is taken (`decide_day`); the daily
+    steps take it in a step of their own.
     """
     from churnops.monitoring.performance import realized_performance
     from churnops.pipelines.promotion import existing_registry
@@ -151,7 +153,8 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
             f"({cfg.min_sample:,}), too few to judge drift"
         )
     if result.skipped:
-        _decide(settings, result, registry)
+        if decide:
+            _decide(settings, result, registry)
         _write(settings, result, None)
         return result
     assert registry is not None
@@ -168,9 +171,34 @@ def monitor_day(settings: Settings, day: date) -> Monitored:
     result.drifted_features = check.drifted_features
     result.drifted_share = check.drifted_share
     result.dataset_drift = check.dataset_drift
-    _decide(settings, result, registry)
+    if decide:
+        _decide(settings, result, registry)
     _write(settings, result, snapshot)
     return result
+
+
+def decide_day(settings: Settings, day: date) -> Any:
+    """Take the decision on a monitored day from its summary: record its conditions in the
+    history, derive alarms (hysteresis) and a retrain (cooldown), send new alerts, and keep
+    the decision in the summary. Rerunning it for the day decides the same.
+
+    Returns:
+        The `decide.Decision`.
+
+    Raises:
+        FileNotFoundError: The day was not monitored.
+    """
+    from churnops.data.lake import write_local_atomic
+    from churnops.monitoring.decide import Decision
+    from churnops.pipelines.promotion import existing_registry
+
+    path = monitoring_dir(settings) / day.isoformat() / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{day} was not monitored (no {path}); run `churnops monitor --day {day}` first")
+    result = Monitored.from_dict(json.loads(path.read_text()))
+    _decide(settings, result, existing_registry(settings))
+    write_local_atomic(str(path), json.dumps(result.as_dict(), indent=2).encode())
+    return Decision(**result.decision)
 
 
 @dataclass

@@ -301,10 +301,11 @@ class Demo:
         return list(read_lines(Path(self.settings.alerts.file)))
 
     def _summarise(self, day: date, results: Any, traffic: Traffic) -> DemoDay:
+        from churnops.monitoring.decide import Decision
         from churnops.monitoring.drift import Monitored
         from churnops.pipelines.promotion import GateVerdict, Registered
         from churnops.pipelines.steps import TrainingDue
-        from churnops.serving.deploy import Production, Staged
+        from churnops.serving.deploy import IntegrationTested, Production
 
         view = DemoDay(day=day.isoformat(), traffic=traffic)
         reached = self.reached()
@@ -325,7 +326,7 @@ class Demo:
                 view.milestones.append("first_model")
             else:
                 view.events.append(f"version {registered.version} passed the gate: the challenger")
-        staged = results.find(Staged)
+        staged = results.find(IntegrationTested)
         if staged is not None and staged.version and not staged.skipped:
             view.events.append(
                 f"version {staged.version} "
@@ -356,7 +357,8 @@ class Demo:
             for est in monitored.estimated:
                 if est["estimated_f1"] is not None:
                     view.estimated[f"v{est['version']} {est['variant']}"] = est["estimated_f1"]
-            alarms = (monitored.decision or {}).get("alarms", {})
+            decision = results.find(Decision)
+            alarms = decision.alarms if decision is not None else {}
             if "data_drift" in alarms and "drift" not in reached:
                 view.events.append(f"drift detected: data drift on every check since {alarms['data_drift']}")
                 view.milestones.append("drift")

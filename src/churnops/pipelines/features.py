@@ -291,3 +291,98 @@ def publish(
 
     store.publish_newest(moment, batches)
     return f"online store holds snapshot {newest}"
+
+
+ONLINE_SAMPLE = 200  # customers the validate step reads back from the online store
+
+
+@dataclass
+class FeaturesChecked:
+    """What the validate step found: the newest snapshot as training and serving will read it."""
+
+    snapshot: str
+    rows: int
+    content_hash: str
+    online_sampled: int = 0
+    online: str = ""  # what the online store was compared with, in words
+
+    def as_dict(self) -> dict[str, Any]:
+        """Small and JSON-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> FeaturesChecked:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -> FeaturesChecked:
+    """Validate what the training and the servers read, after the features step wrote it.
+
+    The table's newest snapshot (the online store's) is read back from disk: its rows and value
+    hash must be those the manifest recorded when the snapshot was validated and committed, and
+    it must pass the feature schema again, a row for every customer known at that time. Then
+    `sample` customers drawn from it (seeded by the date) are read through Feast's
+    `get_online_features`: every value must equal the snapshot's (nulls included).
+
+    Raises:
+        FeatureBuildError: The table holds no snapshot yet.
+        FeatureValidationError: Any of these checks failed; the message names which and how.
+    """
+    import numpy as np
+
+    from churnops.features.duckdb_engine import snapshot_hash
+    from churnops.features.feast_repo import CURRENT_SERVICE, FeastFeatureStore
+    from churnops.features.validation import FeatureValidationError
+
+    table = feature_table(settings)
+    manifest = table.manifest()
+    if not manifest.snapshots:
+        raise FeatureBuildError("the feature table holds no snapshot; run `churnops features` first")
+    newest = max(manifest.snapshots)
+    entry = manifest.snapshots[newest]
+    path = table.path_of(entry)
+    rows, content_hash = snapshot_hash(path, manifest.features)
+    if (rows, content_hash) != (entry.rows, entry.content_hash):
+        raise FeatureValidationError(
+            f"feature snapshot {newest} on disk is not the one committed: {rows:,} rows with hash "
+            f"{content_hash[:12]}, the manifest recorded {entry.rows:,} rows with hash {entry.content_hash[:12]}; "
+            "rerun `churnops features`"
+        )
+    declared = {s.name: s for s in feature_specs(tuple(settings.features.windows))}
+    specs = tuple(declared[name] for name in manifest.features if name in declared)
+    frame = pd.read_parquet(path)
+    customers = read_customers(make_lake(settings))
+    created = pd.to_datetime(customers["created_at"])
+    created = created.dt.tz_convert(None) if created.dt.tz is not None else created
+    validate_snapshot(frame, specs, newest, expected_rows=int((created < pd.Timestamp(newest)).sum()))
+
+    checked = FeaturesChecked(newest, rows, content_hash)
+    if frame.empty or sample <= 0:
+        checked.online = "no customers to compare"
+        return checked
+    rng = np.random.default_rng([settings.simulation.seed, day.toordinal()])
+    chosen = rng.choice(frame["customer_id"].to_numpy(), size=min(sample, len(frame)), replace=False)
+    store = FeastFeatureStore(settings, table).store
+    online = store.get_online_features(
+        features=store.get_feature_service(CURRENT_SERVICE),
+        entity_rows=[{"customer_id": int(i)} for i in chosen],
+    ).to_df()
+    names = list(manifest.features)
+    offline = frame.set_index("customer_id").loc[chosen, names].astype("float64").to_numpy()
+    served = online.set_index("customer_id").loc[chosen, names].astype("float64").to_numpy()
+    equal = (offline == served) | (np.isnan(offline) & np.isnan(served))
+    if not equal.all():
+        bad_rows, bad_cols = np.nonzero(~equal)
+        examples = [
+            f"customer {chosen[r]} {names[c]}: online {served[r, c]!r}, snapshot {offline[r, c]!r}"
+            for r, c in list(zip(bad_rows, bad_cols, strict=True))[:3]
+        ]
+        raise FeatureValidationError(
+            f"the online store disagrees with feature snapshot {newest} for "
+            f"{len(set(bad_rows.tolist()))} of {len(chosen)} sampled customers (e.g. {'; '.join(examples)}); "
+            "rerun `churnops features` to load it again"
+        )
+    checked.online_sampled = len(chosen)
+    checked.online = f"{len(chosen)} sampled customers read back from the online store equal snapshot {newest}"
+    return checked

@@ -177,6 +177,15 @@ def features_step(settings: Settings, day: date, _: Results, say: Progress) -> A
     return build_features(settings, day, progress=say)
 
 
+def validate_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """The newest snapshot as training and serving read it: the committed one, valid, online."""
+    from churnops.pipelines.features import check_features
+
+    checked = check_features(settings, day)
+    say(f"snapshot {checked.snapshot}: {checked.rows:,} rows as committed and valid; {checked.online}")
+    return checked
+
+
 def due_step(settings: Settings, day: date, _: Results, say: Progress) -> TrainingDue:
     """Train when there is no champion yet, when monitoring triggered a retrain (unless a
     challenger is in an A/B test), or to redo the day the champion was trained on; otherwise the
@@ -238,10 +247,17 @@ def register_step(settings: Settings, day: date, results: Results, say: Progress
 
 
 def staging_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
-    """Put the challenger on staging and run the integration tests against it over HTTP."""
-    from churnops.serving.deploy import deploy_staging
+    """Put the challenger on staging: the alias, and the staging server serving it."""
+    from churnops.serving.deploy import stage_challenger
 
-    return deploy_staging(settings, day, say)
+    return stage_challenger(settings, day, say)
+
+
+def integration_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
+    """Run the integration tests over HTTP against the staging server."""
+    from churnops.serving.deploy import Staged, run_integration_tests
+
+    return run_integration_tests(settings, day, results.get(Staged), say)
 
 
 def production_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
@@ -261,7 +277,17 @@ def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> An
     realized and estimated performance, system figures, and the decision (alarms, a retrain)."""
     from churnops.monitoring.drift import default_monitor_day, monitor_day
 
-    return monitor_day(settings, default_monitor_day(day))
+    return monitor_day(settings, default_monitor_day(day), decide=False)
+
+
+def trigger_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
+    """Decide on the monitored day: alarms that held long enough, their alerts, and whether to
+    retrain (the next logical date's `due` step reads it)."""
+    from churnops.monitoring.drift import decide_day, default_monitor_day
+
+    decision = decide_day(settings, default_monitor_day(day))
+    say(decision.reason or "no alarm")
+    return decision
 
 
 def _training_due(results: Results) -> bool:
@@ -281,6 +307,13 @@ def _registered(results: Results) -> bool:
     return results.find(Registered) is not None
 
 
+def _staged(results: Results) -> bool:
+    from churnops.serving.deploy import Staged
+
+    staged = results.find(Staged)
+    return staged is not None and staged.version is not None and not staged.skipped
+
+
 def _gate_passed(results: Results) -> bool:
     from churnops.pipelines.promotion import GateVerdict
 
@@ -297,16 +330,28 @@ def _gate_failed(results: Results) -> bool:
 
 def steps() -> list[Step]:
     """The daily pipeline, in order."""
+    from churnops.monitoring.decide import Decision
     from churnops.monitoring.drift import Monitored
-    from churnops.pipelines.features import FeatureReport
+    from churnops.pipelines.features import FeatureReport, FeaturesChecked
     from churnops.pipelines.promotion import GateNotice, GateVerdict, Registered
     from churnops.pipelines.train import TrainResult
-    from churnops.serving.deploy import Production, Staged
+    from churnops.serving.deploy import IntegrationTested, Production, Staged
 
     return [
         Step("simulate", simulate_step, Simulated, "publish the simulated shop up to the day before (if configured)"),
         Step("ingest", ingest_step, Ingested, "load every source into the raw lake, quarantining bad rows"),
-        Step("features", features_step, FeatureReport, "compute, validate and publish features to Feast"),
+        Step(
+            "features",
+            features_step,
+            FeatureReport,
+            "compute the snapshots (each validated before it is written), publish them to Feast",
+        ),
+        Step(
+            "validate",
+            validate_step,
+            FeaturesChecked,
+            "the newest snapshot as committed, valid again, and equal in the online store",
+        ),
         Step("due", due_step, TrainingDue, "train today? (no champion yet, or monitoring triggered a retrain)"),
         Step(
             "train",
@@ -344,21 +389,34 @@ def steps() -> list[Step]:
             "staging",
             staging_step,
             Staged,
-            "serve the challenger on staging; integration tests over HTTP (a failure stops the road)",
+            "serve the challenger on the staging server",
             runs_if=_registered,
+        ),
+        Step(
+            "integration",
+            integration_step,
+            IntegrationTested,
+            "integration tests over HTTP against staging (a failure stops the road)",
+            runs_if=_staged,
         ),
         Step(
             "production",
             production_step,
             Production,
             "decide the A/B test from realized labels; serve the champion, A/B-testing a staged challenger",
-            after=("staging", "notify"),
+            after=("integration", "notify"),
         ),
         Step(
             "monitor",
             monitor_step,
             Monitored,
-            "the day before's predictions: drift, realized and estimated performance, system figures, the decision",
+            "the day before's predictions: drift, realized and estimated performance, system figures",
+        ),
+        Step(
+            "trigger",
+            trigger_step,
+            Decision,
+            "alarms that held long enough (hysteresis), their alerts, and a retrain (with a cooldown)",
         ),
     ]
 

@@ -377,11 +377,17 @@ def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | N
     """Move `staging` to the challenger, serve it on the staging server, run the integration tests.
 
     A failing test stops the road (the version is tagged as failed, so production never A/B-tests
-    it) and raises an alert.
+    it) and raises an alert. The daily steps run the two halves as steps of their own
+    (`stage_challenger`, then `run_integration_tests`).
     """
-    from churnops.alerts import Alert, raise_alert
+    staged = stage_challenger(settings, day, say)
+    return staged if staged.skipped else run_integration_tests(settings, day, staged, say)
+
+
+def stage_challenger(settings: Settings, day: date, say: Callable[[str], None] | None = None) -> Staged:
+    """Move `staging` to the challenger and serve it on the staging server (or wait for the
+    configured remote staging server to serve it); no tests yet."""
     from churnops.pipelines.promotion import existing_registry
-    from churnops.serving.integration import integration_tests
 
     say = say or (lambda _: None)
     registry = existing_registry(settings)
@@ -401,22 +407,54 @@ def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | N
     else:
         url = str(settings.deploy.staging_url).rstrip("/")
         _wait_serving(settings, url, challenger, say)
-    checks = integration_tests(settings, url, challenger, say)
+    return Staged(challenger, url)
+
+
+@dataclass
+class IntegrationTested(Staged):
+    """What the integration tests against the staging server found."""
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> IntegrationTested:
+        """The inverse of `as_dict`."""
+        return cls(**body)
+
+
+def run_integration_tests(
+    settings: Settings, day: date, staged: Staged, say: Callable[[str], None] | None = None
+) -> IntegrationTested:
+    """Run the integration tests over HTTP against the staged version on its server; tag the
+    version with the verdict, and alert when a test failed (the version goes no further)."""
+    from churnops.alerts import Alert, raise_alert
+    from churnops.pipelines.promotion import existing_registry
+    from churnops.serving.integration import integration_tests
+
+    say = say or (lambda _: None)
+    registry = existing_registry(settings)
+    if registry is None or staged.version is None or staged.skipped:
+        return IntegrationTested(staged.version, staged.url, skipped=staged.skipped or "nothing on staging")
+    if registry.holder("staging") != staged.version:
+        return IntegrationTested(
+            staged.version,
+            staged.url,
+            skipped=f"staging holds version {registry.holder('staging')} now, not {staged.version}",
+        )
+    checks = integration_tests(settings, staged.url, staged.version, say)
     passed = all(c["passed"] for c in checks)
-    registry.tag(challenger, INTEGRATION_PASSED, "true" if passed else "false")
-    registry.tag(challenger, INTEGRATION_REPORT, json.dumps(checks, sort_keys=True)[:5000])
+    registry.tag(staged.version, INTEGRATION_PASSED, "true" if passed else "false")
+    registry.tag(staged.version, INTEGRATION_REPORT, json.dumps(checks, sort_keys=True)[:5000])
     if not passed:
         failed = [c for c in checks if not c["passed"]]
         raise_alert(
             settings.alerts,
             Alert(
-                key=f"integration-failed-{settings.mlflow.model_name}-v{challenger}-{day.isoformat()}",
-                title=f"{settings.mlflow.model_name} version {challenger} failed its integration tests on staging; "
-                "it goes no further",
-                details={c["name"]: c["detail"] for c in failed} | {"staging": url},
+                key=f"integration-failed-{settings.mlflow.model_name}-v{staged.version}-{day.isoformat()}",
+                title=f"{settings.mlflow.model_name} version {staged.version} failed its integration tests on "
+                "staging; it goes no further",
+                details={c["name"]: c["detail"] for c in failed} | {"staging": staged.url},
             ),
         )
-    return Staged(challenger, url, passed, checks)
+    return IntegrationTested(staged.version, staged.url, passed, checks)
 
 
 def _wait_serving(settings: Settings, url: str, version: str, say: Callable[[str], None]) -> None:
