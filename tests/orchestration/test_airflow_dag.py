@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("airflow_driver.py")
 BIN = Path(sys.executable).parent
-DAYS = ["2024-12-31", "2025-01-01"]
+DAYS = ["2024-12-31", "2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04", "2025-01-05", "2025-01-06"]
 STEP_TASKS = [
     "simulate",
     "ingest",
@@ -141,7 +141,7 @@ def test_the_dag_file_parses_with_the_designed_shape_and_touches_nothing(tmp_pat
 
 @pytest.fixture(scope="module")
 def in_order(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The same two days run in this process with `run_steps` (what `churnops run` does)."""
+    """The same seven days run in this process with `run_steps` (what `churnops run` does)."""
     from churnops.pipelines.steps import run_steps
 
     settings = load_settings(_config(tmp_path_factory.mktemp("inprocess")))
@@ -151,35 +151,37 @@ def in_order(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: Path, in_order: Settings) -> None:
-    """Two daily DAG runs (a two-day backfill) then a rerun of the first: every task ends as
+    """Seven daily DAG runs (a seven-day backfill) then a rerun of the first: every task ends as
     designed, and the feature tables, model metrics, registry versions and aliases equal those
-    of `churnops run` over the same days; the rerun adds nothing."""
+    of seven single `churnops run`s over the same days; the rerun adds nothing."""
     config = _config(tmp_path)
     settings = load_settings(config)
     env = _migrate(tmp_path / "airflow", config)
     runs = _drive(env, tmp_path, "run", *DAYS)
-    first, second = runs
-    assert first["state"] == second["state"] == "success"
-    assert first["interval"][1].startswith(DAYS[0])  # the churnops date is the end of the data interval
+    first, later = runs[0], runs[1:]
+    assert [run["state"] for run in runs] == ["success"] * len(DAYS)
+    assert [run["interval"][1][:10] for run in runs] == DAYS  # the churnops date is the end of the data interval
     # the first model becomes champion at once: nothing to stage, so the integration tests skip
     not_run = {k: v for k, v in first["tasks"].items() if v != "success"}
     assert not_run == {"notify": "skipped", "integration": "skipped"}
     assert _kept(settings, DAYS[0], "staging")["result"]["skipped"].endswith("is the champion already")
-    checked = _kept(settings, DAYS[0], "validate")["result"]
-    assert checked["snapshot"] == DAYS[0]
-    assert checked["online_sampled"] > 0
-    # day two: no training due, so the training branch skips itself and production and monitoring still run
-    assert second["tasks"]["due"] == "success"
-    assert {t for t, state in second["tasks"].items() if state == "skipped"} == {
-        "train",
-        "gate",
-        "notify",
-        "register",
-        "staging",
-        "integration",
-    }
-    assert second["tasks"]["production"] == second["tasks"]["monitor"] == second["tasks"]["trigger"] == "success"
-    assert not _kept(settings, DAYS[1], "due")["result"]["due"]
+    for day in DAYS:
+        checked = _kept(settings, day, "validate")["result"]
+        assert checked["snapshot"] == day
+        assert checked["online_sampled"] > 0
+    # the later days: no training due, so the training branch skips itself and production and monitoring still run
+    for day, run in zip(DAYS[1:], later, strict=True):
+        assert run["tasks"]["due"] == "success", day
+        assert {t for t, state in run["tasks"].items() if state == "skipped"} == {
+            "train",
+            "gate",
+            "notify",
+            "register",
+            "staging",
+            "integration",
+        }, day
+        assert run["tasks"]["production"] == run["tasks"]["monitor"] == run["tasks"]["trigger"] == "success", day
+        assert not _kept(settings, day, "due")["result"]["due"], day
 
     for day in DAYS:
         ours, theirs = _kept(settings, day, "features"), _kept(in_order, day, "features")
