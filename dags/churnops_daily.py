@@ -1,4 +1,5 @@
-"""The daily churnops pipeline for Airflow 3: ingest, features, train, gate, staging, A/B, monitor.
+"""The daily churnops pipeline for Airflow 3: ingest, features, validate, train, gate, staging,
+integration tests, A/B and production, monitor, retrain trigger.
 
 Built from the project's own step list (`churnops.pipelines.steps`), so it runs what
 `churnops run --date D` runs. Point `CHURNOPS_CONFIG` (or the run's `config` param) at the

@@ -503,6 +503,7 @@ def _step_errors() -> tuple[type[Exception], ...]:
     """What a step raises when the work fails for a reason its message explains."""
     from churnops.data.validation import BatchRejectedError
     from churnops.features.validation import FeatureValidationError
+    from churnops.monitoring.drift import MonitoringError
     from churnops.pipelines.features import FeatureBuildError
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.simulate import SimulationError
@@ -519,6 +520,7 @@ def _step_errors() -> tuple[type[Exception], ...]:
         TrainingError,
         RegistryError,
         DeployError,
+        MonitoringError,
     )
 
 
@@ -661,7 +663,8 @@ def run(
     ] = None,
 ) -> None:
     """Run the daily pipeline for one logical date: simulate (if the sources are the simulated shop),
-    ingest, features, training when due, gate, register, staging, production, monitor.
+    ingest, features, validate, training when due, gate, register, staging, integration tests,
+    production, monitor, trigger.
 
     The steps are the declared list in `churnops.pipelines.steps`, the same one the Airflow DAG
     is built from. Training runs when there is no champion yet or monitoring triggered a retrain;

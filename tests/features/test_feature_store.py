@@ -358,10 +358,31 @@ def test_the_validate_step_catches_a_changed_snapshot_and_an_online_store_that_d
     store.write_to_online_store(feast_repo.VIEW, changed)
     with pytest.raises(FeatureValidationError, match=rf"disagrees .* 1 of {len(frame)} .*customer {buyer} monetary"):
         check_features(shop, day, sample=10_000)
+    import struct
+
+    from churnops.features.online_bulk import entity_key_prefix
+
+    db = feast_repo.FeastFeatureStore(shop).online_db
+    with sqlite3.connect(db) as con:  # the customer's rows gone, as if never loaded
+        name = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        key = entity_key_prefix("customer_id") + struct.pack("<q", int(buyer))
+        assert con.execute(f"DELETE FROM {name} WHERE entity_key = ?", (key,)).rowcount > 0
+    with pytest.raises(FeatureValidationError, match=rf"1 of {len(frame)} .* not in the online store .*{buyer}"):
+        check_features(shop, day, sample=10_000)
     store.write_to_online_store(feast_repo.VIEW, frame[frame["customer_id"] == buyer])
     check_features(shop, day, sample=10_000)  # put back: it passes again
 
-    frame.loc[frame["customer_id"] == buyer, "monetary"] += 1.0
-    frame.to_parquet(path, index=False)
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    committed = pq.read_table(path)
+    pq.write_table(committed, path, compression="gzip")  # rewritten: other bytes, the same values
+    check_features(shop, day)  # the hash is of the values, not the file's bytes
+    index = committed.schema.get_field_index("monetary")
+    monetary = committed["monetary"]
+    bumped = pc.if_else(pc.equal(committed["customer_id"], buyer), pc.add(monetary, 1.0), monetary)
+    tampered = committed.set_column(index, committed.schema.field(index), bumped)
+    assert tampered.schema == committed.schema  # the same types: only the one value differs
+    pq.write_table(tampered, path)
     with pytest.raises(FeatureValidationError, match="2024-07-01 on disk is not the one committed"):
         check_features(shop, day)

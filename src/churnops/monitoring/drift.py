@@ -38,6 +38,10 @@ PRODUCTION_VARIANTS = ("champion", "challenger")
 PREDICTION = "probability"
 
 
+class MonitoringError(RuntimeError):
+    """Monitoring cannot do what was asked; the message says why and what to do."""
+
+
 @dataclass
 class Monitored:
     """What the monitor step found for one day of the prediction log."""
@@ -186,7 +190,7 @@ def decide_day(settings: Settings, day: date) -> Any:
         The `decide.Decision`.
 
     Raises:
-        FileNotFoundError: The day was not monitored.
+        MonitoringError: The day was not monitored.
     """
     from churnops.data.lake import write_local_atomic
     from churnops.monitoring.decide import Decision
@@ -194,7 +198,7 @@ def decide_day(settings: Settings, day: date) -> Any:
 
     path = monitoring_dir(settings) / day.isoformat() / "summary.json"
     if not path.exists():
-        raise FileNotFoundError(f"{day} was not monitored (no {path}); run `churnops monitor --day {day}` first")
+        raise MonitoringError(f"{day} was not monitored (no {path}); run `churnops monitor --day {day}` first")
     result = Monitored.from_dict(json.loads(path.read_text()))
     _decide(settings, result, existing_registry(settings))
     write_local_atomic(str(path), json.dumps(result.as_dict(), indent=2).encode())

@@ -317,13 +317,15 @@ class FeaturesChecked:
 
 
 def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -> FeaturesChecked:
-    """Validate what the training and the servers read, after the features step wrote it.
+    """Validate what the servers and the training read, after the features step wrote it.
 
     The table's newest snapshot (the online store's) is read back from disk: its rows and value
     hash must be those the manifest recorded when the snapshot was validated and committed, and
-    it must pass the feature schema again, a row for every customer known at that time. Then
-    `sample` customers drawn from it (seeded by the date) are read through Feast's
-    `get_online_features`: every value must equal the snapshot's (nulls included).
+    it must pass the feature schema again, a row for every customer known at that time. Every
+    other snapshot the training for `day` reads (the grid planned back from it) must have its
+    recorded rows and hash too. Then `sample` customers drawn from the newest snapshot (seeded
+    by the date) are read through Feast's `get_online_features`: each must be there, and every
+    value must equal the snapshot's (nulls included).
 
     Raises:
         FeatureBuildError: The table holds no snapshot yet.
@@ -340,15 +342,19 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
     if not manifest.snapshots:
         raise FeatureBuildError("the feature table holds no snapshot; run `churnops features` first")
     newest = max(manifest.snapshots)
+    cfg = settings.features
+    read = on_grid(list(manifest.snapshots), day, cfg.cadence_days, cfg.history_snapshots)
+    for name in sorted({newest, *read}):
+        entry = manifest.snapshots[name]
+        rows, content_hash = snapshot_hash(table.path_of(entry), manifest.features)
+        if (rows, content_hash) != (entry.rows, entry.content_hash):
+            raise FeatureValidationError(
+                f"feature snapshot {name} on disk is not the one committed: {rows:,} rows with hash "
+                f"{content_hash[:12]}, the manifest recorded {entry.rows:,} rows with hash "
+                f"{entry.content_hash[:12]}; rerun `churnops features`"
+            )
     entry = manifest.snapshots[newest]
     path = table.path_of(entry)
-    rows, content_hash = snapshot_hash(path, manifest.features)
-    if (rows, content_hash) != (entry.rows, entry.content_hash):
-        raise FeatureValidationError(
-            f"feature snapshot {newest} on disk is not the one committed: {rows:,} rows with hash "
-            f"{content_hash[:12]}, the manifest recorded {entry.rows:,} rows with hash {entry.content_hash[:12]}; "
-            "rerun `churnops features`"
-        )
     declared = {s.name: s for s in feature_specs(tuple(settings.features.windows))}
     specs = tuple(declared[name] for name in manifest.features if name in declared)
     frame = pd.read_parquet(path)
@@ -357,9 +363,9 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
     created = created.dt.tz_convert(None) if created.dt.tz is not None else created
     validate_snapshot(frame, specs, newest, expected_rows=int((created < pd.Timestamp(newest)).sum()))
 
-    checked = FeaturesChecked(newest, rows, content_hash)
+    checked = FeaturesChecked(newest, entry.rows, entry.content_hash)
     if frame.empty or sample <= 0:
-        checked.online = "no customers to compare"
+        checked.online = "no customers to compare" if frame.empty else "online store not compared (sample 0)"
         return checked
     rng = np.random.default_rng([settings.simulation.seed, day.toordinal()])
     chosen = rng.choice(frame["customer_id"].to_numpy(), size=min(sample, len(frame)), replace=False)
@@ -369,8 +375,20 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
         entity_rows=[{"customer_id": int(i)} for i in chosen],
     ).to_df()
     names = list(manifest.features)
+    lacking = sorted(set(names) - set(online.columns))
+    if lacking:
+        raise FeatureValidationError(
+            f"the online store's feature service {CURRENT_SERVICE} lacks {', '.join(lacking)} of feature snapshot "
+            f"{newest}; rerun `churnops features` to apply the repository and load it again"
+        )
     offline = frame.set_index("customer_id").loc[chosen, names].astype("float64").to_numpy()
     served = online.set_index("customer_id").loc[chosen, names].astype("float64").to_numpy()
+    absent = np.isnan(served).all(axis=1) & ~np.isnan(offline).all(axis=1)
+    if absent.any():
+        raise FeatureValidationError(
+            f"{int(absent.sum())} of {len(chosen)} sampled customers of feature snapshot {newest} are not in the "
+            f"online store (e.g. customer {chosen[absent][0]}); rerun `churnops features` to load it again"
+        )
     equal = (offline == served) | (np.isnan(offline) & np.isnan(served))
     if not equal.all():
         bad_rows, bad_cols = np.nonzero(~equal)

@@ -181,9 +181,7 @@ def validate_step(settings: Settings, day: date, _: Results, say: Progress) -> A
     """The newest snapshot as training and serving read it: the committed one, valid, online."""
     from churnops.pipelines.features import check_features
 
-    checked = check_features(settings, day)
-    say(f"snapshot {checked.snapshot}: {checked.rows:,} rows as committed and valid; {checked.online}")
-    return checked
+    return check_features(settings, day)
 
 
 def due_step(settings: Settings, day: date, _: Results, say: Progress) -> TrainingDue:
@@ -274,7 +272,7 @@ def production_step(settings: Settings, day: date, _: Results, say: Progress) ->
 
 def monitor_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
     """Monitor the day before's production predictions: drift against the champion's reference,
-    realized and estimated performance, system figures, and the decision (alarms, a retrain)."""
+    realized and estimated performance, system figures (the trigger step decides on them)."""
     from churnops.monitoring.drift import default_monitor_day, monitor_day
 
     return monitor_day(settings, default_monitor_day(day), decide=False)
@@ -285,9 +283,7 @@ def trigger_step(settings: Settings, day: date, _: Results, say: Progress) -> An
     retrain (the next logical date's `due` step reads it)."""
     from churnops.monitoring.drift import decide_day, default_monitor_day
 
-    decision = decide_day(settings, default_monitor_day(day))
-    say(decision.reason or "no alarm")
-    return decision
+    return decide_day(settings, default_monitor_day(day))
 
 
 def _training_due(results: Results) -> bool:

@@ -320,12 +320,10 @@ def stop_server(settings: Settings, env: str, timeout: float = 60.0) -> ServerSt
 
 @dataclass
 class Staged:
-    """What `deploy staging` did: the version on staging and its integration tests."""
+    """What the staging step did: the version on staging and the server serving it."""
 
     version: str | None
     url: str = ""
-    passed: bool = False
-    checks: list[dict[str, Any]] = field(default_factory=list)
     skipped: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -373,7 +371,7 @@ def serving_as_of(settings: Settings, day: date) -> datetime | None:
     return None
 
 
-def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | None = None) -> Staged:
+def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | None = None) -> IntegrationTested:
     """Move `staging` to the challenger, serve it on the staging server, run the integration tests.
 
     A failing test stops the road (the version is tagged as failed, so production never A/B-tests
@@ -381,7 +379,9 @@ def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | N
     (`stage_challenger`, then `run_integration_tests`).
     """
     staged = stage_challenger(settings, day, say)
-    return staged if staged.skipped else run_integration_tests(settings, day, staged, say)
+    if staged.skipped:
+        return IntegrationTested(staged.version, staged.url, skipped=staged.skipped)
+    return run_integration_tests(settings, day, staged, say)
 
 
 def stage_challenger(settings: Settings, day: date, say: Callable[[str], None] | None = None) -> Staged:
@@ -412,7 +412,10 @@ def stage_challenger(settings: Settings, day: date, say: Callable[[str], None] |
 
 @dataclass
 class IntegrationTested(Staged):
-    """What the integration tests against the staging server found."""
+    """What the integration tests against the staging server found (`deploy staging`'s result)."""
+
+    passed: bool = False
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> IntegrationTested:
@@ -424,7 +427,13 @@ def run_integration_tests(
     settings: Settings, day: date, staged: Staged, say: Callable[[str], None] | None = None
 ) -> IntegrationTested:
     """Run the integration tests over HTTP against the staged version on its server; tag the
-    version with the verdict, and alert when a test failed (the version goes no further)."""
+    version with the verdict, and alert when a test failed (the version goes no further).
+
+    With local servers (`deploy.servers`) the staging server is started again first, or made to
+    follow its alias if it runs: this step may run long after the staging step, in another
+    process (an Airflow retry, `churnops run --from integration`). A server that cannot be made
+    ready raises `DeployError` (worth a retry), never a failed verdict.
+    """
     from churnops.alerts import Alert, raise_alert
     from churnops.pipelines.promotion import existing_registry
     from churnops.serving.integration import integration_tests
@@ -439,7 +448,10 @@ def run_integration_tests(
             staged.url,
             skipped=f"staging holds version {registry.holder('staging')} now, not {staged.version}",
         )
-    checks = integration_tests(settings, staged.url, staged.version, say)
+    url = staged.url
+    if settings.deploy.servers:
+        url = start_server(settings, "staging", serving_as_of(settings, day), say).url
+    checks = integration_tests(settings, url, staged.version, say)
     passed = all(c["passed"] for c in checks)
     registry.tag(staged.version, INTEGRATION_PASSED, "true" if passed else "false")
     registry.tag(staged.version, INTEGRATION_REPORT, json.dumps(checks, sort_keys=True)[:5000])
@@ -451,10 +463,10 @@ def run_integration_tests(
                 key=f"integration-failed-{settings.mlflow.model_name}-v{staged.version}-{day.isoformat()}",
                 title=f"{settings.mlflow.model_name} version {staged.version} failed its integration tests on "
                 "staging; it goes no further",
-                details={c["name"]: c["detail"] for c in failed} | {"staging": staged.url},
+                details={c["name"]: c["detail"] for c in failed} | {"staging": url},
             ),
         )
-    return IntegrationTested(staged.version, staged.url, passed, checks)
+    return IntegrationTested(staged.version, url, passed=passed, checks=checks)
 
 
 def _wait_serving(settings: Settings, url: str, version: str, say: Callable[[str], None]) -> None:
