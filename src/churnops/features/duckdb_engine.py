@@ -503,19 +503,25 @@ def compute_features(
     return frame
 
 
-def snapshot_hash(path: str, feature_columns: list[str]) -> tuple[int, str]:
-    """Rows and content hash of one committed snapshot file, as `write_features` computed them."""
+def snapshot_hashes(paths: Sequence[str], feature_columns: list[str]) -> dict[str, tuple[int, str]]:
+    """Rows and content hash of committed snapshot files (one snapshot a file), as
+    `write_features` computed them, in one scan: path -> (rows, hash)."""
     import duckdb
 
+    if not paths:
+        return {}
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        quoted = path.replace("'", "''")
-        query = f"SELECT COUNT(*), {_hash_sql(feature_columns)} FROM read_parquet('{quoted}')"
-        rows, digest = con.execute(query).fetchone()  # type: ignore[misc]
+        files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+        query = (
+            f"SELECT filename, COUNT(*), {_hash_sql(feature_columns)} "
+            f"FROM read_parquet([{files}], filename = true) GROUP BY filename"
+        )
+        found = {str(name): (int(rows), _digest(int(digest))) for name, rows, digest in con.execute(query).fetchall()}
     finally:
         con.close()
-    return int(rows), _digest(int(digest))
+    return {str(p): found.get(str(p), (0, _digest(0))) for p in paths}
 
 
 def hash_snapshots(con: Any, staging: Path, feature_columns: list[str]) -> Staged:

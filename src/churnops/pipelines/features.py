@@ -333,7 +333,7 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
     """
     import numpy as np
 
-    from churnops.features.duckdb_engine import snapshot_hash
+    from churnops.features.duckdb_engine import snapshot_hashes
     from churnops.features.feast_repo import CURRENT_SERVICE, FeastFeatureStore
     from churnops.features.validation import FeatureValidationError
 
@@ -344,9 +344,12 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
     newest = max(manifest.snapshots)
     cfg = settings.features
     read = on_grid(list(manifest.snapshots), day, cfg.cadence_days, cfg.history_snapshots)
-    for name in sorted({newest, *read}):
+    checked_names = sorted({newest, *read})
+    paths = {name: table.path_of(manifest.snapshots[name]) for name in checked_names}
+    hashes = snapshot_hashes(list(paths.values()), manifest.features)
+    for name in checked_names:
         entry = manifest.snapshots[name]
-        rows, content_hash = snapshot_hash(table.path_of(entry), manifest.features)
+        rows, content_hash = hashes[paths[name]]
         if (rows, content_hash) != (entry.rows, entry.content_hash):
             raise FeatureValidationError(
                 f"feature snapshot {name} on disk is not the one committed: {rows:,} rows with hash "
