@@ -19,11 +19,14 @@ from churnops.pipelines.promotion import model_registry
 from churnops.serving.deploy import (
     INTEGRATION_PASSED,
     DeployError,
+    Staged,
     deploy_production,
     deploy_staging,
     pid_file,
+    run_integration_tests,
     serve_production,
     server_status,
+    stage_challenger,
     stop_server,
 )
 from churnops.serving.prediction_log import read_predictions
@@ -94,6 +97,26 @@ def test_a_failing_integration_test_stops_the_road_and_alerts(road: Shop) -> Non
     with pytest.raises(DeployError, match="has not passed its integration tests"):
         deploy_production(settings, DAY)
     assert registry.holder("champion") == road.versions[0]
+
+
+def test_the_integration_step_in_a_later_process_finds_the_staging_server_stopped_and_starts_it(road: Shop) -> None:
+    """The daily steps stage and test in two steps, under Airflow in two processes: the staging
+    step's result crosses as a dict (XCom), and a staging server that stopped in between (a
+    restart, a retry hours later) is started again, so the version is tested, not failed."""
+    settings = road.settings
+    staged = stage_challenger(settings, DAY)
+    assert staged.skipped == ""
+    assert staged.version == road.versions[1]
+    assert server_status(settings, "staging").state == "running"
+    stop_server(settings, "staging")
+    assert server_status(settings, "staging").state == "stopped"
+    handed = Staged.from_dict(json.loads(json.dumps(staged.as_dict())))
+    tested = run_integration_tests(settings, DAY, handed)
+    assert tested.passed, tested.checks
+    assert server_status(settings, "staging").state == "running"
+    assert _served_version(tested.url, settings) == road.versions[1]
+    registry = model_registry(settings)
+    assert registry.client.get_model_version(registry.model_name, tested.version).tags[INTEGRATION_PASSED] == "true"
 
 
 def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
