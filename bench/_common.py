@@ -41,3 +41,36 @@ def report(name: str, figures: dict[str, Any]) -> None:
     print(f"== {name}")
     for key, value in figures.items():
         print(f"  {key}: {value:,.2f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))
+CUSTOMERS = max(1000, int(ORDERS / 10.6))  # the simulator's ~10.6 orders a customer
+
+_GENERATE = """
+import json
+from churnops.settings import SimulationSettings
+from churnops.data.simulation import simulate_business
+world = simulate_business(SimulationSettings(customers={customers}, seed=11))
+cols = ["order_id", "customer_id", "order_date", "total_amount", "product_id", "category"]
+world.orders[cols].astype({{"order_id": "string"}}).to_parquet("{folder}/orders.parquet", index=False, row_group_size=1_000_000)
+world.customers[["customer_id", "created_at"]].to_parquet("{folder}/customers.parquet", index=False)
+print(json.dumps({{"orders": len(world.orders), "customers": len(world.customers)}}))
+"""
+
+
+def shop_files(folder: str | Path, reuse: str | None = None) -> dict[str, Any]:
+    """`orders.parquet` and `customers.parquet` of a shop of `CUSTOMERS` customers in `folder`:
+    copied from `reuse` when it holds them (a directory a user names), else generated.
+
+    Returns:
+        The number of orders and customers.
+    """
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    if reuse and Path(reuse, "orders.parquet").exists():
+        for name in ("orders.parquet", "customers.parquet"):
+            shutil.copy(Path(reuse, name), folder)
+        return {name: pq.read_metadata(Path(folder, f"{name}.parquet")).num_rows for name in ("orders", "customers")}
+    return run_child(_GENERATE.format(folder=folder, customers=CUSTOMERS))

@@ -26,25 +26,12 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import report, run_child
+from _common import report, run_child, shop_files
 
-ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))
-CUSTOMERS = max(1000, int(ORDERS / 10.6))
 LIMIT_SECONDS = 300.0
 
-GENERATE = """
-import json
-from churnops.settings import SimulationSettings
-from churnops.data.simulation import simulate_business
-world = simulate_business(SimulationSettings(customers={customers}, seed=11))
-cols = ["order_id", "customer_id", "order_date", "total_amount", "product_id", "category"]
-world.orders[cols].astype({{"order_id": "string"}}).to_parquet("{data}/orders.parquet", index=False, row_group_size=1_000_000)
-world.customers[["customer_id", "created_at"]].to_parquet("{data}/customers.parquet", index=False)
-print(json.dumps({{"orders": len(world.orders), "customers": len(world.customers)}}))
-"""
-
 STEP = """
-import json, time
+import json
 from datetime import date
 from churnops.settings import load_settings
 from churnops.pipelines.steps import run_steps
@@ -70,20 +57,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="churnops-bench-day-"))
     try:
-        cached = os.environ.get("BENCH_DAY_DATA")
         data_dir = root / "data"
         data_dir.mkdir()
-        if cached and Path(cached, "orders.parquet").exists():
-            for name in ("orders.parquet", "customers.parquet"):
-                shutil.copy(Path(cached, name), data_dir)
-            import pyarrow.parquet as pq
-
-            data = {
-                "orders": pq.read_metadata(data_dir / "orders.parquet").num_rows,
-                "customers": pq.read_metadata(data_dir / "customers.parquet").num_rows,
-            }
-        else:
-            data = run_child(GENERATE.format(data=data_dir, customers=CUSTOMERS))
+        data = shop_files(data_dir, os.environ.get("BENCH_DAY_DATA"))
         day = _day_after_last_order(data_dir / "orders.parquet")
         print(f"data: {data['orders']:,} orders, {data['customers']:,} customers; the day {day}", flush=True)
         config = root / "churnops.yaml"

@@ -34,22 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from _common import report, run_child
+from _common import report, run_child, shop_files
 
-ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))
-CUSTOMERS = max(1000, int(ORDERS / 10.6))
 AS_OF = "2026-01-01"
-
-GENERATE = """
-import json
-from churnops.settings import SimulationSettings
-from churnops.data.simulation import simulate_business
-world = simulate_business(SimulationSettings(customers={customers}, seed=11))
-cols = ["order_id", "customer_id", "order_date", "total_amount", "product_id", "category"]
-world.orders[cols].astype({{"order_id": "string"}}).to_parquet("{ws}/orders.parquet", index=False, row_group_size=1_000_000)
-world.customers[["customer_id", "created_at"]].to_parquet("{ws}/customers.parquet", index=False)
-print(json.dumps({{"orders": len(world.orders), "customers": len(world.customers)}}))
-"""
 
 REFERENCE = """
 import json, time, sys
@@ -185,18 +172,7 @@ def main() -> None:
     root = str(Path(__file__).parents[1])
     ws = tempfile.mkdtemp(prefix="churnops-bench-features-")
     try:
-        cached = os.environ.get("BENCH_FEATURES_DATA")
-        if cached and Path(cached, "orders.parquet").exists():
-            shutil.copy(Path(cached, "orders.parquet"), ws)
-            shutil.copy(Path(cached, "customers.parquet"), ws)
-            import pyarrow.parquet as pq
-
-            data = {
-                "orders": pq.read_metadata(Path(ws, "orders.parquet")).num_rows,
-                "customers": pq.read_metadata(Path(ws, "customers.parquet")).num_rows,
-            }
-        else:
-            data = run_child(GENERATE.format(ws=ws, customers=CUSTOMERS))
+        data = shop_files(ws, os.environ.get("BENCH_FEATURES_DATA"))
         print(f"data: {data['orders']:,} orders, {data['customers']:,} customers", flush=True)
         phases = set(os.environ.get("BENCH_PHASES", "snapshot,snapshots,feast").split(","))
         if "snapshot" in phases:

@@ -165,6 +165,13 @@ def build_features(
     return report
 
 
+def known_before(customers: pd.DataFrame) -> Callable[[pd.Timestamp], int]:
+    """How many of these customers had signed up before a time (a snapshot's expected rows)."""
+    created = pd.to_datetime(customers["created_at"])
+    created = created.dt.tz_convert(None) if created.dt.tz is not None else created
+    return lambda as_of: int((created < as_of).sum())
+
+
 def compute_table(
     settings: Settings,
     files: list[str],
@@ -193,12 +200,10 @@ def compute_table(
         if total > 1 and (done == total or done % 10 == 0):
             say(f"  {done}/{total} snapshots validated and written")
 
-    created = pd.to_datetime(customers["created_at"])
-    created = created.dt.tz_convert(None) if created.dt.tz is not None else created
+    known = known_before(customers)
 
     def validate(as_of: pd.Timestamp, frame: pd.DataFrame, specs: tuple[FeatureSpec, ...]) -> None:
-        known = int((created < as_of).sum())
-        validate_snapshot(frame, specs, f"{as_of:%Y-%m-%d}", expected_rows=known)
+        validate_snapshot(frame, specs, f"{as_of:%Y-%m-%d}", expected_rows=known(as_of))
 
     try:
         stamped = datetime.combine(logical_date, datetime.min.time(), tzinfo=UTC)
@@ -361,10 +366,8 @@ def check_features(settings: Settings, day: date, sample: int = ONLINE_SAMPLE) -
     declared = {s.name: s for s in feature_specs(tuple(settings.features.windows))}
     specs = tuple(declared[name] for name in manifest.features if name in declared)
     frame = pd.read_parquet(path)
-    customers = read_customers(make_lake(settings))
-    created = pd.to_datetime(customers["created_at"])
-    created = created.dt.tz_convert(None) if created.dt.tz is not None else created
-    validate_snapshot(frame, specs, newest, expected_rows=int((created < pd.Timestamp(newest)).sum()))
+    known = known_before(read_customers(make_lake(settings)))
+    validate_snapshot(frame, specs, newest, expected_rows=known(pd.Timestamp(newest)))
 
     checked = FeaturesChecked(newest, entry.rows, entry.content_hash)
     if frame.empty or sample <= 0:
