@@ -5,8 +5,10 @@
 # the second carries only the virtual environment and runs as an unprivileged user.
 
 ARG PYTHON_VERSION=3.11
+# Any image with that Python and pip (`--build-arg BASE_IMAGE=...`, as the image test does offline).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 ARG UV_VERSION=0.13.9
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
@@ -17,7 +19,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY src ./src
 RUN uv sync --frozen --no-dev --no-editable
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 # LightGBM needs the OpenMP runtime.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends libgomp1 \

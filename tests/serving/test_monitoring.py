@@ -86,6 +86,7 @@ def test_traffic_like_the_reference_shows_no_drift(shop: Shop, tmp_path: Path) -
     (estimated,) = result.estimated
     assert (estimated["version"], estimated["variant"], estimated["predictions"]) == ("1", "champion", 1500)
     assert 0 < estimated["estimated_f1"] <= 1
+    assert "calibrated on the version's holdout" in estimated["method"]
     summary = json.loads((settings.paths.root / "monitoring" / DAY.isoformat() / "summary.json").read_text())
     assert summary["dataset_drift"] is False
     assert Path(result.report).read_text().lower().count("<html") >= 1
@@ -201,8 +202,22 @@ def test_realized_performance_waits_for_labels_then_equals_a_pandas_computation(
     assert group["recall"] == pytest.approx(recall_score(logged["churned"], label), abs=1e-4)
     assert group["roc_auc"] == pytest.approx(roc_auc_score(logged["churned"], proba), abs=1e-4)
     assert group["churn_rate"] == pytest.approx(logged["churned"].mean(), abs=1e-4)
-    tp, fp, fn = (proba * label).sum(), ((1 - proba) * label).sum(), (proba * (1 - label)).sum()
+    # CBPE's figure for the same predictions, their probabilities calibrated on version 1's holdout
+    calibrated = _holdout_calibrated(settings, "1", proba)
+    tp, fp, fn = (calibrated * label).sum(), ((1 - calibrated) * label).sum(), (calibrated * (1 - label)).sum()
     assert group["estimated_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+    tp, fp, fn = (proba * label).sum(), ((1 - proba) * label).sum(), (proba * (1 - label)).sum()
+    assert group["estimated_f1"] != pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-3)  # not the raw one
+
+
+def _holdout_calibrated(settings: Settings, version: str, proba: np.ndarray) -> np.ndarray:
+    """scikit-learn's isotonic regression of the version's holdout labels on its probabilities."""
+    from sklearn.isotonic import IsotonicRegression
+
+    registry = model_registry(settings)
+    holdout = tracking.load_holdout(str(registry.client.get_model_version(registry.model_name, version).run_id))
+    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(holdout["proba"], holdout["churned"])
+    return np.asarray(iso.predict(proba))
 
 
 def _ab_workspace(shop: Shop, tmp_path: Path) -> Settings:

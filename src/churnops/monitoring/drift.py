@@ -111,17 +111,49 @@ def system_metrics(frame: pd.DataFrame, refusals: pd.DataFrame | None = None) ->
     }
 
 
-def estimated_by_group(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """CBPE's estimated precision, recall and F1 per version and variant (`estimate`)."""
+def estimated_by_group(frame: pd.DataFrame, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """CBPE's estimated precision, recall and F1 per version and variant (`estimate`), each
+    version's probabilities calibrated on its holdout when `settings` lead to the registry."""
     from churnops.monitoring.estimate import estimate_performance
 
     if frame.empty:
         return []
     return [
         {"version": str(version), "variant": str(variant)}
-        | estimate_performance(group["probability"].to_numpy(), group["label"].to_numpy())
+        | estimate_performance(
+            group["probability"].to_numpy(),
+            group["label"].to_numpy(),
+            calibration_of(settings, str(version)) if settings is not None else None,
+        )
         for (version, variant), group in frame.groupby(["version", "variant"], sort=True)
     ]
+
+
+_CALIBRATIONS: dict[tuple[str, str, str], Any] = {}
+
+
+def calibration_of(settings: Settings, version: str) -> Any:
+    """The CBPE calibration of a registered version, fitted on the holdout stored with its run
+    (its probabilities and labels); None when the version or its holdout cannot be found. A
+    version's holdout never changes, so each is fitted once per process."""
+    from churnops.monitoring.estimate import fit_calibration
+    from churnops.pipelines.promotion import existing_registry
+    from churnops.training import tracking
+
+    key = (settings.mlflow.tracking_uri, settings.mlflow.model_name, version)
+    if key not in _CALIBRATIONS:
+        tracking.use_tracking(settings)
+        calibration = None
+        registry = existing_registry(settings)
+        try:
+            if registry is not None:
+                run_id = registry.client.get_model_version(registry.model_name, version).run_id
+                holdout = tracking.load_holdout(str(run_id))
+                calibration = fit_calibration(holdout["proba"].to_numpy(), holdout["churned"].to_numpy())
+        except Exception as exc:  # an estimate without calibration is still an estimate; say why
+            log.warning("no CBPE calibration for version %s (its holdout cannot be read): %s", version, exc)
+        _CALIBRATIONS[key] = calibration
+    return _CALIBRATIONS[key]
 
 
 def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored:
@@ -143,7 +175,7 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
     current = logged[logged["variant"].isin(PRODUCTION_VARIANTS)] if not logged.empty else logged
     refusals = read_refusals(settings.serving.prediction_log_url, day)
     result.system = system_metrics(current, refusals[refusals["alias"] == "champion"])
-    result.estimated = estimated_by_group(current)
+    result.estimated = estimated_by_group(current, settings)
     result.predictions = len(current)
     registry = existing_registry(settings)
     result.champion = registry.holder("champion") if registry else None

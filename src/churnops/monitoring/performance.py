@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from churnops.monitoring.drift import PRODUCTION_VARIANTS
+from churnops.monitoring.drift import PRODUCTION_VARIANTS, calibration_of
 from churnops.settings import Settings
 
 
@@ -94,7 +94,7 @@ def realized_performance(settings: Settings, known_until: date, window_days: int
                 "recall": round(float(recall_score(y, label, zero_division=0)), 4),
                 "roc_auc": round(float(roc_auc_score(y, p)), 4) if both else None,
                 # what CBPE estimated for the same predictions, before their labels: its check
-                "estimated_f1": estimate_performance(p, label)["estimated_f1"],
+                "estimated_f1": estimate_performance(p, label, calibration_of(settings, str(version)))["estimated_f1"],
             }
         )
     if unlabelled:
