@@ -129,31 +129,31 @@ def estimated_by_group(frame: pd.DataFrame, settings: Settings | None = None) ->
     ]
 
 
-_CALIBRATIONS: dict[tuple[str, str, str], Any] = {}
+_CALIBRATIONS: dict[tuple[str, str], Any] = {}
 
 
 def calibration_of(settings: Settings, version: str) -> Any:
     """The CBPE calibration of a registered version, fitted on the holdout stored with its run
     (its probabilities and labels); None when the version or its holdout cannot be found. A
-    version's holdout never changes, so each is fitted once per process."""
+    run's holdout never changes, so each is fitted once per process."""
     from churnops.monitoring.estimate import fit_calibration
     from churnops.pipelines.promotion import existing_registry
     from churnops.training import tracking
 
-    key = (settings.mlflow.tracking_uri, settings.mlflow.model_name, version)
-    if key not in _CALIBRATIONS:
-        tracking.use_tracking(settings)
-        calibration = None
-        registry = existing_registry(settings)
-        try:
-            if registry is not None:
-                run_id = registry.client.get_model_version(registry.model_name, version).run_id
-                holdout = tracking.load_holdout(str(run_id))
-                calibration = fit_calibration(holdout["proba"].to_numpy(), holdout["churned"].to_numpy())
-        except Exception as exc:  # an estimate without calibration is still an estimate; say why
-            log.warning("no CBPE calibration for version %s (its holdout cannot be read): %s", version, exc)
-        _CALIBRATIONS[key] = calibration
-    return _CALIBRATIONS[key]
+    tracking.use_tracking(settings)
+    registry = existing_registry(settings)
+    try:
+        if registry is None:
+            return None
+        run_id = str(registry.client.get_model_version(registry.model_name, version).run_id)
+        key = (settings.mlflow.tracking_uri, run_id)
+        if key not in _CALIBRATIONS:
+            holdout = tracking.load_holdout(run_id)
+            _CALIBRATIONS[key] = fit_calibration(holdout["proba"].to_numpy(), holdout["churned"].to_numpy())
+        return _CALIBRATIONS[key]
+    except Exception as exc:  # an estimate without calibration is still an estimate; say why
+        log.warning("no CBPE calibration for version %s (its holdout cannot be read): %s", version, exc)
+        return None
 
 
 def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored:
