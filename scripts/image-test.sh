@@ -35,7 +35,6 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 60 docker p
   if ! docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || fail "debootstrap is needed for the local base (Debian: debootstrap)"
     rootfs=$(mktemp -d /tmp/churnops-rootfs.XXXXXX)
-    trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
       bookworm "$rootfs" http://deb.debian.org/debian >/tmp/churnops-debootstrap.log 2>&1 \
       || fail "debootstrap failed; see /tmp/churnops-debootstrap.log"
@@ -45,6 +44,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! timeout 60 docker p
     rm -rf "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' \
       -c 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' -c 'CMD ["python3"]' - "$LOCAL_BASE" >/dev/null
+    rm -rf "$rootfs"
   fi
   BASE_IMAGE=$LOCAL_BASE
 fi

@@ -111,9 +111,9 @@ def system_metrics(frame: pd.DataFrame, refusals: pd.DataFrame | None = None) ->
     }
 
 
-def estimated_by_group(frame: pd.DataFrame, settings: Settings | None = None) -> list[dict[str, Any]]:
+def estimated_by_group(frame: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
     """CBPE's estimated precision, recall and F1 per version and variant (`estimate`), each
-    version's probabilities calibrated on its holdout when `settings` lead to the registry."""
+    version's probabilities calibrated on its holdout (`calibration_of`)."""
     from churnops.monitoring.estimate import estimate_performance
 
     if frame.empty:
@@ -123,7 +123,7 @@ def estimated_by_group(frame: pd.DataFrame, settings: Settings | None = None) ->
         | estimate_performance(
             group["probability"].to_numpy(),
             group["label"].to_numpy(),
-            calibration_of(settings, str(version)) if settings is not None else None,
+            calibration_of(settings, str(version)),
         )
         for (version, variant), group in frame.groupby(["version", "variant"], sort=True)
     ]
