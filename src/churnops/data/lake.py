@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -179,6 +180,30 @@ class RawLake:
         self._write_bytes(self.locate(path), encoded.payload)
         return PartFile(path=path, rows=encoded.rows, sha256=encoded.sha256, schema=encoded.schema)
 
+    def stage_file(self, table: str, ingest_date: date) -> StagedFile:
+        """A local file to stream a new data file into, placed in the partition by `StagedFile.place`.
+
+        On a local lake it sits in the partition under a temporary name (the next commit of the
+        partition removes it if the writer dies); on object storage it sits in the cache folder
+        (or the system's temporary folder) until it is uploaded whole.
+        """
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        path = f"{self._partition(table, ingest_date)}/{name}"
+        if self._local:
+            target = self.locate(path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            return StagedFile(self, path, f"{target}.tmp-{uuid.uuid4().hex}")
+        if self.cache_dir is not None:
+            staging = self.cache_dir / "staging"
+            if staging.exists():  # a writer that died before uploading (ingest holds the workspace lock)
+                for stale in staging.iterdir():
+                    stale.unlink(missing_ok=True)
+            staging.mkdir(parents=True, exist_ok=True)
+            return StagedFile(self, path, str(staging / name))
+        handle, local = tempfile.mkstemp(suffix=".parquet")
+        os.close(handle)
+        return StagedFile(self, path, local)
+
     def commit(self, table: str, ingest_date: date, parts: list[Part], replace_source: str | None) -> Manifest:
         """Publish parts in one atomic step and remove files no manifest references.
 
@@ -288,6 +313,41 @@ class RawLake:
 
 
 @dataclass(frozen=True)
+class StagedFile:
+    """A data file being written locally before it joins its partition (see `RawLake.stage_file`)."""
+
+    lake: RawLake
+    path: str
+    local: str
+
+    def sha256(self) -> str:
+        """The hash of the bytes written so far (the whole file once its writer is closed)."""
+        digest = hashlib.sha256()
+        with open(self.local, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def place(self, rows: int, schema: pa.Schema, sha256: str) -> PartFile:
+        """Move the finished file into its partition, still uncommitted; returns its manifest entry."""
+        lake = self.lake
+        if lake._local:
+            with open(self.local, "rb") as handle:
+                os.fsync(handle.fileno())
+            target = lake.locate(self.path)
+            os.replace(self.local, target)
+            _fsync_dir(os.path.dirname(target))
+        else:
+            lake.fs.put_file(self.local, lake.locate(self.path))
+            os.unlink(self.local)
+        return PartFile(path=self.path, rows=rows, sha256=sha256, schema=[[f.name, str(f.type)] for f in schema])
+
+    def discard(self) -> None:
+        """Remove the local file (nothing of it reached the partition)."""
+        Path(self.local).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
 class EncodedFile:
     """A frame encoded as Parquet bytes, with what its manifest entry records."""
 
@@ -322,6 +382,10 @@ def write_local_atomic(path: str, payload: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

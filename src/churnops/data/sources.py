@@ -6,20 +6,24 @@ identifies what it read, so a rerun of the same ingest date reads the same range
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import httpx
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from churnops.data.mapping import TEXT
 from churnops.settings import FileSource, HttpSource, Source, SqlSource, StreamSource
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,18 @@ log = logging.getLogger(__name__)
 
 class SourceError(RuntimeError):
     """A source could not be read; the message names the source and the cause."""
+
+
+class FileFailedError(RuntimeError):
+    """A file that read well once failed part-way through a later read of the same batch."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,12 +65,54 @@ class ReadState:
 
 @dataclass
 class Batch:
-    """Rows read from a source, what identifies them, and what to do once they are durable."""
+    """Rows read from a source, what identifies them, and what to do once they are durable.
 
-    frame: pd.DataFrame
+    A file source's rows stay in their files (`files`) and are read chunk by chunk; the other
+    kinds hold theirs in `frame`. Read them through `chunks` either way.
+    """
+
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     watermark: dict[str, Any] = field(default_factory=dict)
     on_committed: Callable[[], None] | None = None
     bad_files: list[BadFile] = field(default_factory=list)
+    files: FileRows | None = None
+
+    def chunks(self, rows: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The batch in frames of at most `rows` rows, each labelled by its rows' batch positions.
+
+        Args:
+            rows: The largest chunk.
+            columns: Only these source columns (those the batch has); default all.
+
+        Raises:
+            FileFailedError: A file read well before failed part-way this time (it is not set aside
+                here: the caller sets it aside and starts again).
+        """
+        if self.files is not None:
+            yield from self.files.chunks(rows, columns)
+            return
+        frame = self.frame.reset_index(drop=True)
+        if columns is not None:
+            frame = frame[[c for c in columns if c in frame.columns]]
+        for start in range(0, len(frame), rows):
+            yield frame.iloc[start : start + rows]
+
+    def scan(self, rows: int, columns: Sequence[str], each: Callable[[pd.DataFrame], T]) -> list[T]:
+        """`each` of every chunk of `columns`, in order; first read of a file source's files.
+
+        A file that fails part-way, or has no rows, is set aside whole with its reason and what
+        `each` made of it is dropped, so the batch's positions count the readable files only.
+        """
+        if self.files is not None:
+            return self.files.scan(rows, columns, each, self.bad_files)
+        return [each(chunk) for chunk in self.chunks(rows, columns)]
+
+    def set_aside(self, failure: FileFailedError) -> None:
+        """Set a file aside whole after it failed part-way through a read."""
+        if self.files is None:
+            raise failure
+        self.files.drop(failure.name)
+        self.bad_files.append(BadFile(failure.name, failure.reason))
 
 
 def read_source(source: Source, state: ReadState, required: Mapping[str, str] | None = None) -> Batch:
@@ -183,13 +241,15 @@ def source_base(path: str) -> str:
 
 
 def read_files(source: FileSource, state: ReadState, required: Mapping[str, str] | None = None) -> Batch:
-    """Read CSV, Parquet or JSONL files matched by a path or glob, local or remote.
+    """Open CSV, Parquet or JSONL files matched by a path or glob, local or remote.
 
     Files are named relative to the source's folder (the path up to its first glob part), so a
     moved or copied workspace recognises the files it already ingested. A file that cannot be
     read as rows (unreadable, binary, empty, header only, a field longer than the reader's
     block, a required column missing) is set aside whole with its reason, and the others are
-    read.
+    read. Parquet and CSV files are read in chunks when the batch is read (`Batch.chunks`),
+    so memory does not grow with a file's size; JSONL and whitespace-aligned files are read
+    whole.
 
     Args:
         source: The source's settings.
@@ -197,7 +257,7 @@ def read_files(source: FileSource, state: ReadState, required: Mapping[str, str]
         required: Contract column -> source column every file must have.
 
     Returns:
-        The rows of the readable files, with `bad_files` for the rest.
+        The batch, its rows still in the files, with `bad_files` for the rest.
     """
     try:
         fs, pattern = fsspec.core.url_to_fs(source.path, **source.storage_options)
@@ -208,43 +268,136 @@ def read_files(source: FileSource, state: ReadState, required: Mapping[str, str]
     named = [(path, path[len(base) :].lstrip("/") if base else path) for path in matched]
     if source.mode == "incremental":
         named = [(path, name) for path, name in named if name not in state.files_elsewhere]
-    frames = []
+    opened: list[_SourceFile] = []
     bad: list[BadFile] = []
     for path, name in named:
         try:
-            frame = _read_one_file(fs, path, source)
+            one = _open_file(fs, path, name, source)
         except _BadFileError as exc:
             bad.append(BadFile(name, str(exc)))
             continue
         missing = [
             f"{c} (looked for {s!r})"
             for c, s in (required or {}).items()
-            if s not in frame.columns and s != DERIVED_ORDER_ID
+            if s not in one.columns and s != DERIVED_ORDER_ID
         ]
         if missing:
-            has = ", ".join(map(str, frame.columns))
+            has = ", ".join(map(str, one.columns))
             bad.append(BadFile(name, f"missing required column(s) {', '.join(missing)}; it has: {has}"))
             continue
-        if frame.empty:
+        if one.whole is not None and one.whole.empty:
             bad.append(BadFile(name, "no rows (header only)"))
             continue
-        if source.derive_order_id:
-            frame[DERIVED_ORDER_ID] = [f"{name}#{i}" for i in range(1, len(frame) + 1)]
-        frames.append(frame)
-    if named and not frames and all(b.reason.startswith("missing required column") for b in bad):
+        opened.append(one)
+    if named and not opened and all(b.reason.startswith("missing required column") for b in bad):
         # every file lacks a column: the configuration's mapping is wrong, not one file
         raise SourceError(
             f"source {source.name!r}: no file has the required columns: {bad[0].reason}; nothing published"
         )
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Batch(frame, {"mode": source.mode, "files": [name for _, name in named]}, bad_files=bad)
+    mark = {"mode": source.mode, "files": [name for _, name in named]}
+    return Batch(watermark=mark, bad_files=bad, files=FileRows(fs, opened, source))
+
+
+@dataclass
+class _SourceFile:
+    """One readable file of a file source: where, its name in the manifest, format and columns."""
+
+    path: str
+    name: str
+    fmt: str
+    columns: list[str]
+    whole: pd.DataFrame | None = None  # formats read whole (JSONL, whitespace-aligned text)
+
+
+class FileRows:
+    """The rows of a file source's readable files, read chunk by chunk in file order."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, files: list[_SourceFile], source: FileSource) -> None:
+        self.fs = fs
+        self.files = files
+        self.source = source
+
+    def drop(self, name: str) -> None:
+        """Stop reading the file `name`."""
+        self.files = [f for f in self.files if f.name != name]
+
+    def scan(self, rows: int, columns: Sequence[str], each: Callable[[pd.DataFrame], T], bad: list[BadFile]) -> list[T]:
+        """See `Batch.scan`."""
+        results: list[T] = []
+        position = 0
+        for one in list(self.files):
+            mine: list[T] = []
+            count = 0
+            try:
+                for frame in self._read(one, rows, columns):
+                    frame.index = pd.RangeIndex(position + count, position + count + len(frame))
+                    count += len(frame)
+                    mine.append(each(frame))
+            except _BadFileError as exc:
+                self.drop(one.name)
+                bad.append(BadFile(one.name, str(exc)))
+                continue
+            if count == 0:
+                self.drop(one.name)
+                bad.append(BadFile(one.name, "no rows (header only)"))
+                continue
+            results.extend(mine)
+            position += count
+        return results
+
+    def chunks(self, rows: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """See `Batch.chunks`."""
+        position = 0
+        for one in self.files:
+            try:
+                for frame in self._read(one, rows, columns):
+                    frame.index = pd.RangeIndex(position, position + len(frame))
+                    position += len(frame)
+                    yield frame
+            except _BadFileError as exc:
+                raise FileFailedError(one.name, str(exc)) from exc
+
+    def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+        wanted = None if columns is None else [c for c in columns if c in one.columns]
+        derive = self.source.derive_order_id and (columns is None or DERIVED_ORDER_ID in columns)
+        numbered = 0
+        for frame in self._frames(one, rows, wanted):
+            if derive:
+                frame[DERIVED_ORDER_ID] = pd.array(
+                    [f"{one.name}#{i}" for i in range(numbered + 1, numbered + len(frame) + 1)], dtype=TEXT
+                )
+            numbered += len(frame)
+            yield frame
+
+    def _frames(self, one: _SourceFile, rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+        if one.whole is not None:
+            picked = one.whole if columns is None else one.whole[columns]
+            for start in range(0, len(picked), rows):
+                yield picked.iloc[start : start + rows].copy()
+            return
+        try:
+            with self.fs.open(one.path, "rb", compression="infer") as handle:
+                if one.fmt == "parquet":
+                    batches = pq.ParquetFile(handle).iter_batches(batch_size=rows, columns=columns)
+                else:
+                    batches = _csv_batches(handle, self.source.csv_delimiter, one.columns, columns)
+                for record_batch in batches:
+                    yield record_batch.to_pandas(types_mapper=_text_types)
+        except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
+            raise _BadFileError(_reading_problem(one.fmt, exc)) from exc
 
 
 class _BadFileError(ValueError):
     """This one file cannot be read as rows."""
 
 
-def _read_one_file(fs: fsspec.AbstractFileSystem, path: str, source: FileSource) -> pd.DataFrame:
+def _text_types(arrow_type: pa.DataType) -> Any:
+    """Arrow text stays Arrow text in pandas (see `mapping.TEXT`)."""
+    return TEXT if arrow_type in (pa.string(), pa.large_string()) else None
+
+
+def _open_file(fs: fsspec.AbstractFileSystem, path: str, name: str, source: FileSource) -> _SourceFile:
+    """Check a file can be read as rows and learn its columns, without reading its rows."""
     fmt = source.format or _format_from_suffix(path)
     try:
         with fs.open(path, "rb", compression="infer") as handle:
@@ -254,19 +407,27 @@ def _read_one_file(fs: fsspec.AbstractFileSystem, path: str, source: FileSource)
             if fmt != "parquet" and b"\x00" in head:
                 raise _BadFileError(f"binary content, not {fmt} text")
             handle.seek(0)
+            whole = None
             if fmt == "parquet":
-                frame = pd.read_parquet(handle)
+                columns = pq.ParquetFile(handle).schema_arrow.names
             elif fmt == "jsonl":
-                frame = pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
+                whole = pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
+                columns = list(whole.columns)
+            elif source.csv_delimiter == "whitespace":
+                whole = pd.read_csv(
+                    handle, sep=r"\s+", dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
+                )
+                columns = list(whole.columns)
             else:
-                frame = _read_csv_as_text(handle, source.csv_delimiter)
+                first = handle.readline().decode("utf-8-sig")
+                columns = next(csv.reader(io.StringIO(first), delimiter=source.csv_delimiter), [])
     except _BadFileError:
         raise
     except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
         raise _BadFileError(_reading_problem(fmt, exc)) from exc
-    if frame.empty and not len(frame.columns):
+    if not columns:
         raise _BadFileError("no rows")
-    return frame
+    return _SourceFile(path, name, fmt, [str(c) for c in columns], whole)
 
 
 def _reading_problem(fmt: str, exc: BaseException) -> str:
@@ -283,29 +444,22 @@ def _block_bytes() -> int:
     return CSV_BLOCK_BYTES
 
 
-def _read_csv_as_text(handle: Any, delimiter: str) -> pd.DataFrame:
-    """Read every CSV column as text so parsing, not the reader, decides what is valid.
-
-    `whitespace` splits on runs of spaces or tabs and ignores leading ones (column-aligned
-    exports); CRLF line ends are read like LF.
-    """
-    import csv
-    import io
-
+def _csv_batches(handle: Any, delimiter: str, names: list[str], columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    """Record batches of a CSV file with every column read as text, so parsing, not the reader,
+    decides what is valid; CRLF line ends are read like LF."""
     import pyarrow.csv as pacsv
 
-    if delimiter == "whitespace":
-        return pd.read_csv(handle, sep=r"\s+", dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    first = handle.readline().decode("utf-8-sig")
-    handle.seek(0)
-    names = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
-    table = pacsv.read_csv(
+    reader = pacsv.open_csv(
         handle,
-        read_options=pacsv.ReadOptions(block_size=_block_bytes()),
+        read_options=pacsv.ReadOptions(block_size=_block_bytes(), encoding="utf8"),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, "string"), strings_can_be_null=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            include_columns=columns,
+        ),
     )
-    return table.to_pandas()
+    yield from reader
 
 
 def _format_from_suffix(path: str) -> str:

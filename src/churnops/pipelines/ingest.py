@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,20 +15,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from churnops.data.contracts import CONTRACTS, TableContract
-from churnops.data.lake import Part, RawLake, encode_parquet
-from churnops.data.mapping import map_columns, parse_batch, parse_timestamps
+from churnops.data.lake import Part, RawLake
+from churnops.data.mapping import map_columns, parse_batch, parse_column, parse_timestamps
 from churnops.data.sources import (
     DERIVED_ORDER_ID,
     BadFile,
+    Batch,
+    FileFailedError,
     ReadState,
     SourceError,
     decode_mark,
     read_source,
     stream_id_key,
 )
-from churnops.data.validation import BatchRejectedError, ValidationResult, bad_file_rows, validate_batch
+from churnops.data.validation import (
+    BatchRejectedError,
+    KeyFlags,
+    bad_file_rows,
+    flag_keys,
+    reason_counts,
+    validate_batch,
+)
 from churnops.runlog import append_run
 from churnops.settings import FileSource, IngestSettings, Settings, Source, StreamSource
 
@@ -131,17 +145,23 @@ def default_ingest_date(settings: Settings) -> date:
             batch = read_source(source, read_state(lake, source, after_all))
         except SourceError as exc:
             raise IngestError(str(exc)) from exc
-        if batch.frame.empty:
-            continue
         column = source_columns(source).get("order_date", "order_date")
-        if column in batch.frame.columns:
-            parsed = parse_timestamps(batch.frame[column], source.date_formats.get("order_date")).dropna()
-            if not parsed.empty:
-                newest.append(parsed.max())
+        fmt = source.date_formats.get("order_date")
+        newest_of = functools.partial(_newest, column=column, fmt=fmt)
+        for last in batch.scan(settings.ingest.chunk_rows, [column], newest_of):
+            if last is not None:
+                newest.append(last)
     if not newest:
         raise IngestError("there are no orders in the lake or in the order sources yet; give --date")
     day = max(newest).date() + timedelta(days=1)
     return max([day, *(date.fromisoformat(p) for p in partitions)])
+
+
+def _newest(chunk: pd.DataFrame, column: str, fmt: str | None) -> pd.Timestamp | None:
+    if column not in chunk.columns:
+        return None
+    parsed = parse_timestamps(chunk[column], fmt).dropna()
+    return None if parsed.empty else parsed.max()
 
 
 def _log_run(settings: Settings, ingest_date: date, reports: list[SourceReport], status: str) -> None:
@@ -193,11 +213,16 @@ def ingest_source(
 ) -> SourceReport:
     """Read, validate and publish one source's batch for one ingest date.
 
+    The batch is read twice, chunk by chunk: its key column first (repeated keys and keys
+    already in the lake are rules over the whole batch), then every column, each chunk parsed,
+    validated and streamed into one new Parquet file. Memory follows `limits.chunk_rows`, not
+    the batch, apart from the key column. Nothing reaches the lake until the manifest commit.
+
     Args:
         source: The source's settings.
         lake: The raw lake.
         ingest_date: The partition to write (a rerun replaces this source's part of it).
-        limits: Bad-share and volume-drop limits.
+        limits: Bad-share and volume-drop limits, and the chunk size.
         check_customers: Quarantine orders whose customer is not in the lake.
 
     Returns:
@@ -212,74 +237,151 @@ def ingest_source(
     state = read_state(lake, source, ingest_date)
     columns = source_columns(source)
     batch = read_source(source, state, {c: columns.get(c, c) for c in contract.required})
-    raw = batch.frame.reset_index(drop=True)
+    while True:
+        try:
+            report = _ingest_batch(batch, source, contract, lake, ingest_date, limits, check_customers)
+        except FileFailedError as failure:
+            # it read well the first time: set it aside whole and start the batch again without it
+            log.warning("source %r: %s; the file is set aside and the batch read again", source.name, failure)
+            batch.set_aside(failure)
+            continue
+        report.seconds = time.perf_counter() - started
+        return report
+
+
+@dataclass
+class _Tally:
+    """What the accepted and quarantined rows of a batch add up to, chunk by chunk."""
+
+    rows_read: int = 0
+    rows_accepted: int = 0
+    quarantined: list[pd.DataFrame] = field(default_factory=list)
+    event_days: set[Any] = field(default_factory=set)
+    event_first: Any = None
+    event_last: Any = None
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(len(q) for q in self.quarantined)
+
+    def quarantine(self) -> pd.DataFrame:
+        return pd.concat(self.quarantined, ignore_index=True) if self.quarantined else _no_quarantine()
+
+    def add(self, accepted: pd.DataFrame, quarantined: pd.DataFrame, contract: TableContract) -> None:
+        self.rows_read += len(accepted) + len(quarantined)
+        self.rows_accepted += len(accepted)
+        if len(quarantined):
+            self.quarantined.append(quarantined)
+        if contract.event_time and contract.event_time in accepted.columns:
+            self.event_days.update(accepted[contract.event_time].dt.normalize().dropna().unique())
+        column = _event_column(contract)
+        if column and column in accepted.columns:
+            values = accepted[column].dropna()
+            if len(values):
+                first, last = values.min(), values.max()
+                self.event_first = first if self.event_first is None else min(first, self.event_first)
+                self.event_last = last if self.event_last is None else max(last, self.event_last)
+
+    def watermark(self, contract: TableContract) -> dict[str, Any]:
+        mark: dict[str, Any] = {"event_days": self.days(contract)}
+        if self.event_first is not None:
+            mark |= {"event_first": self.event_first.isoformat(), "event_last": self.event_last.isoformat()}
+        return mark
+
+    def days(self, contract: TableContract) -> int | None:
+        return len(self.event_days) if contract.event_time else None
+
+
+def _ingest_batch(
+    batch: Batch,
+    source: Source,
+    contract: TableContract,
+    lake: RawLake,
+    ingest_date: date,
+    limits: IngestSettings,
+    check_customers: bool,
+) -> SourceReport:
     where = f"source {source.name!r} ({source.kind}) -> {source.table}, ingest date {ingest_date}"
-    if raw.empty and not batch.bad_files and (isinstance(source, StreamSource | FileSource) or not batch.watermark):
+    if batch.files is None and len(batch.frame.columns):
+        _mapped(batch.frame.iloc[:0], source, contract, ingest_date)  # a missing column fails before any work
+    keys = _scan_keys(batch, source, contract, limits.chunk_rows)
+    if (
+        len(keys) == 0
+        and not batch.bad_files
+        and (isinstance(source, StreamSource | FileSource) or not batch.watermark)
+    ):
         # nothing arrived: no volume check, nothing published (a rerun of this date reads the same)
         if batch.on_committed:
             batch.on_committed()
-        return SourceReport(source.name, source.table, NO_NEW_DATA, seconds=time.perf_counter() - started)
-    result = _validate(source, contract, raw, lake, ingest_date, check_customers)
-    _check_bad_share(result, limits, where)
+        return SourceReport(source.name, source.table, NO_NEW_DATA)
+    known = None
+    existing = None
+    if contract.name == "orders":
+        if check_customers:
+            known = _as_int_array(lake.read_column("customers", "customer_id"))
+        existing = lake.read_column("orders", "order_id", exclude=_own_files(lake, source, ingest_date))
+    flags = flag_keys(keys, existing if existing is not None and len(existing) else None)
     previous = _previous_part(lake, source, ingest_date)
-    if not raw.empty:
-        _check_volume(result.accepted, contract, previous, limits, where)
-    quarantined: pd.DataFrame = result.quarantined
-    if batch.bad_files:
-        whole_files = bad_file_rows(source.name, batch.bad_files)
-        quarantined = pd.concat([quarantined, whole_files], ignore_index=True) if len(quarantined) else whole_files
-    report = SourceReport(
-        source.name,
-        source.table,
-        "published" if not raw.empty else ("files set aside" if batch.bad_files else NO_NEW_DATA),
-        rows_read=result.rows_read,
-        rows_accepted=len(result.accepted),
-        rows_quarantined=len(result.quarantined),
-        files_quarantined=len(batch.bad_files),
-        reasons={**result.reason_counts(), **_file_reasons(batch.bad_files)},
-    )
-    encoded = encode_parquet(result.accepted)
-    if (
-        previous is not None
-        and previous.watermark.get("mode") == "snapshot"
-        and previous.data.sha256 == encoded.sha256
-        and quarantined.empty
-    ):
-        report.status = "unchanged"
-        report.message = "same content as the last snapshot; nothing published"
-        report.seconds = time.perf_counter() - started
-        return report
-    replace = None if isinstance(source, StreamSource) else source.name
-    if replace is not None and quarantined.empty and _holds_already(lake, source, ingest_date, encoded.sha256):
-        # a rerun of the date over the same data: leave the partition byte for byte as it is, so
-        # content-addressed tools (DVC, the lineage hashes) see nothing new
-        if batch.on_committed:
-            batch.on_committed()
-        report.status = "unchanged"
-        report.message = "this date's partition already holds the same content; nothing published"
-        report.seconds = time.perf_counter() - started
-        return report
-    data_file = lake.write_encoded(source.table, ingest_date, encoded, quarantine=False)
+    staged = lake.stage_file(source.table, ingest_date)
+    try:
+        tally, schema = _validate_into(staged.local, batch, source, contract, known, flags, limits, len(keys), where)
+        quarantined = tally.quarantine()
+        _check_bad_share(quarantined, tally.rows_read, limits, where)
+        if len(keys):
+            _check_volume(tally.rows_accepted, tally.days(contract), contract, previous, limits, where)
+        report = SourceReport(
+            source.name,
+            source.table,
+            "published" if len(keys) else ("files set aside" if batch.bad_files else NO_NEW_DATA),
+            rows_read=tally.rows_read,
+            rows_accepted=tally.rows_accepted,
+            rows_quarantined=len(quarantined),
+            files_quarantined=len(batch.bad_files),
+            reasons={**reason_counts(quarantined), **_file_reasons(batch.bad_files)},
+        )
+        if batch.bad_files:
+            whole_files = bad_file_rows(source.name, batch.bad_files)
+            quarantined = pd.concat([quarantined, whole_files], ignore_index=True) if len(quarantined) else whole_files
+        sha256 = staged.sha256()
+        if (
+            previous is not None
+            and previous.watermark.get("mode") == "snapshot"
+            and previous.data.sha256 == sha256
+            and quarantined.empty
+        ):
+            report.status = "unchanged"
+            report.message = "same content as the last snapshot; nothing published"
+            return report
+        replace = None if isinstance(source, StreamSource) else source.name
+        if replace is not None and quarantined.empty and _holds_already(lake, source, ingest_date, sha256):
+            # a rerun of the date over the same data: leave the partition byte for byte as it is, so
+            # content-addressed tools (DVC, the lineage hashes) see nothing new
+            if batch.on_committed:
+                batch.on_committed()
+            report.status = "unchanged"
+            report.message = "this date's partition already holds the same content; nothing published"
+            return report
+        data_file = staged.place(tally.rows_accepted, schema, sha256)
+    finally:
+        staged.discard()
     quarantine_file = (
         lake.write_file(source.table, ingest_date, quarantined, quarantine=True) if not quarantined.empty else None
     )
     watermark: dict[str, Any] = dict(batch.watermark)
-    watermark["event_days"] = _event_days(result.accepted, contract)
-    watermark.update(_event_range(result.accepted, contract))
+    watermark.update(tally.watermark(contract))
     if batch.bad_files:
         watermark["bad_files"] = [f.name for f in batch.bad_files]
     part = Part(
         source=source.name,
         data=data_file,
         quarantine=quarantine_file,
-        rows_read=result.rows_read,
+        rows_read=tally.rows_read,
         watermark=watermark,
         written_at=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
     )
     lake.commit(source.table, ingest_date, [part], replace_source=replace)
     if batch.on_committed:
         batch.on_committed()
-    report.seconds = time.perf_counter() - started
     log.info(
         "%s: %d read, %d accepted, %d quarantined, %d files set aside",
         where,
@@ -289,6 +391,125 @@ def ingest_source(
         report.files_quarantined,
     )
     return report
+
+
+def _scan_keys(batch: Batch, source: Source, contract: TableContract, chunk_rows: int) -> pd.Series:
+    """The batch's parsed key column, labelled by position; the first read of its files."""
+    column = source_columns(source).get(contract.key, contract.key)
+    kind = contract.columns[contract.key]
+
+    def parse(chunk: pd.DataFrame) -> pd.Series:
+        return parse_column(chunk[column], kind, source.date_formats.get(contract.key))
+
+    parts = batch.scan(chunk_rows, [column], parse)
+    return pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object)
+
+
+def _validate_into(
+    path: str,
+    batch: Batch,
+    source: Source,
+    contract: TableContract,
+    known: np.ndarray | None,
+    flags: KeyFlags,
+    limits: IngestSettings,
+    rows: int,
+    where: str,
+) -> tuple[_Tally, pa.Schema]:
+    """Validate the batch chunk by chunk, streaming accepted rows into a Parquet file at `path`."""
+    tally = _Tally()
+    sink: _ParquetSink | None = None
+    try:
+        for raw in batch.chunks(limits.chunk_rows):
+            mapped = _mapped(raw, source, contract, None)
+            parsed = parse_batch(mapped, contract, source.date_formats)
+            result = validate_batch(parsed, mapped, raw, contract, source.name, known, flags=flags)
+            if sink is None:
+                sink = _ParquetSink(path, _lake_schema(contract, list(parsed.columns)), contract.key)
+            sink.write(result.accepted)
+            tally.add(result.accepted, result.quarantined, contract)
+            if tally.rows_read < rows:  # stop early once the batch is certain to be rejected
+                _check_bad_share(tally.quarantine(), rows, limits, where, at_least=True)
+        if tally.rows_read != rows:
+            raise IngestError(f"{where}: read {tally.rows_read} rows, but the key column had {rows}; nothing published")
+        if sink is None:
+            sink = _ParquetSink(path, _lake_schema(contract, list(contract.columns)), contract.key)
+        sink.close()
+        return tally, sink.schema
+    finally:
+        if sink is not None:
+            sink.abort()
+
+
+class _ParquetSink:
+    """Writes frames as zstd Parquet row groups on a thread of its own: Arrow encodes and
+    compresses without the GIL, so writing one chunk overlaps validating the next."""
+
+    def __init__(self, path: str, schema: pa.Schema, key: str) -> None:
+        self.schema = schema
+        # a unique key gains nothing from a dictionary; trying one first costs time
+        dictionary = [name for name in schema.names if name != key]
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="churnops-parquet-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # re-raised on the caller's thread
+                    self._error = exc
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._error is not None:
+            raise self._error
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(self.schema)
+        self._queue.put(table)
+
+    def close(self) -> None:
+        self._stop()
+        self._writer.close()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        self._stop()
+        self._writer.close()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _lake_schema(contract: TableContract, names: list[str]) -> pa.Schema:
+    """The Arrow schema of a table's data files: contract types, contract order, pandas metadata."""
+    empty = pd.DataFrame({n: pd.Series(dtype=_dtype(contract.columns[n])) for n in contract.columns if n in names})
+    return pa.Schema.from_pandas(empty, preserve_index=False)
+
+
+def _mapped(raw: pd.DataFrame, source: Source, contract: TableContract, ingest_date: date | None) -> pd.DataFrame:
+    from churnops.data.mapping import MissingColumnError
+
+    try:
+        return map_columns(raw, contract, source_columns(source), source.name)
+    except MissingColumnError as exc:
+        when = f" (ingest date {ingest_date})" if ingest_date else ""
+        raise IngestError(f"{exc}{when}; nothing published") from exc
+
+
+def _no_quarantine() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source": pd.Series(dtype="string"),
+            "row_number": pd.Series(dtype="int64"),
+            "reason": pd.Series(dtype="string"),
+            "source_row": pd.Series(dtype="string"),
+        }
+    )
 
 
 def _holds_already(lake: RawLake, source: Source, ingest_date: date, sha256: str) -> bool:
@@ -320,46 +541,6 @@ def _file_reasons(bad_files: list[BadFile]) -> dict[str, int]:
     return counts
 
 
-def _event_range(accepted: pd.DataFrame, contract: TableContract) -> dict[str, str]:
-    """First and last event time of the rows (order_date; created_at for customers)."""
-    column = contract.event_time or ("created_at" if "created_at" in contract.columns else None)
-    if column is None or column not in accepted.columns or accepted.empty:
-        return {}
-    values = accepted[column].dropna()
-    if values.empty:
-        return {}
-    return {"event_first": values.min().isoformat(), "event_last": values.max().isoformat()}
-
-
-def _validate(
-    source: Source,
-    contract: TableContract,
-    raw: pd.DataFrame,
-    lake: RawLake,
-    ingest_date: date,
-    check_customers: bool,
-) -> ValidationResult:
-    from churnops.data.mapping import MissingColumnError
-
-    if raw.empty:
-        empty = pd.DataFrame({c: pd.Series(dtype=_dtype(k)) for c, k in contract.columns.items()})
-        mapped = empty
-    else:
-        try:
-            mapped = map_columns(raw, contract, source_columns(source), source.name)
-        except MissingColumnError as exc:
-            raise IngestError(f"{exc} (ingest date {ingest_date}); nothing published") from exc
-    parsed = parse_batch(mapped, contract, source.date_formats)
-    known = None
-    existing = None
-    if contract.name == "orders":
-        if check_customers:
-            known = _as_int_array(lake.read_column("customers", "customer_id"))
-        replaced = _own_files(lake, source, ingest_date)
-        existing = _as_str_array(lake.read_column("orders", "order_id", exclude=replaced))
-    return validate_batch(parsed, mapped, raw, contract, source.name, known, existing)
-
-
 def _own_files(lake: RawLake, source: Source, ingest_date: date) -> list[str]:
     """Files this run replaces: the source's own parts of the same partition."""
     if isinstance(source, StreamSource):
@@ -370,14 +551,18 @@ def _own_files(lake: RawLake, source: Source, ingest_date: date) -> list[str]:
     return [p.data.path for p in manifest.parts if p.source == source.name]
 
 
-def _check_bad_share(result: ValidationResult, limits: IngestSettings, where: str) -> None:
-    if result.rows_read and result.bad_share > limits.max_bad_share:
-        top = ", ".join(f"{reason}: {n}" for reason, n in list(result.reason_counts().items())[:5])
-        sample = result.quarantined["source_row"].head(3).tolist()
+def _check_bad_share(
+    quarantined: pd.DataFrame, rows: int, limits: IngestSettings, where: str, at_least: bool = False
+) -> None:
+    share = len(quarantined) / rows if rows else 0.0
+    if share > limits.max_bad_share:
+        top = ", ".join(f"{reason}: {n}" for reason, n in list(reason_counts(quarantined).items())[:5])
+        sample = quarantined["source_row"].head(3).tolist()
+        count = f"at least {len(quarantined)}" if at_least else str(len(quarantined))
         raise IngestError(
-            f"{where}: {len(result.quarantined)} of {result.rows_read} rows are invalid "
-            f"({result.bad_share:.2%} > limit {limits.max_bad_share:.2%}); reasons: {top}; "
-            f"examples: {sample}; nothing published"
+            f"{where}: {count} of {rows} rows are invalid "
+            f"({'at least ' if at_least else ''}{share:.2%} > limit {limits.max_bad_share:.2%}); "
+            f"reasons: {top}; examples: {sample}; nothing published"
         )
 
 
@@ -393,14 +578,9 @@ def _previous_part(lake: RawLake, source: Source, ingest_date: date) -> Part | N
     return previous
 
 
-def _event_days(accepted: pd.DataFrame, contract: TableContract) -> int | None:
-    if contract.event_time is None or contract.event_time not in accepted.columns:
-        return None
-    return int(accepted[contract.event_time].dt.normalize().nunique())
-
-
 def _check_volume(
-    accepted: pd.DataFrame,
+    accepted: int,
+    days: int | None,
     contract: TableContract,
     previous: Part | None,
     limits: IngestSettings,
@@ -419,12 +599,11 @@ def _check_volume(
         return
     prev_days = previous.watermark.get("event_days")
     if contract.event_time and prev_days:
-        days = _event_days(accepted, contract) or 0
         prev_rate = previous.data.rows / prev_days
-        rate = len(accepted) / days if days else 0.0
+        rate = accepted / days if days else 0.0
         unit = "rows per day of data"
     else:
-        prev_rate, rate, unit = float(previous.data.rows), float(len(accepted)), "rows"
+        prev_rate, rate, unit = float(previous.data.rows), float(accepted), "rows"
     if rate < (1 - limits.max_volume_drop) * prev_rate:
         drop = 1 - rate / prev_rate
         raise IngestError(
@@ -432,6 +611,11 @@ def _check_volume(
             f"{prev_rate:,.1f} {unit}; limit {limits.max_volume_drop:.0%}); nothing published. "
             "If this is expected, raise ingest.max_volume_drop or set it to null."
         )
+
+
+def _event_column(contract: TableContract) -> str | None:
+    """The column whose first and last value a part records (order_date; created_at for customers)."""
+    return contract.event_time or ("created_at" if "created_at" in contract.columns else None)
 
 
 def _dtype(kind: str) -> str:
