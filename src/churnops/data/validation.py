@@ -115,17 +115,32 @@ def flag_keys(keys: pd.Series, existing_keys: Any = None) -> KeyFlags:
     return KeyFlags(repeated, in_lake)
 
 
+def id_index(ids: np.ndarray | pd.Index) -> pd.Index:
+    """Distinct ids as an index, the form membership checks take: its hash table is built on the
+    first lookup and kept, so chunk after chunk reuses it."""
+    if isinstance(ids, pd.Index):
+        return ids
+    return pd.Index(np.unique(np.asarray(ids, dtype="int64")))
+
+
+def _members(values: pd.Series, known: pd.Index) -> pd.Series:
+    """Which values are in `known`; nulls count as members (their own check reports them)."""
+    ids = values.to_numpy(dtype="int64", na_value=0)
+    return pd.Series((known.get_indexer(pd.Index(ids)) >= 0) | values.isna().to_numpy(), index=values.index)
+
+
 def raw_schema(
     contract: TableContract,
-    known_customers: np.ndarray | None = None,
+    known_customers: np.ndarray | pd.Index | None = None,
     flags: KeyFlags | None = None,
 ) -> pa.DataFrameSchema:
     """The pandera schema a parsed raw batch must satisfy, row by row.
 
     Args:
         contract: The raw table.
-        known_customers: customer_ids an order may reference; None skips that check (no
-            customers source is configured, so customers are derived from orders).
+        known_customers: customer_ids an order may reference (pass them through `id_index`
+            once when validating many chunks); None skips that check (no customers source is
+            configured, so customers are derived from orders).
         flags: The batch's repeated keys and keys already in the lake (`flag_keys`); the rows
             being validated are labelled by their position in the batch.
 
@@ -146,8 +161,10 @@ def raw_schema(
     if contract.name == "orders":
         checks["total_amount"].append(pa.Check(lambda s: s >= 0, name="negative total_amount", ignore_na=True))
         if known_customers is not None:
-            known = known_customers
-            checks["customer_id"].append(pa.Check(lambda s: s.isin(known), name="unknown customer_id", ignore_na=True))
+            known = id_index(known_customers)
+            checks["customer_id"].append(
+                pa.Check(lambda s: _members(s, known), name="unknown customer_id", ignore_na=True)
+            )
     dtypes = {"int": "Int64", "string": TEXT, "timestamp": "datetime64[us]", "float": "float64"}
     columns = {
         name: pa.Column(
@@ -167,7 +184,7 @@ def validate_batch(
     raw: pd.DataFrame,
     contract: TableContract,
     source: str,
-    known_customers: np.ndarray | None = None,
+    known_customers: np.ndarray | pd.Index | None = None,
     existing_keys: Any = None,
     flags: KeyFlags | None = None,
 ) -> ValidationResult:

@@ -37,6 +37,7 @@ from churnops.data.validation import (
     KeyFlags,
     bad_file_rows,
     flag_keys,
+    id_index,
     reason_counts,
     validate_batch,
 )
@@ -318,7 +319,7 @@ def _ingest_batch(
     existing = None
     if contract.name == "orders":
         if check_customers:
-            known = _as_int_array(lake.read_column("customers", "customer_id"))
+            known = id_index(_as_int_array(lake.read_column("customers", "customer_id")))
         existing = lake.read_column("orders", "order_id", exclude=_own_files(lake, source, ingest_date))
     flags = flag_keys(keys, existing if existing is not None and len(existing) else None)
     previous = _previous_part(lake, source, ingest_date)
@@ -410,7 +411,7 @@ def _validate_into(
     batch: Batch,
     source: Source,
     contract: TableContract,
-    known: np.ndarray | None,
+    known: pd.Index | None,
     flags: KeyFlags,
     limits: IngestSettings,
     rows: int,
