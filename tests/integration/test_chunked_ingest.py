@@ -152,3 +152,18 @@ def test_a_file_that_breaks_part_way_is_set_aside_whole(tmp_path: Path, caplog: 
     assert manifest is not None
     assert manifest.parts[0].watermark["bad_files"] == ["b-broken.parquet"]
     assert any(reason.startswith("file: cannot be read as parquet") for reason in report.reasons)
+
+
+def test_a_batch_certain_to_fail_stops_early_and_publishes_nothing(tmp_path: Path) -> None:
+    """Once the quarantined rows of the first chunks pass the bad-share limit (half the batch:
+    after three chunks of 1,000 here), reading stops, the error says its count is a lower bound,
+    and the lake stays empty."""
+    from churnops.pipelines.ingest import IngestError
+
+    orders = _messy_orders().assign(total_amount="-1")  # every row is bad
+    path = tmp_path / "orders.parquet"
+    orders.to_parquet(path, index=False)
+    settings = _settings(tmp_path, 1_000, str(path), "parquet")
+    with pytest.raises(IngestError, match=r"at least 3000 of 4500 rows are invalid.*negative total_amount"):
+        ingest(settings, date(2024, 3, 1))
+    assert make_lake(settings).manifest("orders", date(2024, 3, 1)) is None

@@ -251,16 +251,21 @@ def _null_reason(column: str, raw_value: object) -> str:
     return f"unparseable {column}"
 
 
+def empty_quarantine() -> pd.DataFrame:
+    """A quarantine frame with no rows, in the quarantine's columns and types."""
+    return pd.DataFrame(
+        {
+            "source": pd.Series(dtype="string"),
+            "row_number": pd.Series(dtype="int64"),
+            "reason": pd.Series(dtype="string"),
+            "source_row": pd.Series(dtype="string"),
+        }
+    )
+
+
 def _quarantine_frame(raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series, source: str) -> pd.DataFrame:
     if len(bad_index) == 0:
-        return pd.DataFrame(
-            {
-                "source": pd.Series(dtype="string"),
-                "row_number": pd.Series(dtype="int64"),
-                "reason": pd.Series(dtype="string"),
-                "source_row": pd.Series(dtype="string"),
-            }
-        )
+        return empty_quarantine()
     as_json = raw.loc[bad_index].to_json(orient="records", lines=True, date_format="iso", default_handler=str)
     return pd.DataFrame(
         {

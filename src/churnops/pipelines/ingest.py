@@ -36,6 +36,7 @@ from churnops.data.validation import (
     BatchRejectedError,
     KeyFlags,
     bad_file_rows,
+    empty_quarantine,
     flag_keys,
     id_index,
     reason_counts,
@@ -266,7 +267,7 @@ class _Tally:
         return sum(len(q) for q in self.quarantined)
 
     def quarantine(self) -> pd.DataFrame:
-        return pd.concat(self.quarantined, ignore_index=True) if self.quarantined else _no_quarantine()
+        return pd.concat(self.quarantined, ignore_index=True) if self.quarantined else empty_quarantine()
 
     def add(self, accepted: pd.DataFrame, quarantined: pd.DataFrame, contract: TableContract) -> None:
         self.rows_read += len(accepted) + len(quarantined)
@@ -429,7 +430,8 @@ def _validate_into(
                 sink = _ParquetSink(path, _lake_schema(contract, list(parsed.columns)), contract.key)
             sink.write(result.accepted)
             tally.add(result.accepted, result.quarantined, contract)
-            if tally.rows_read < rows:  # stop early once the batch is certain to be rejected
+            if tally.rows_read < rows and tally.rows_quarantined > limits.max_bad_share * rows:
+                # certain to be rejected already: stop reading
                 _check_bad_share(tally.quarantine(), rows, limits, where, at_least=True)
         if tally.rows_read != rows:
             raise IngestError(f"{where}: read {tally.rows_read} rows, but the key column had {rows}; nothing published")
@@ -500,17 +502,6 @@ def _mapped(raw: pd.DataFrame, source: Source, contract: TableContract, ingest_d
     except MissingColumnError as exc:
         when = f" (ingest date {ingest_date})" if ingest_date else ""
         raise IngestError(f"{exc}{when}; nothing published") from exc
-
-
-def _no_quarantine() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "source": pd.Series(dtype="string"),
-            "row_number": pd.Series(dtype="int64"),
-            "reason": pd.Series(dtype="string"),
-            "source_row": pd.Series(dtype="string"),
-        }
-    )
 
 
 def _holds_already(lake: RawLake, source: Source, ingest_date: date, sha256: str) -> bool:
