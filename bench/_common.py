@@ -28,7 +28,10 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
-    result: dict[str, Any] = json.loads(lines[-2])
+    try:
+        result: dict[str, Any] = json.loads(lines[-2])
+    except (IndexError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"benchmark child printed no JSON result line:\n{proc.stdout[-3000:]}") from exc
     result["peak_rss_mb"] = json.loads(lines[-1])["peak_kb"] / 1024
     result["process_wall_s"] = wall
     return result

@@ -48,11 +48,11 @@ def parquet_scan(files: Sequence[str]) -> str:
 
 def order_span(files: Sequence[str]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """The first and last order time in the raw lake's order files, or None if there are none."""
-    import duckdb
+    from churnops import duck
 
     if not files:
         return None
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         row = con.execute(f"SELECT MIN(order_date), MAX(order_date) FROM {parquet_scan(files)}").fetchone()
     finally:

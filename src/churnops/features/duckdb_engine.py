@@ -58,15 +58,14 @@ def connect_features(
     Returns:
         The connection and the optional order columns present (product_id, category).
     """
-    import duckdb
+    from churnops import duck
 
-    con = duckdb.connect()
+    con = duck.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
-    con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone = 'UTC'")
     if isinstance(orders, pd.DataFrame):
         con.register("orders_input", orders)
@@ -506,11 +505,11 @@ def compute_features(
 def snapshot_hashes(paths: Sequence[str], feature_columns: list[str]) -> dict[str, tuple[int, str]]:
     """Rows and content hash of committed snapshot files (one snapshot a file), as
     `write_features` computed them, in one scan: path -> (rows, hash)."""
-    import duckdb
+    from churnops import duck
 
     if not paths:
         return {}
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)

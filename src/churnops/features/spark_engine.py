@@ -106,8 +106,7 @@ def write_features_spark(
     Returns:
         snapshot -> (file, rows, content hash), and the order columns present.
     """
-    import duckdb
-
+    from churnops import duck
     from churnops.features.definitions import feature_specs
     from churnops.features.duckdb_engine import hash_snapshots
 
@@ -122,7 +121,7 @@ def write_features_spark(
     )
     spark_dir = staging / "spark"
     out.repartition("snapshot").write.partitionBy("snapshot").parquet(str(spark_dir))
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         staged = hash_snapshots(con, spark_dir, names)
     finally:

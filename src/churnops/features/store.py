@@ -33,10 +33,10 @@ class SnapshotFeatures:
 
     def training_rows(self, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         """See `FeatureStore.training_rows`."""
-        import duckdb
+        from churnops import duck
 
         files = self.table.files()
-        con = duckdb.connect()
+        con = duck.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
             con.register("entities", entities)

@@ -171,8 +171,7 @@ def _matching_snapshot(settings: Settings, customer_id: Any, features: dict[str,
     """The newest feature snapshot, no later than the prediction, whose row for the customer holds
     exactly the logged values ("" when none does: the features came with the request, or the
     snapshot has been replaced since)."""
-    import duckdb
-
+    from churnops import duck
     from churnops.pipelines.features import feature_table
 
     if customer_id is None or not features:
@@ -185,7 +184,7 @@ def _matching_snapshot(settings: Settings, customer_id: Any, features: dict[str,
         return ""
     columns = ", ".join(f'"{n}"' for n in names)
     rows = (
-        duckdb.connect()
+        duck.connect()
         .execute(
             f"SELECT event_timestamp, {columns} FROM read_parquet(?) WHERE customer_id = ? "
             "ORDER BY event_timestamp DESC",

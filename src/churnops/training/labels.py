@@ -51,7 +51,7 @@ def label_customers(
     Returns:
         customer_id, event_timestamp (the snapshot) and churned (0/1), sorted.
     """
-    import duckdb
+    from churnops import duck
 
     complete = complete_snapshots(snapshots, horizon_days, known_until)
     empty = pd.DataFrame(
@@ -63,7 +63,7 @@ def label_customers(
     )
     if not complete:
         return empty
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         if isinstance(orders, pd.DataFrame):
             con.register("orders_input", orders[["customer_id", "order_date"]])

@@ -1,0 +1,23 @@
+"""The project's DuckDB connections print nothing, however long a query runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from churnops import duck
+
+
+def _long_query(con: object) -> None:
+    con.execute("SET progress_bar_time = 0")  # type: ignore[attr-defined]  # draw at once, not after 2 s
+    con.execute("SELECT count(DISTINCT i % 1000003) FROM range(20000000) t(i)").fetchall()  # type: ignore[attr-defined]
+
+
+def test_a_long_query_draws_no_progress_bar_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    """DuckDB draws its bar on stdout by default (a benchmark reading a JSON line broke on it);
+    `duck.connect` turns it off, and the same query on a plain connection shows it is needed."""
+    import duckdb
+
+    _long_query(duck.connect())
+    assert capfd.readouterr().out == ""
+    _long_query(duckdb.connect())
+    assert "%" in capfd.readouterr().out  # the oracle: a plain connection does draw it
