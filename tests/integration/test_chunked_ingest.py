@@ -167,3 +167,25 @@ def test_a_batch_certain_to_fail_stops_early_and_publishes_nothing(tmp_path: Pat
     with pytest.raises(IngestError, match=r"at least 3000 of 4500 rows are invalid.*negative total_amount"):
         ingest(settings, date(2024, 3, 1))
     assert make_lake(settings).manifest("orders", date(2024, 3, 1)) is None
+
+
+def test_small_files_are_joined_into_whole_chunks_in_file_order(tmp_path: Path) -> None:
+    """Thirty files of 100 rows read 1,000 at a time make three chunks, labelled 0..2999 in file
+    order (a chunk per file would validate hundreds of tiny frames for a year of daily files)."""
+    from churnops.data.sources import ReadState, read_source
+    from churnops.settings import FileSource
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for day in range(30):
+        part = _messy_orders().iloc[day * 100 : (day + 1) * 100]
+        part.to_csv(drop / f"orders-{day:02d}.csv", index=False)
+    source = FileSource(kind="file", name="drop", table="orders", path=str(drop / "*.csv"))
+    batch = read_source(source, ReadState())
+    keys = batch.scan(1_000, ["order_id"], lambda chunk: chunk["order_id"])
+    assert [len(k) for k in keys] == [1_000, 1_000, 1_000]
+    chunks = list(batch.chunks(1_000))
+    assert [len(c) for c in chunks] == [1_000, 1_000, 1_000]
+    assert np.concatenate([c.index.to_numpy() for c in chunks]).tolist() == list(range(3_000))
+    expected = _messy_orders()["order_id"].iloc[:3_000].fillna("<null>").tolist()
+    assert pd.concat(chunks)["order_id"].fillna("<null>").tolist() == expected

@@ -191,7 +191,10 @@ class RawLake:
         path = f"{self._partition(table, ingest_date)}/{name}"
         if self._local:
             target = self.locate(path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            folder = os.path.dirname(target)
+            os.makedirs(folder, exist_ok=True)
+            for stale in Path(folder).glob("*.tmp-*"):  # a writer killed mid-write (ingest holds the lock)
+                stale.unlink(missing_ok=True)
             return StagedFile(self, path, f"{target}.tmp-{uuid.uuid4().hex}")
         if self.cache_dir is not None:
             staging = self.cache_dir / "staging"

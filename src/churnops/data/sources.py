@@ -322,17 +322,30 @@ class FileRows:
         self.files = [f for f in self.files if f.name != name]
 
     def scan(self, rows: int, columns: Sequence[str], each: Callable[[pd.DataFrame], T], bad: list[BadFile]) -> list[T]:
-        """See `Batch.scan`."""
+        """See `Batch.scan`. Files smaller than `rows` are joined once read whole (a failing one
+        then has nothing to undo); a larger file's chunks go to `each` as they come."""
         results: list[T] = []
-        position = 0
+        pending: list[pd.DataFrame] = []
+        held = 0
+
+        def flush() -> None:
+            nonlocal held
+            if pending:
+                results.append(each(pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)))
+                pending.clear()
+                held = 0
+
         for one in list(self.files):
-            mine: list[T] = []
+            frames: list[pd.DataFrame] = []  # while the file may still be small
+            mine: list[T] = []  # once it is not
             count = 0
             try:
                 for frame in self._read(one, rows, columns):
-                    frame.index = pd.RangeIndex(position + count, position + count + len(frame))
                     count += len(frame)
-                    mine.append(each(frame))
+                    frames.append(frame)
+                    if count >= rows:
+                        mine.extend(each(f) for f in frames)
+                        frames = []
             except _BadFileError as exc:
                 self.drop(one.name)
                 bad.append(BadFile(one.name, str(exc)))
@@ -341,21 +354,44 @@ class FileRows:
                 self.drop(one.name)
                 bad.append(BadFile(one.name, "no rows (header only)"))
                 continue
-            results.extend(mine)
-            position += count
+            if mine:
+                flush()
+                results.extend(mine)
+                results.extend(each(f) for f in frames)
+                continue
+            for frame in frames:
+                if held and held + len(frame) > rows:
+                    flush()
+                pending.append(frame)
+                held += len(frame)
+        flush()
         return results
 
     def chunks(self, rows: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """See `Batch.chunks`."""
+        """See `Batch.chunks`. Small files are joined into chunks of up to `rows` rows: a year of
+        daily files is a few chunks to validate, not hundreds."""
         position = 0
+        pending: list[pd.DataFrame] = []
+        held = 0
+
+        def joined() -> pd.DataFrame:
+            frame = pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
+            frame.index = pd.RangeIndex(position, position + len(frame))
+            return frame
+
         for one in self.files:
             try:
                 for frame in self._read(one, rows, columns):
-                    frame.index = pd.RangeIndex(position, position + len(frame))
-                    position += len(frame)
-                    yield frame
+                    if held and held + len(frame) > rows:
+                        yield joined()
+                        position += held
+                        pending, held = [], 0
+                    pending.append(frame)
+                    held += len(frame)
             except _BadFileError as exc:
                 raise FileFailedError(one.name, str(exc)) from exc
+        if pending:
+            yield joined()
 
     def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
         wanted = None if columns is None else [c for c in columns if c in one.columns]
