@@ -618,9 +618,3 @@ def _as_int_array(column: Any) -> np.ndarray:
     if len(column) == 0:
         return np.array([], dtype="int64")
     return np.asarray(column.drop_null().to_numpy(), dtype="int64")
-
-
-def _as_str_array(column: Any) -> np.ndarray:
-    if len(column) == 0:
-        return np.array([], dtype=object)
-    return np.asarray(column.drop_null().to_numpy(zero_copy_only=False), dtype=object)
