@@ -189,3 +189,26 @@ def test_small_files_are_joined_into_whole_chunks_in_file_order(tmp_path: Path) 
     assert np.concatenate([c.index.to_numpy() for c in chunks]).tolist() == list(range(3_000))
     expected = _messy_orders()["order_id"].iloc[:3_000].fillna("<null>").tolist()
     assert pd.concat(chunks)["order_id"].fillna("<null>").tolist() == expected
+
+
+def test_joined_files_keep_every_column_and_value_when_their_types_or_columns_differ(tmp_path: Path) -> None:
+    """Small files are joined in Arrow; a file whose column has another type (Parquet keeps
+    types) or that lacks a column still gives every row, with nulls where a file had no value."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churnops.data.sources import ReadState, read_source
+    from churnops.settings import FileSource
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    pq.write_table(pa.table({"order_id": ["a", "b"], "amount": [1, 2], "note": ["x", None]}), drop / "1.parquet")
+    pq.write_table(pa.table({"order_id": ["c"], "amount": ["3.5"]}), drop / "2.parquet")  # text, no note
+    pq.write_table(pa.table({"order_id": ["d"], "amount": [4]}), drop / "3.parquet")
+    source = FileSource(kind="file", name="drop", table="orders", path=str(drop / "*.parquet"))
+    (chunk,) = read_source(source, ReadState()).chunks(1_000)
+    assert chunk["order_id"].tolist() == ["a", "b", "c", "d"]
+    assert [str(v) for v in chunk["amount"]] == ["1", "2", "3.5", "4"]
+    assert chunk["note"].isna().tolist() == [False, True, True, True]
+    (same,) = read_source(source.model_copy(update={"path": str(drop / "[13].parquet")}), ReadState()).chunks(1_000)
+    assert same["amount"].tolist() == [1, 2, 4]  # types that agree are joined in Arrow and kept

@@ -21,3 +21,20 @@ def test_a_long_query_draws_no_progress_bar_on_stdout(capfd: pytest.CaptureFixtu
     assert capfd.readouterr().out == ""
     _long_query(duckdb.connect())
     assert "%" in capfd.readouterr().out  # the oracle: a plain connection does draw it
+
+
+def test_cursors_share_a_database_but_not_their_views_or_settings(capfd: pytest.CaptureFixture[str]) -> None:
+    """`duck.cursor` connections are cheap because they share one database; what one registers
+    stays its own, and each prints nothing."""
+    import pyarrow as pa
+
+    first, second = duck.cursor(), duck.cursor()
+    first.register("batch", pa.table({"k": [1, 2]}))
+    second.register("batch", pa.table({"k": [5, 6, 7]}))
+    assert first.sql("SELECT count(*) FROM batch").fetchall() == [(2,)]
+    assert second.sql("SELECT count(*) FROM batch").fetchall() == [(3,)]
+    first.close()
+    with pytest.raises(Exception, match="batch"):
+        duck.cursor().sql("SELECT count(*) FROM batch")
+    _long_query(second)
+    assert capfd.readouterr().out == ""

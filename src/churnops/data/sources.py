@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import fsspec
 import httpx
@@ -325,27 +325,27 @@ class FileRows:
         """See `Batch.scan`. Files smaller than `rows` are joined once read whole (a failing one
         then has nothing to undo); a larger file's chunks go to `each` as they come."""
         results: list[T] = []
-        pending: list[pd.DataFrame] = []
+        pending: list[_Piece] = []
         held = 0
 
         def flush() -> None:
             nonlocal held
             if pending:
-                results.append(each(pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)))
+                results.append(each(_joined(pending)))
                 pending.clear()
                 held = 0
 
         for one in list(self.files):
-            frames: list[pd.DataFrame] = []  # while the file may still be small
+            pieces: list[_Piece] = []  # while the file may still be small
             mine: list[T] = []  # once it is not
             count = 0
             try:
-                for frame in self._read(one, rows, columns):
-                    count += len(frame)
-                    frames.append(frame)
+                for piece in self._read(one, rows, columns):
+                    count += len(piece)
+                    pieces.append(piece)
                     if count >= rows:
-                        mine.extend(each(f) for f in frames)
-                        frames = []
+                        mine.extend(each(_joined([p])) for p in pieces)
+                        pieces = []
             except _BadFileError as exc:
                 self.drop(one.name)
                 bad.append(BadFile(one.name, str(exc)))
@@ -357,13 +357,13 @@ class FileRows:
             if mine:
                 flush()
                 results.extend(mine)
-                results.extend(each(f) for f in frames)
+                results.extend(each(_joined([p])) for p in pieces)
                 continue
-            for frame in frames:
-                if held and held + len(frame) > rows:
+            for piece in pieces:
+                if held and held + len(piece) > rows:
                     flush()
-                pending.append(frame)
-                held += len(frame)
+                pending.append(piece)
+                held += len(piece)
         flush()
         return results
 
@@ -371,41 +371,45 @@ class FileRows:
         """See `Batch.chunks`. Small files are joined into chunks of up to `rows` rows: a year of
         daily files is a few chunks to validate, not hundreds."""
         position = 0
-        pending: list[pd.DataFrame] = []
+        pending: list[_Piece] = []
         held = 0
 
         def joined() -> pd.DataFrame:
-            frame = pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
+            frame = _joined(pending)
             frame.index = pd.RangeIndex(position, position + len(frame))
             return frame
 
         for one in self.files:
             try:
-                for frame in self._read(one, rows, columns):
-                    if held and held + len(frame) > rows:
+                for piece in self._read(one, rows, columns):
+                    if held and held + len(piece) > rows:
                         yield joined()
                         position += held
                         pending, held = [], 0
-                    pending.append(frame)
-                    held += len(frame)
+                    pending.append(piece)
+                    held += len(piece)
             except _BadFileError as exc:
                 raise FileFailedError(one.name, str(exc)) from exc
         if pending:
             yield joined()
 
-    def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[pd.DataFrame]:
+    def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[_Piece]:
         wanted = None if columns is None else [c for c in columns if c in one.columns]
         derive = self.source.derive_order_id and (columns is None or DERIVED_ORDER_ID in columns)
         numbered = 0
-        for frame in self._frames(one, rows, wanted):
+        for piece in self._pieces(one, rows, wanted):
             if derive:
-                frame[DERIVED_ORDER_ID] = pd.array(
-                    [f"{one.name}#{i}" for i in range(numbered + 1, numbered + len(frame) + 1)], dtype=TEXT
-                )
-            numbered += len(frame)
-            yield frame
+                ids = [f"{one.name}#{i}" for i in range(numbered + 1, numbered + len(piece) + 1)]
+                if isinstance(piece, pa.Table):
+                    piece = piece.append_column(DERIVED_ORDER_ID, pa.array(ids, pa.string()))
+                else:
+                    piece[DERIVED_ORDER_ID] = pd.array(ids, dtype=TEXT)
+            numbered += len(piece)
+            yield piece
 
-    def _frames(self, one: _SourceFile, rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+    def _pieces(self, one: _SourceFile, rows: int, columns: list[str] | None) -> Iterator[_Piece]:
+        """A file's rows, at most `rows` at a time: Arrow tables for Parquet and CSV (joined in
+        Arrow and turned into pandas once per chunk), frames for the formats read whole."""
         if one.whole is not None:
             picked = one.whole if columns is None else one.whole[columns]
             for start in range(0, len(picked), rows):
@@ -418,9 +422,30 @@ class FileRows:
                 else:
                     batches = _csv_batches(handle, self.source.csv_delimiter, one.columns, columns)
                 for record_batch in batches:
-                    yield record_batch.to_pandas(types_mapper=_text_types)
+                    yield pa.Table.from_batches([record_batch])
         except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
             raise _BadFileError(_reading_problem(one.fmt, exc)) from exc
+
+
+_Piece: TypeAlias = pd.DataFrame | pa.Table
+
+
+def _joined(pieces: Sequence[_Piece]) -> pd.DataFrame:
+    """Pieces of one or more files as one frame, columns in order of first appearance.
+
+    Arrow pieces are joined in Arrow when their types agree (one conversion to pandas, not one
+    a file); otherwise, or with frames among them, each becomes a frame and pandas joins them.
+    """
+    tables = [p for p in pieces if isinstance(p, pa.Table)]
+    if len(tables) == len(pieces):
+        try:
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+            joined: pd.DataFrame = table.to_pandas(types_mapper=_text_types)
+            return joined
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # files whose columns differ in type: pandas' rules decide, as for any frames
+    frames = [p.to_pandas(types_mapper=_text_types) if isinstance(p, pa.Table) else p for p in pieces]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 class _BadFileError(ValueError):
@@ -485,9 +510,13 @@ def _csv_batches(handle: Any, delimiter: str, names: list[str], columns: list[st
     decides what is valid; CRLF line ends are read like LF."""
     import pyarrow.csv as pacsv
 
+    size = getattr(handle, "size", None)  # unknown for compressed files
     reader = pacsv.open_csv(
         handle,
-        read_options=pacsv.ReadOptions(block_size=_block_bytes(), encoding="utf8"),
+        # a file within one block has nothing to read ahead: threads only cost their start (0.4 ms)
+        read_options=pacsv.ReadOptions(
+            block_size=_block_bytes(), encoding="utf8", use_threads=size is None or size > _block_bytes()
+        ),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(
             column_types=dict.fromkeys(names, pa.string()),

@@ -52,7 +52,7 @@ def order_span(files: Sequence[str]) -> tuple[pd.Timestamp, pd.Timestamp] | None
 
     if not files:
         return None
-    con = duck.connect()
+    con = duck.cursor()
     try:
         row = con.execute(f"SELECT MIN(order_date), MAX(order_date) FROM {parquet_scan(files)}").fetchone()
     finally:

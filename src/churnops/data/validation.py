@@ -100,7 +100,7 @@ def flag_keys(keys: pd.Series, existing_keys: Any = None) -> KeyFlags:
         return KeyFlags(repeated, in_lake)
     values = arrow.array(keys.array if isinstance(keys.dtype, pd.StringDtype) else keys, from_pandas=True)
     batch = arrow.table({"k": values, "i": arrow.array(np.arange(rows, dtype="int64"))})
-    with duck.connect() as con:
+    with duck.cursor() as con:
         con.register("batch", batch)
         found = con.sql(
             "SELECT i FROM batch WHERE k IS NOT NULL QUALIFY row_number() OVER (PARTITION BY k ORDER BY i) > 1"

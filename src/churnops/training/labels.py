@@ -63,7 +63,7 @@ def label_customers(
     )
     if not complete:
         return empty
-    con = duck.connect()
+    con = duck.cursor()
     try:
         if isinstance(orders, pd.DataFrame):
             con.register("orders_input", orders[["customer_id", "order_date"]])
