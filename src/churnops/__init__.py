@@ -14,3 +14,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # is first imported. Importing it here, before Feast can be, keeps every server's metrics its
 # own (two servers in one process otherwise add up each other's counts).
 import prometheus_client.values  # noqa: F401
+
+# Feast's import spends most of its seconds in typeguard re-compiling Feast's own modules; see
+# churnops/_feast_import.py (nothing is imported until something imports Feast).
+from churnops import _feast_import
+
+_feast_import.install()
