@@ -48,11 +48,11 @@ unit: setup ## Only the fast unit tests.
 	$(BIN)/pytest -q tests/unit
 
 # Test modules run on two workers, a module per worker (its server fixtures stay its own): the
-# suite took 17 min on one and 12 on two here.
+# suite took 17 min on one and 12 on two here. Modules go out longest first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 test: setup services tools lint typecheck ## Lint, type-check and run the whole test suite (TEST_WORKERS=2).
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: setup ## Run the benchmarks in bench/ (BENCH_ORDERS sets the size; default 10M orders).
 	$(BIN)/python bench/run_all.py

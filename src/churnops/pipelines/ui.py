@@ -37,6 +37,10 @@ def mlflow_ui_command(settings: Settings, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        # one user on loopback: one worker, not MLflow's four, each importing MLflow (a minute
+        # or more to come up on a busy 2-core machine)
+        "--workers",
+        "1",
     ]
 
 
