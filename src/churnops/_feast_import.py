@@ -2,10 +2,10 @@
 
 Feast decorates its classes with typeguard's `@typechecked`, and typeguard 4 instruments each
 decorated function by parsing and compiling its whole module's source again: 242 times on
-`import feast`, which took 10-14 s of a 4-18 s import here, in every process that touches the
-feature store (each step, each Airflow task, each server start). With the decorator left out for
-Feast's own objects, Feast runs the same code and only stops checking its arguments' types at
-run time; every other user of typeguard in the process keeps its checks.
+`import feast`, which then took 14-21 s here beside a running test suite (4-7 s without), in
+every process that touches the feature store (each step, each Airflow task, each server start).
+With the decorator left out for Feast's own objects, Feast runs the same code and only stops
+checking its arguments' types at run time; every other user of typeguard keeps its checks.
 
 `install()` puts a finder first on `sys.meta_path` that does this once, the first time anything
 imports `feast`, so a process that never uses Feast does not even import typeguard.

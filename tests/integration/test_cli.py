@@ -223,7 +223,7 @@ def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Pa
         text=True,
     )
     try:
-        deadline = time.monotonic() + 300  # MLflow's import alone took over 60 s beside the suite
+        deadline = time.monotonic() + 300  # beside the suite: over 120 s with four workers, 64 s with one
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:

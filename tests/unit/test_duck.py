@@ -34,7 +34,9 @@ def test_cursors_share_a_database_but_not_their_views_or_settings(capfd: pytest.
     assert first.sql("SELECT count(*) FROM batch").fetchall() == [(2,)]
     assert second.sql("SELECT count(*) FROM batch").fetchall() == [(3,)]
     first.close()
-    with pytest.raises(Exception, match="batch"):
+    import duckdb
+
+    with pytest.raises(duckdb.CatalogException, match="batch"):
         duck.cursor().sql("SELECT count(*) FROM batch")
     _long_query(second)
     assert capfd.readouterr().out == ""
