@@ -460,6 +460,18 @@ def _show_monitored(result: Any) -> None:
         f"({result.sampled:,} compared)"
     )
     console.print(Text(f"  report: {result.report}"))
+    newcomers = result.newcomers or {}
+    if newcomers.get("skipped"):
+        console.print(Text(f"  newcomers: {newcomers['skipped']}", style="dim"))
+    elif newcomers:
+        console.print(
+            Text(
+                f"  newcomers ({newcomers['current']:,} over {' to '.join(newcomers['window'])}): "
+                + ("DATA DRIFT" if newcomers["dataset_drift"] else "no data drift")
+                + f" ({len(newcomers['drifted_features'])} of {len(newcomers['distances'])} features); "
+                f"report: {newcomers.get('report', '')}"
+            )
+        )
     for est in result.estimated:
         console.print(
             Text(

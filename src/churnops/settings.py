@@ -532,6 +532,18 @@ class MonitoringSettings(_Strict):
         0.1, gt=0, description="A feature drifts when its normed Wasserstein distance exceeds this (an effect size)."
     )
     drift_share: float = Field(0.5, gt=0, le=1, description="The data set drifts when this share of features does.")
+    newcomer_days: int = Field(
+        30,
+        ge=0,
+        description="Customers this many days old or younger are newcomers, checked for drift on their own "
+        "(a new segment arrives among them); 0 turns the check off.",
+    )
+    newcomer_window_days: int = Field(
+        7, gt=0, description="Days of production predictions pooled for the newcomers' check (the day and before)."
+    )
+    newcomer_min_sample: int = Field(
+        1000, gt=0, description="Distinct newcomers the pooled window needs before their drift is judged."
+    )
     target_drift_threshold: float = Field(
         0.2, gt=0, description="The labelled churn rate drifts from the champion's when |Cohen's h| exceeds this."
     )

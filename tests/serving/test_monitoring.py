@@ -25,9 +25,11 @@ def _settings(shop: Shop, tmp_path: Path) -> Settings:
     return shop.settings.model_copy(update={"serving": serving})
 
 
-def _log_reference(settings: Settings, shop: Shop, n: int, scale: dict[str, float] | None = None) -> None:
+def _log_reference(
+    settings: Settings, shop: Shop, n: int, scale: dict[str, float] | None = None, newcomers_only: bool = False
+) -> None:
     """Log n rows of the champion's reference (the feature snapshot of the day it was trained
-    for) as the day's predictions, some features scaled."""
+    for) as the day's predictions, some features scaled (only the newcomers', if so asked)."""
     import pandas as pd
 
     from churnops.pipelines.features import feature_table
@@ -44,8 +46,10 @@ def _log_reference(settings: Settings, shop: Shop, n: int, scale: dict[str, floa
     whole, rest = divmod(n, len(snapshot))
     rows = pd.concat([snapshot] * whole + [snapshot.sample(rest, random_state=1)], ignore_index=True)
     values = rows[scorer.features].astype("float64")
+    everyone = pd.Series(True, index=values.index)
+    scaled = values["customer_age_days"] <= settings.monitoring.newcomer_days if newcomers_only else everyone
     for column, factor in (scale or {}).items():
-        values[column] = values[column] * factor + factor
+        values.loc[scaled, column] = values.loc[scaled, column] * factor + factor
     proba = scorer.predict_proba(values)
     start = datetime(DAY.year, DAY.month, DAY.day, 9)
     log = PredictionLog(settings.serving.prediction_log_url)
@@ -91,6 +95,44 @@ def test_traffic_like_the_reference_shows_no_drift(shop: Shop, tmp_path: Path) -
     assert summary["dataset_drift"] is False
     assert Path(result.report).read_text().lower().count("<html") >= 1
     assert DAY.isoformat() in (settings.paths.root / "monitoring" / "index.html").read_text()
+    # The shop is too small for the newcomers' own check at its default sample.
+    assert result.newcomers["dataset_drift"] is None
+    assert "under monitoring.newcomer_min_sample (1,000)" in result.newcomers["skipped"]
+    assert not (settings.paths.root / "monitoring" / DAY.isoformat() / "newcomers.html").exists()
+
+
+def test_newcomers_are_checked_on_their_own_and_a_change_among_them_alone_is_their_drift(
+    shop: Shop, tmp_path: Path
+) -> None:
+    """The newcomers' features changed, everyone else's not: the whole population does not
+    drift (they are a few percent of it), the newcomers do, and that is a condition of the day."""
+    settings = _settings(shop, tmp_path)
+    settings = settings.model_copy(
+        update={"monitoring": settings.monitoring.model_copy(update={"newcomer_min_sample": 20})}
+    )
+    _log_reference(settings, shop, 1500)
+    quiet = monitor_day(settings, DAY)
+    newcomers = quiet.newcomers
+    assert "skipped" not in newcomers
+    assert newcomers["dataset_drift"] is False, newcomers
+    assert newcomers["current"] == newcomers["reference"] > 20  # every newcomer of the snapshot, once each
+    assert newcomers["window"] == [(DAY - timedelta(days=6)).isoformat(), DAY.isoformat()]
+    assert quiet.decision["holds"]["newcomer_drift"] is False
+
+    features = tracking.load_scorer(f"models:/{settings.mlflow.model_name}@champion").features
+    changed = [f for f in features if f != "customer_age_days"]  # which tells the newcomers
+    (tmp_path / "changed").mkdir()
+    other = _settings(shop, tmp_path / "changed").model_copy(update={"monitoring": settings.monitoring})
+    _log_reference(other, shop, 1500, scale=dict.fromkeys(changed, 3.0), newcomers_only=True)
+    result = monitor_day(other, DAY)
+    assert result.dataset_drift is False
+    assert result.drifted_share is not None
+    assert result.drifted_share < 0.5 * other.monitoring.drift_share
+    assert result.newcomers["dataset_drift"] is True
+    assert set(changed) <= set(result.newcomers["drifted_features"])
+    assert result.decision["holds"]["newcomer_drift"] is True
+    assert Path(result.newcomers["report"]).read_text().lower().count("<html") >= 1
+    assert "newcomers.html" in (other.paths.root / "monitoring" / "index.html").read_text()
 
 
 def test_shifted_features_are_named_and_the_data_set_drifts_by_share(shop: Shop, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from churnops.monitoring.decide import derive
-from churnops.monitoring.drift import _distances, _evidently
+from churnops.monitoring.drift import NEWCOMER_FEATURE, _distances, _evidently
+from churnops.settings import MonitoringSettings
 
 pytestmark = pytest.mark.slow
 CHAMPION_DAY = date(2024, 8, 1)
@@ -26,7 +27,7 @@ THRESHOLD = 0.1
 
 
 @cache
-def _snapshots(kind: str | None, magnitude: float) -> pd.DataFrame:
+def _snapshots(kind: str | None, magnitude: float, customers: int = 3000, until: int = 40) -> pd.DataFrame:
     from churnops.data.simulation import simulate_business
     from churnops.features.duckdb_engine import compute_features
     from churnops.settings import DriftScenario, SimulationSettings
@@ -34,10 +35,15 @@ def _snapshots(kind: str | None, magnitude: float) -> pd.DataFrame:
     scenarios = [DriftScenario(kind=kind, start=START, magnitude=magnitude)] if kind else []  # type: ignore[arg-type]
     world = simulate_business(
         SimulationSettings(
-            customers=3000, products=400, start=date(2024, 1, 1), end=date(2024, 10, 31), seed=7, scenarios=scenarios
+            customers=customers,
+            products=400,
+            start=date(2024, 1, 1),
+            end=date(2024, 10, 31),
+            seed=7,
+            scenarios=scenarios,
         )
     )
-    days = [CHAMPION_DAY, *(CHAMPION_DAY + timedelta(days=k) for k in range(CHECK_EVERY, 40, CHECK_EVERY))]
+    days = [CHAMPION_DAY, *(CHAMPION_DAY + timedelta(days=k) for k in range(CHECK_EVERY, until, CHECK_EVERY))]
     return compute_features(
         world.orders,
         world.customers[["customer_id", "created_at"]],
@@ -129,3 +135,68 @@ def test_each_scenario_is_detected_within_its_days_and_the_unchanged_shop_is_not
     assert (found - START).days <= within_days
     quiet = first_alarm(_snapshots(None, 0.0))
     assert quiet is None or quiet > START + timedelta(days=within_days)
+
+
+NEWCOMER_SHOP = 20_000  # customers: about 1,400 newcomers (first order within 30 days) a day
+
+
+def _newcomers(frame: pd.DataFrame, day: date, cfg: MonitoringSettings) -> pd.DataFrame:
+    rows = _day(frame, day)
+    return rows[rows[NEWCOMER_FEATURE] <= cfg.newcomer_days][_features(frame)]
+
+
+def _first_newcomer_alarm(frame: pd.DataFrame, cfg: MonitoringSettings) -> date | None:
+    """The newcomers' check at the shipped defaults (30 days, 1,000 compared, share 0.5), every 3
+    days against the champion's day's newcomers, an alarm after 2 checks."""
+    features = _features(frame)
+    reference = _newcomers(frame, CHAMPION_DAY, cfg)
+    assert len(reference) >= cfg.newcomer_min_sample
+    history = {}
+    for stamp in sorted(frame["event_timestamp"].unique())[1:]:
+        day = pd.Timestamp(stamp).date()
+        current = _newcomers(frame, day, cfg).sample(cfg.newcomer_min_sample, random_state=0)
+        distances = oracle(reference.sample(cfg.newcomer_min_sample, random_state=1), current, features)
+        history[day.isoformat()] = {"newcomer_drift": _share(distances) >= cfg.drift_share}
+        if derive(history, day, 2, 7).alarms:
+            return day
+    return None
+
+
+def test_a_new_segment_is_found_among_the_newcomers_where_the_whole_population_shows_nothing() -> None:
+    """Every signup from the scenario's start on is of the new segment: among all customers a few
+    percent within weeks, below any distance on the whole population, while among the newcomers
+    it is most of them. Found within 36 days; the unchanged shop's newcomers raise no alarm in 45."""
+    cfg = MonitoringSettings()
+    segment = _snapshots("new_segment", 1.0, NEWCOMER_SHOP, 49)
+    found = _first_newcomer_alarm(segment, cfg)
+    assert found is not None
+    assert (found - START).days <= 36
+    assert _first_newcomer_alarm(_snapshots(None, 0.0, NEWCOMER_SHOP, 49), cfg) is None
+    features = _features(segment)
+    whole = _day(segment, CHAMPION_DAY)[features]
+    for day in (found, found + timedelta(days=CHECK_EVERY)):
+        current = _day(segment, day)[features].sample(1500, random_state=0)
+        assert _share(oracle(whole, current, features)) < 0.3  # the whole population's check is blind to it
+
+
+def test_fifty_windows_of_newcomers_without_change_raise_an_alarm_at_most_five_percent_of_the_time() -> None:
+    """Fifty windows of 1,000 newcomers drawn from the champion's own day, against the other half
+    of that day's newcomers: at the default share the newcomers' verdict is "drift" on at most 5%
+    of them, and hysteresis (3 checks) leaves no alarm."""
+    cfg = MonitoringSettings()
+    frame = _snapshots(None, 0.0, 3 * NEWCOMER_SHOP, 1)
+    newcomers = _newcomers(frame, CHAMPION_DAY, cfg).astype("float64")
+    reference = newcomers.sample(frac=0.5, random_state=1)
+    rest = newcomers.drop(reference.index)
+    assert len(rest) >= cfg.newcomer_min_sample
+    features = _features(frame)
+    history = {}
+    for i in range(50):
+        window = rest.sample(cfg.newcomer_min_sample, random_state=100 + i)
+        history[(CHAMPION_DAY + timedelta(days=i)).isoformat()] = {
+            "newcomer_drift": _share(oracle(reference, window, features)) >= cfg.drift_share
+        }
+    drifted = sum(h["newcomer_drift"] for h in history.values())
+    alarms = sum(bool(derive(history, date.fromisoformat(d), 3, 7).alarms) for d in history)
+    assert drifted <= 2
+    assert alarms <= 2

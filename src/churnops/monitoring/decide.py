@@ -11,7 +11,8 @@ out of order, gives the same decisions:
   alarm that clears and comes back later is a new occurrence, alerted again;
 - a retrain is triggered by an alarm, at most once per `monitoring.retrain_cooldown_days`.
 
-Conditions: `data_drift` (the data set drifted), `realized_f1` and `estimated_f1` (a version's
+Conditions: `data_drift` (the data set drifted), `newcomer_drift` (the newcomers' features
+drifted, by the same rule: where a new segment shows), `realized_f1` and `estimated_f1` (a version's
 F1 below `monitoring.min_f1`, realized from labels or estimated by CBPE), `champion_age` (the
 champion's logical date older than `monitoring.max_champion_age_days`).
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from churnops.settings import Settings
 
-CONDITIONS = ("data_drift", "realized_f1", "estimated_f1", "champion_age")
+CONDITIONS = ("data_drift", "newcomer_drift", "realized_f1", "estimated_f1", "champion_age")
 
 
 @dataclass
@@ -62,6 +63,7 @@ def conditions(settings: Settings, monitored: Any, champion_day: date | None) ->
     day = date.fromisoformat(monitored.day)
     return {
         "data_drift": monitored.dataset_drift,
+        "newcomer_drift": (monitored.newcomers or {}).get("dataset_drift"),
         "realized_f1": min(realized) < cfg.min_f1 if realized else None,
         "estimated_f1": min(estimated) < cfg.min_f1 if estimated else None,
         "champion_age": (day - champion_day).days > cfg.max_champion_age_days if champion_day else None,
@@ -126,6 +128,7 @@ def _checks(settings: Settings) -> str:
 
 _TITLES = {
     "data_drift": "the served data drifted",
+    "newcomer_drift": "the newcomers' data drifted (a new segment?)",
     "realized_f1": "realized F1 below the floor",
     "estimated_f1": "estimated F1 (CBPE) below the floor",
     "champion_age": "the champion is older than allowed",

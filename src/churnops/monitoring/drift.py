@@ -57,6 +57,7 @@ class Monitored:
     prediction_drift: float | None = None
     system: dict[str, Any] = field(default_factory=dict)
     realized: dict[str, Any] = field(default_factory=dict)  # `performance.Realized`, labels permitting
+    newcomers: dict[str, Any] = field(default_factory=dict)  # the newcomers' own drift check (`newcomer_drift`)
     target_drift: dict[str, Any] = field(default_factory=dict)  # labelled churn rate against the champion's
     estimated: list[dict[str, Any]] = field(default_factory=list)  # CBPE per version and variant: estimates
     decision: dict[str, Any] = field(default_factory=dict)  # `decide.Decision`: alarms, alerts, retrain
@@ -195,7 +196,8 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
         return result
     assert registry is not None
     assert result.champion is not None
-    reference, features = _reference(settings, registry, result.champion)
+    rows, scorer = _reference_rows(settings, registry, result.champion)
+    reference, features = _scored(rows, scorer, cfg), list(scorer.features)
     sample = current.sample(min(len(current), cfg.sample_size), random_state=cfg.seed)
     values = pd.DataFrame(list(sample["features"])).reindex(columns=features).astype("float64")
     values[PREDICTION] = sample["probability"].to_numpy(dtype="float64")
@@ -207,10 +209,75 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
     result.drifted_features = check.drifted_features
     result.drifted_share = check.drifted_share
     result.dataset_drift = check.dataset_drift
+    newcomers = newcomer_check(settings, day, rows, scorer)
+    newcomers_snapshot = newcomers.pop("snapshot", None)
+    result.newcomers = newcomers
     if decide:
         _decide(settings, result, registry)
-    _write(settings, result, snapshot)
+    _write(settings, result, snapshot, newcomers_snapshot)
     return result
+
+
+NEWCOMER_FEATURE = "customer_age_days"
+
+
+def newcomer_check(settings: Settings, day: date, rows: pd.DataFrame, scorer: Any) -> dict[str, Any]:
+    """The drift of the newcomers alone: customers whose first order is at most
+    `monitoring.newcomer_days` old, in the production predictions of the
+    `monitoring.newcomer_window_days` days up to `day` (each customer's newest), against the
+    newcomers of the champion's snapshot, by the same rule as the whole population.
+
+    A new segment arrives among the newcomers: among all customers it is a few percent, which no
+    distance on the whole population can see, while among the newcomers it is most of them. And
+    newcomers do not age as a group, so a fixed reference stays fair for them.
+
+    Returns:
+        `{"dataset_drift": None, "skipped": why}` when it cannot judge; otherwise the verdict,
+        share, drifted features, distances and sample sizes, and the Evidently snapshot under
+        "snapshot" (taken out before the summary is written).
+    """
+    from churnops.serving.prediction_log import read_predictions
+
+    cfg = settings.monitoring
+    if cfg.newcomer_days == 0:
+        return {"dataset_drift": None, "skipped": "off (monitoring.newcomer_days is 0)"}
+    features = list(scorer.features)
+    if NEWCOMER_FEATURE not in features:
+        return {"dataset_drift": None, "skipped": f"the model has no {NEWCOMER_FEATURE} feature to tell newcomers by"}
+    first = day - timedelta(days=cfg.newcomer_window_days - 1)
+    logged = read_predictions(settings.serving.prediction_log_url, day=first, until=day + timedelta(days=1))
+    out: dict[str, Any] = {"dataset_drift": None, "window": [first.isoformat(), day.isoformat()]}
+    if not logged.empty:
+        logged = logged[logged["variant"].isin(PRODUCTION_VARIANTS)]
+        logged = logged.drop_duplicates("customer_id", keep="last") if logged["customer_id"].notna().all() else logged
+    values = (
+        pd.DataFrame(list(logged["features"])).reindex(columns=features).astype("float64")
+        if not logged.empty
+        else pd.DataFrame(columns=features, dtype="float64")
+    )
+    current = values[values[NEWCOMER_FEATURE] <= cfg.newcomer_days]
+    reference_rows = rows[rows[NEWCOMER_FEATURE] <= cfg.newcomer_days]
+    out |= {"current": len(current), "reference": len(reference_rows)}
+    fewest = min(len(current), len(reference_rows))
+    if fewest < cfg.newcomer_min_sample:
+        side = "the window" if len(current) <= len(reference_rows) else "the champion's snapshot"
+        out["skipped"] = (
+            f"{fewest:,} newcomers in {side}: under monitoring.newcomer_min_sample ({cfg.newcomer_min_sample:,}), "
+            "too few to judge their drift"
+        )
+        return out
+    reference = _scored(reference_rows, scorer, cfg)
+    current = current.assign(**{PREDICTION: scorer.predict_proba(current[features])})
+    check = check_drift(reference, current, features, cfg)
+    return out | {
+        "dataset_drift": check.dataset_drift,
+        "drifted_share": check.drifted_share,
+        "drifted_features": check.drifted_features,
+        "distances": check.distances,
+        "prediction_drift": check.prediction_drift,
+        "sampled": min(len(current), cfg.sample_size),
+        "snapshot": check.snapshot,
+    }
 
 
 def decide_day(settings: Settings, day: date) -> Any:
@@ -297,9 +364,9 @@ def _target_drift(settings: Settings, registry: Any, version: str, groups: list[
     }
 
 
-def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, list[str]]:
-    """The features of the day the champion was trained for, scored by it (sampled); its holdout
-    when that snapshot is no longer in the feature table."""
+def _reference_rows(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, Any]:
+    """The features of the day the champion was trained for (every customer), or its holdout
+    when that snapshot is no longer in the feature table; and the champion's scorer."""
     from churnops.pipelines.features import feature_table
     from churnops.training import tracking
 
@@ -312,11 +379,15 @@ def _reference(settings: Settings, registry: Any, version: str) -> tuple[pd.Data
         rows = pd.read_parquet(table.path_of(snapshot), columns=list(scorer.features))
     else:
         rows = tracking.load_holdout(str(record.run_id))
-    cfg = settings.monitoring
+    return rows[list(scorer.features)], scorer
+
+
+def _scored(rows: pd.DataFrame, scorer: Any, cfg: Any) -> pd.DataFrame:
+    """Rows sampled to `cfg.sample_size`, as floats, with the scorer's probabilities."""
     rows = rows.sample(min(len(rows), cfg.sample_size), random_state=cfg.seed)
     reference = rows[scorer.features].astype("float64").reset_index(drop=True)
     reference[PREDICTION] = scorer.predict_proba(reference)
-    return reference, list(scorer.features)
+    return reference
 
 
 def _evidently(
@@ -344,19 +415,23 @@ def _distances(snapshot: Any) -> dict[str, float]:
     return out
 
 
-def _write(settings: Settings, result: Monitored, snapshot: Any) -> None:
+def _write(settings: Settings, result: Monitored, snapshot: Any, newcomers_snapshot: Any = None) -> None:
     from churnops.data.lake import write_local_atomic
 
     folder = monitoring_dir(settings) / result.day
     folder.mkdir(parents=True, exist_ok=True)
+    for name, report in (("report.html", snapshot), ("newcomers.html", newcomers_snapshot)):
+        html = folder / name
+        if report is not None:
+            tmp = folder / f".{name}.tmp"
+            report.save_html(str(tmp))
+            tmp.replace(html)
+        else:
+            html.unlink(missing_ok=True)
     if snapshot is not None:
-        html = folder / "report.html"
-        tmp = folder / ".report.html.tmp"
-        snapshot.save_html(str(tmp))
-        tmp.replace(html)
-        result.report = str(html)
-    else:
-        (folder / "report.html").unlink(missing_ok=True)
+        result.report = str(folder / "report.html")
+    if newcomers_snapshot is not None:
+        result.newcomers["report"] = str(folder / "newcomers.html")
     write_local_atomic(str(folder / "summary.json"), json.dumps(result.as_dict(), indent=2).encode())
     _index(settings)
 
@@ -379,16 +454,24 @@ def _index(settings: Settings) -> None:
         )
         link = f'<a href="{escape(body["day"])}/report.html">report</a>' if body.get("report") else ""
         pred = "" if body["prediction_drift"] is None else f"{body['prediction_drift']:.3f}"
+        newcomers = body.get("newcomers") or {}
+        if newcomers.get("dataset_drift") is None:
+            cohort = escape(newcomers.get("skipped", ""))
+        else:
+            cohort = (
+                ("DRIFT" if newcomers["dataset_drift"] else "no drift")
+                + f" ({len(newcomers['drifted_features'])} of {len(newcomers['distances'])} features, "
+                f'{newcomers["current"]:,} newcomers) <a href="{escape(body["day"])}/newcomers.html">report</a>'
+            )
         rows.append(
             f"<tr><td>{escape(body['day'])}</td><td>{body['predictions']:,}</td><td>{verdict}</td>"
-            f"<td>{pred}</td><td>{link}</td></tr>"
+            f"<td>{pred}</td><td>{cohort}</td><td>{link}</td></tr>"
         )
     page = (
         "<!doctype html><meta charset=utf-8><title>churnops monitoring</title>"
         "<h1>churnops monitoring</h1><table border=1 cellpadding=4>"
-        "<tr><th>day</th><th>predictions</th><th>data drift</th><th>prediction drift</th><th></th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<tr><th>day</th><th>predictions</th><th>data drift</th><th>prediction drift</th><th>newcomers</th>"
+        "<th></th></tr>" + "".join(rows) + "</table>"
     )
     write_local_atomic(str(root / "index.html"), page.encode())
 

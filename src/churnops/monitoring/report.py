@@ -58,6 +58,8 @@ def collect(summaries: list[dict[str, Any]]) -> dict[str, Series]:
             _add(charts["estimated F1 (CBPE)"], f"v{est['version']} {est['variant']}", day, est.get("estimated_f1"))
         _add(charts["drift"], "share of features drifted", day, body.get("drifted_share"))
         _add(charts["drift"], "prediction drift", day, body.get("prediction_drift"))
+        newcomers = body.get("newcomers") or {}
+        _add(charts["drift"], "share of newcomers' features drifted", day, newcomers.get("drifted_share"))
         system = body.get("system") or {}
         for variant, count in (system.get("per_variant") or {}).items():
             _add(charts["predictions"], variant, day, count)

@@ -359,9 +359,10 @@ class Demo:
                     view.estimated[f"v{est['version']} {est['variant']}"] = est["estimated_f1"]
             decision = results.find(Decision)
             alarms = decision.alarms if decision is not None else {}
-            if "data_drift" in alarms and "drift" not in reached:
-                view.events.append(f"drift detected: data drift on every check since {alarms['data_drift']}")
-                view.milestones.append("drift")
+            for condition, what in (("data_drift", "data drift"), ("newcomer_drift", "the newcomers' data drift")):
+                if condition in alarms and "drift" not in reached and "drift" not in view.milestones:
+                    view.events.append(f"drift detected: {what} on every check since {alarms[condition]}")
+                    view.milestones.append("drift")
         return view
 
     # --- traffic ---------------------------------------------------------------------------
