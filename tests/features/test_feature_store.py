@@ -109,17 +109,26 @@ def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Setti
     assert online["frequency"].notna().sum() > 900
 
 
+def _feast_table(con: sqlite3.Connection) -> str:
+    """Feast's table for the view (beside it, the bulk writer's record of what the table holds)."""
+    from churnops.features.online_bulk import STATE_TABLE
+
+    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'") if r[0] != STATE_TABLE]
+    assert len(names) == 1, names
+    return str(names[0])
+
+
 def _dump(db: Path) -> list[tuple[object, ...]]:
     """Every value in the SQLite online store."""
     with sqlite3.connect(db) as con:
-        table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        table = _feast_table(con)
         return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
 
 
 def _dump_all(db: Path) -> list[tuple[object, ...]]:
     """Every row and column of the SQLite online table, sorted."""
     with sqlite3.connect(db) as con:
-        table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        table = _feast_table(con)
         return sorted(con.execute(f'SELECT * FROM "{table}"').fetchall(), key=lambda r: (r[0], r[1]))
 
 
@@ -140,7 +149,7 @@ def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(
     store = feast_repo.FeastFeatureStore(shop)
     bulk = _dump_all(store.online_db)
     with sqlite3.connect(store.online_db) as con:
-        table = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        table = _feast_table(con)
         con.execute(f'DELETE FROM "{table}"')
     monkeypatch.setattr(online_bulk, "encodings_agree", lambda _key: False)  # Feast's own path
     feast_repo.FeastFeatureStore(shop).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
@@ -148,6 +157,59 @@ def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(
     assert len(bulk) == len(by_feast) > 1000
     assert any(row[2] == b"" for row in by_feast)  # some values are missing (a null's empty message)
     assert bulk == by_feast
+
+
+def test_a_days_load_writes_only_what_changed_and_leaves_the_values_of_a_full_load(shop: Settings) -> None:
+    """The store holds an older snapshot; loading the newest writes only the cells that differ
+    (and the row Feast reads each customer's timestamp from), and leaves every value, text and
+    customer timestamp that a load of the newest into an empty table leaves."""
+    from churnops.features import online_bulk
+
+    report = build_features(shop)
+    older, newest = (datetime.fromisoformat(d) for d in report.snapshots[-2:])
+    store = feast_repo.FeastFeatureStore(shop)
+    db = store.online_db
+    with sqlite3.connect(db) as con:
+        table = _feast_table(con)
+    online_bulk.forget_online_state(db, table)
+    store.publish_newest(older)  # unknown content: every row
+    assert online_bulk.online_state(db, table) is not None
+    feast_repo.FeastFeatureStore(shop).publish_newest(newest)  # from the older: the changes only
+
+    def cells(db: Path) -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as con:
+            return sorted(con.execute(f'SELECT entity_key, feature_name, value, value_text FROM "{table}"'))
+
+    def stamps(db: Path) -> dict[object, set[object]]:
+        with sqlite3.connect(db) as con:
+            rows = con.execute(f'SELECT feature_name, event_ts FROM "{table}"').fetchall()
+        out: dict[object, set[object]] = {}
+        for name, ts in rows:
+            out.setdefault(name, set()).add(ts)
+        return out
+
+    def served_at(settings: Settings) -> set[object]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        opened = feast_repo.FeastFeatureStore(settings).store
+        view = opened.get_feature_view(feast_repo.VIEW)
+        keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=c)]) for c in range(1, 1201)]
+        found = opened._get_provider().online_read(config=opened.config, table=view, entity_keys=keys)
+        return {stamp for stamp, values in found if values is not None}
+
+    incremental, incremental_stamps, incremental_served = cells(db), stamps(db), served_at(shop)
+    with sqlite3.connect(db) as con:
+        con.execute(f'DELETE FROM "{table}"')
+    online_bulk.forget_online_state(db, table)
+    feast_repo.FeastFeatureStore(shop).publish_newest(newest)  # into an empty table: every row
+    assert incremental == cells(db)
+    assert len(incremental) > 1000
+    assert incremental_served == served_at(shop) == {pd.Timestamp(newest, tz="UTC").to_pydatetime()}
+    # the full load stamps every row with the newest snapshot; the day's load left the unchanged
+    # cells as they were, with the older one
+    assert len({ts for v in stamps(db).values() for ts in v}) == 1
+    assert len({ts for v in incremental_stamps.values() for ts in v}) == 2
 
 
 def test_materializing_the_same_window_twice_leaves_an_identical_online_store(shop: Settings) -> None:

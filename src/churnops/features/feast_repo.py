@@ -302,7 +302,13 @@ class FeastFeatureStore:
         columns = ["customer_id", "event_timestamp", "created_timestamp", *(f.name for f in view.features)]
         parquet = pq.ParquetFile(self.table.path_of(entry))
         total, done = parquet.metadata.num_rows, 0
-        if not self._publish_bulk(parquet, view, columns, total, progress):
+        if not self._publish_bulk(parquet, view, columns, total, progress, entry.content_hash):
+            if self.settings.feast.online_store == "sqlite" and self.online_db.exists():
+                from feast.infra.online_stores.sqlite import _table_id
+
+                from churnops.features import online_bulk
+
+                online_bulk.forget_online_state(self.online_db, _table_id(store.project, view))
             nullable_ints = {pa.int64(): pd.Int64Dtype()}.get  # nulls stay nulls, not NaN floats
             for batch in parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns):
                 with quiet():
@@ -314,12 +320,22 @@ class FeastFeatureStore:
         store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
 
     def _publish_bulk(
-        self, parquet: Any, view: Any, columns: list[str], total: int, progress: Callable[[int, int], None] | None
+        self,
+        parquet: Any,
+        view: Any,
+        columns: list[str],
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        content_hash: str = "",
     ) -> bool:
         """Write the snapshot straight into the SQLite table or the Redis hashes (`online_bulk`);
         False when that path does not apply (another store or Redis deployment, a table or
         encoding Feast changed, or rows that do not share one snapshot time), and Feast's own
-        path is to be used."""
+        path is to be used.
+
+        Into SQLite only what changed since the snapshot the table holds (`_held_snapshot`),
+        when that is known: a day's load then writes the cells that moved (recency and age for
+        everyone, the rest for customers who ordered or left a window) instead of every cell."""
         import pyarrow.compute as pc
 
         from churnops.features import online_bulk
@@ -346,18 +362,45 @@ class FeastFeatureStore:
         vectors = bool(getattr(self.store.config.online_store, "vector_enabled", False))
         if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
             return False  # (vector_value stays NULL, as Feast leaves it without vector search)
+        features = [f.name for f in view.features]
         online_bulk.write_online_rows(
             self.online_db,
             table,
             snapshot,
             ENTITY_KEY,
-            [f.name for f in view.features],
+            features,
             ints,
             moments[0],
             moments[1],
             progress=report,
+            previous=self._held_snapshot(table, [ENTITY_KEY, *features]),
+            content_hash=content_hash or None,
         )
         return True
+
+    def _held_snapshot(self, table: str, columns: list[str]) -> Any:
+        """The snapshot the SQLite table holds in full, as the last bulk write recorded it (read
+        from the feature table), or None when that is unknown: nothing recorded, a snapshot no
+        longer in the table, or a row count that changed since (Feast recreated or wrote it)."""
+        import pyarrow.parquet as pq
+
+        from churnops.features import online_bulk
+
+        state = online_bulk.online_state(self.online_db, table)
+        if state is None:
+            return None
+        held, rows = state
+        entries = [e for e in self.table.manifest().snapshots.values() if e.content_hash == held]
+        if not entries:
+            return None
+        if online_bulk.table_rows(self.online_db, table) != rows:
+            log.info("the online table's rows changed since the last load; writing every row")
+            return None
+        try:
+            return pq.read_table(self.table.path_of(entries[0]), columns=columns)
+        except Exception as exc:  # the file went, or lacks a feature added since: every row is written
+            log.info("the snapshot the online table holds cannot be read (%s); writing every row", exc)
+            return None
 
     def _publish_redis(
         self, view: Any, snapshot: Any, ints: set[str], moment: datetime, progress: Callable[[int], None] | None

@@ -127,22 +127,111 @@ def _encoded(
 
 
 def _rows(
-    batch: Any, join_key: str, features: list[str], int_features: set[str], prefix: bytes, stamps: tuple[Any, Any]
+    batch: Any,
+    join_key: str,
+    features: list[str],
+    int_features: set[str],
+    prefix: bytes,
+    stamps: tuple[Any, Any],
+    changed: dict[str, np.ndarray] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """A batch's rows in the table's key order: customer by customer, features by name."""
+    """A batch's rows in the table's key order: customer by customer, features by name; with
+    `changed` (a mask per feature over the batch's customers), only the cells it marks (and only
+    those are encoded)."""
     ids = batch.column(join_key).to_numpy(zero_copy_only=False)
     keys = [prefix + struct.pack("<q", int(c)) for c in ids]
     memo: dict[int, tuple[bytes, str]] = {}
-    columns = []
-    for name in sorted(features):
-        column = batch.column(name)
-        missing = column.is_null().to_numpy(zero_copy_only=False)
-        values = column.fill_null(0).to_numpy(zero_copy_only=False)
-        columns.append((name, *_encoded(values, missing, name in int_features, memo)))
     event_ts, created_ts = stamps
-    for i, key in enumerate(keys):
-        for name, blobs, texts in columns:
-            yield key, name, blobs[i], texts[i], event_ts, created_ts
+    if changed is None:
+        columns = []
+        for name in sorted(features):
+            values, missing = _values(batch, name)
+            columns.append((name, *_encoded(values, missing, name in int_features, memo)))
+        for i, key in enumerate(keys):
+            for name, blobs, texts in columns:
+                yield key, name, blobs[i], texts[i], event_ts, created_ts
+        return
+    # The marked cells, sorted to key order (customer, then feature by name) without a Python
+    # loop over the unmarked ones.
+    names, where, encoded = [], [], []
+    for name in sorted(features):
+        cells = np.flatnonzero(changed[name])
+        if not len(cells):
+            continue
+        values, missing = _values(batch, name)
+        names.append(name)
+        where.append(cells)
+        encoded.append(_encoded(values[cells], missing[cells], name in int_features, memo))
+    if not where:
+        return
+    customers = np.concatenate(where)
+    feature = np.concatenate([np.full(len(w), j) for j, w in enumerate(where)])
+    place = np.concatenate([np.arange(len(w)) for w in where])
+    order = np.lexsort((feature, customers))
+    for i, j, k in zip(customers[order].tolist(), feature[order].tolist(), place[order].tolist(), strict=True):
+        blobs, texts = encoded[j]
+        yield keys[i], names[j], blobs[k], texts[k], event_ts, created_ts
+
+
+def _values(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    column = batch.column(name)
+    return column.fill_null(0).to_numpy(zero_copy_only=False), column.is_null().to_numpy(zero_copy_only=False)
+
+
+STATE_TABLE = "churnops_online_state"  # which snapshot each table holds, written with its rows
+
+
+def changed_cells(current: Any, previous: Any, join_key: str, features: list[str]) -> dict[str, np.ndarray]:
+    """Per feature, which of `current`'s customers (in its row order) need a write over `previous`:
+    customers new since then, and cells whose value (or whether it is missing) differs. Floats
+    compare by their bits, so a write is skipped only when it would store the same bytes. The
+    feature Feast reads each customer's timestamp from (the last by name, `online_read` takes the
+    last row) is always marked, so every customer's timestamp is the new snapshot's."""
+    import pyarrow as pa
+
+    ids = current.column(join_key).to_numpy(zero_copy_only=False).astype("int64")
+    before = previous.column(join_key).to_numpy(zero_copy_only=False).astype("int64")
+    if len(before) == 0:
+        return {name: np.ones(len(ids), dtype=bool) for name in features}
+    order = np.argsort(before, kind="stable")
+    place = np.minimum(np.searchsorted(before[order], ids), len(before) - 1)
+    known = before[order][place] == ids
+    source = order[place]
+    out: dict[str, np.ndarray] = {}
+    for name in features:
+        now, then = current.column(name), previous.column(name)
+        now_missing = now.is_null().to_numpy(zero_copy_only=False)
+        then_missing = then.is_null().to_numpy(zero_copy_only=False)[source]
+        kind = "<i8" if pa.types.is_integer(now.type) else "<f8"
+        a = now.fill_null(0).to_numpy(zero_copy_only=False).astype(kind).view("<i8")
+        b = then.fill_null(0).to_numpy(zero_copy_only=False).astype(kind).view("<i8")[source]
+        same = known & (now_missing == then_missing) & (now_missing | (a == b))
+        out[name] = ~same
+    out[max(features)] = np.ones(len(ids), dtype=bool)
+    return out
+
+
+def online_state(db: Path, table: str) -> tuple[str, int] | None:
+    """The snapshot the table holds in full (its content hash) and its row count then, as the last
+    bulk write recorded it; None when nothing is recorded."""
+    with sqlite3.connect(db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (STATE_TABLE,)).fetchone():
+            return None
+        row = conn.execute(f'SELECT content_hash, row_count FROM "{STATE_TABLE}" WHERE name = ?', (table,)).fetchone()
+    return (str(row[0]), int(row[1])) if row else None
+
+
+def forget_online_state(db: Path, table: str) -> None:
+    """Record that the table's content is unknown (before any write this module did not make)."""
+    with sqlite3.connect(db) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (STATE_TABLE,)).fetchone():
+            conn.execute(f'DELETE FROM "{STATE_TABLE}" WHERE name = ?', (table,))
+
+
+def table_rows(db: Path, table: str) -> int:
+    """Rows in the table now."""
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 
 
 def write_online_rows(
@@ -155,12 +244,19 @@ def write_online_rows(
     event_ts: datetime,
     created_ts: datetime,
     progress: Callable[[int], None] | None = None,
+    previous: Any = None,
+    content_hash: str | None = None,
 ) -> int:
     """Upsert every (customer, feature) row of a snapshot into Feast's SQLite table.
 
     Rows go in the table's primary-key order (the entity key's bytes, then the feature name),
     so SQLite updates its B-tree in sequence instead of at random pages, in one transaction
     with a large page cache.
+
+    With `previous`, the snapshot the table holds in full now, only the cells that differ from it
+    are written (`changed_cells`): the table ends exactly as a full write leaves it, values and
+    the timestamp Feast reads alike. The snapshot's `content_hash` is recorded with the rows, in
+    the same transaction, so the next write knows what the table holds.
 
     Args:
         db: The online store's SQLite file.
@@ -183,6 +279,7 @@ def write_online_rows(
     # the key's last 8 bytes are the id, little-endian: read big-endian, they sort as the bytes do
     ids = snapshot.column(join_key).to_numpy(zero_copy_only=False).astype("<i8")
     ordered = snapshot.take(np.argsort(ids.view(">u8"), kind="stable"))
+    changed = None if previous is None else changed_cells(ordered, previous, join_key, features)
     upsert = (
         f'INSERT INTO "{table}" ({", ".join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) '
         "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
@@ -194,11 +291,22 @@ def write_online_rows(
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA cache_size = -524288")  # 512 MiB of pages for this connection
         with conn:  # one transaction: readers see the old snapshot or the new one, never half
+            conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{STATE_TABLE}" '
+                "(name TEXT PRIMARY KEY, content_hash TEXT, row_count INTEGER)"
+            )
+            conn.execute(f'DELETE FROM "{STATE_TABLE}" WHERE name = ?', (table,))
             for batch in ordered.to_batches(max_chunksize=BATCH_CUSTOMERS):
-                conn.executemany(upsert, _rows(batch, join_key, features, int_features, prefix, stamps))
+                cells = None
+                if changed is not None:
+                    cells = {name: mask[done : done + batch.num_rows] for name, mask in changed.items()}
+                conn.executemany(upsert, _rows(batch, join_key, features, int_features, prefix, stamps, cells))
                 done += batch.num_rows
                 if progress:
                     progress(done)
+            if content_hash is not None:
+                count = int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+                conn.execute(f'INSERT INTO "{STATE_TABLE}" VALUES (?, ?, ?)', (table, content_hash, count))
     finally:
         conn.close()
     return done
