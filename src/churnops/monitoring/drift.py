@@ -16,6 +16,10 @@ for every sample size), drifted above `monitoring.drift_threshold`; the data set
 least `monitoring.drift_share` of the features do. Under `monitoring.min_sample` predictions no
 verdict is given. Both sides are sampled to at most `monitoring.sample_size` rows, so the
 check's cost does not grow with traffic.
+
+The newcomers (customers whose first order is at most `monitoring.newcomer_days` old) are
+checked again on their own, over a window of days (`newcomer_check`): a new segment arrives
+among them, where it is most of them, while among all customers it is too few to move anything.
 """
 
 from __future__ import annotations
@@ -158,7 +162,8 @@ def calibration_of(settings: Settings, version: str) -> Any:
 
 
 def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored:
-    """Judge the drift of the predictions logged on `day` (UTC) against the champion's reference.
+    """Judge the drift of the predictions logged on `day` (UTC) against the champion's reference,
+    and the newcomers of the window up to it against the reference's (`newcomer_check`).
 
     Writes `<workspace>/monitoring/<day>/report.html` (Evidently's) and `summary.json`, and
     rewrites the index page; rerunning a day replaces its files. With `decide`, the day's
@@ -219,6 +224,7 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
 
 
 NEWCOMER_FEATURE = "customer_age_days"
+NEWCOMER_CHUNK = 20_000  # logged predictions parsed at a time while looking for newcomers
 
 
 def newcomer_check(settings: Settings, day: date, rows: pd.DataFrame, scorer: Any) -> dict[str, Any]:
@@ -230,6 +236,9 @@ def newcomer_check(settings: Settings, day: date, rows: pd.DataFrame, scorer: An
     A new segment arrives among the newcomers: among all customers it is a few percent, which no
     distance on the whole population can see, while among the newcomers it is most of them. And
     newcomers do not age as a group, so a fixed reference stays fair for them.
+
+    The window's predictions are parsed in a random order until `monitoring.sample_size`
+    newcomers are found (`current` counts those found), so the cost does not grow with traffic.
 
     Returns:
         `{"dataset_drift": None, "skipped": why}` when it cannot judge; otherwise the verdict,
@@ -250,12 +259,19 @@ def newcomer_check(settings: Settings, day: date, rows: pd.DataFrame, scorer: An
     if not logged.empty:
         logged = logged[logged["variant"].isin(PRODUCTION_VARIANTS)]
         logged = logged.drop_duplicates("customer_id", keep="last") if logged["customer_id"].notna().all() else logged
-    values = (
-        pd.DataFrame(list(logged["features"])).reindex(columns=features).astype("float64")
-        if not logged.empty
-        else pd.DataFrame(columns=features, dtype="float64")
-    )
-    current = values[values[NEWCOMER_FEATURE] <= cfg.newcomer_days]
+    # In a random order, a chunk at a time until `sample_size` newcomers are found: the cost
+    # stays flat however busy the window was.
+    shuffled = logged.sample(frac=1.0, random_state=cfg.seed) if not logged.empty else logged
+    found = [pd.DataFrame(columns=features, dtype="float64")]
+    have = 0
+    for start in range(0, len(shuffled), NEWCOMER_CHUNK):
+        chunk = shuffled["features"].iloc[start : start + NEWCOMER_CHUNK]
+        values = pd.DataFrame(list(chunk)).reindex(columns=features).astype("float64")
+        found.append(values[values[NEWCOMER_FEATURE] <= cfg.newcomer_days])
+        have += len(found[-1])
+        if have >= cfg.sample_size:
+            break
+    current = pd.concat(found, ignore_index=True)
     reference_rows = rows[rows[NEWCOMER_FEATURE] <= cfg.newcomer_days]
     out |= {"current": len(current), "reference": len(reference_rows)}
     fewest = min(len(current), len(reference_rows))
