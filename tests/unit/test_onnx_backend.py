@@ -48,6 +48,24 @@ def test_a_scikit_learn_forest_converts_through_skl2onnx(name: str) -> None:
     np.testing.assert_allclose(onnx, model.predict_proba(x)[:, 1], atol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["logistic_regression", "gradient_boosting"])
+def test_a_candidate_that_fills_missing_values_converts_with_its_pipeline(algorithm: str) -> None:
+    """The candidates built as pipelines (missing values filled, then scaled or not) are served by
+    ONNX Runtime too, missing values included."""
+    from churnops.settings import CandidateSettings
+    from churnops.training.candidates import build_candidate
+
+    x, y = _data()
+    x.loc[::4, "gap"] = np.nan
+    params = {"n_estimators": 20} if algorithm == "gradient_boosting" else {}
+    model = build_candidate(algorithm, CandidateSettings(algorithm=algorithm, params=params), 0).model.fit(x, y)  # type: ignore[arg-type]
+    session, reason = _onnx_session(_scorer(model, "sklearn"), x.to_numpy(), 1e-6)
+    assert session is not None, reason
+    run, input_name = session
+    onnx = run.run(None, {input_name: x.to_numpy(np.float32)})[1][:, 1]
+    np.testing.assert_allclose(onnx, model.predict_proba(x)[:, 1], atol=1e-6)
+
+
 def test_a_model_without_a_converter_leaves_the_native_model_serving() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 

@@ -146,11 +146,13 @@ def test_the_known_parameters_are_the_installed_estimators_own() -> None:
         HistGradientBoostingClassifier,
         RandomForestClassifier,
     )
+    from sklearn.linear_model import LogisticRegression
 
     from churnops.settings import ALGORITHM_PARAMS, MANAGED_PARAMS
 
     estimators = {
         "lightgbm": lightgbm.LGBMClassifier(),
+        "logistic_regression": LogisticRegression(),
         "hist_gradient_boosting": HistGradientBoostingClassifier(),
         "random_forest": RandomForestClassifier(),
         "gradient_boosting": GradientBoostingClassifier(),

@@ -28,7 +28,7 @@ from churnops.pipelines.features import feature_table, on_grid
 from churnops.pipelines.ingest import make_lake
 from churnops.runlog import append_run
 from churnops.settings import CandidateSettings, Settings
-from churnops.training.candidates import Candidate, build_candidate
+from churnops.training.candidates import Candidate, build_candidate, fit_pool
 from churnops.training.gate import baseline_metrics, by_recency_scores
 from churnops.training.labels import label_customers
 from churnops.training.metrics import choose_threshold, classification_metrics, cross_validated_f1
@@ -334,13 +334,10 @@ def train_candidates(
     for number, (name, config) in enumerate(cfg.candidates.items(), start=1):
         started = time.perf_counter()
         label = f"{name} ({number}/{len(cfg.candidates)})"
-        progress(f"{label}: fitting on {len(split.fit):,} rows")
-        candidate = build_candidate(name, config, cfg.seed).fit(x.iloc[split.fit], y.iloc[split.fit])
-        validation_proba = candidate.predict_proba(x.iloc[split.validation])
-        threshold = choose_threshold(y.iloc[split.validation].to_numpy(), validation_proba)
-        validation = classification_metrics(y.iloc[split.validation].to_numpy(), validation_proba, threshold)
-        proba = candidate.predict_proba(x.iloc[split.holdout])
-        holdout = classification_metrics(y_hold, proba, threshold)
+        progress(f"{label}: fitting on {len(split.fit):,} rows, then {cfg.cv_folds} cross-validation folds")
+        # The final fit and the folds are independent: where the algorithm allows, they train
+        # side by side, a thread each (`fit_pool`).
+        candidate = build_candidate(name, config, cfg.seed)
 
         def fresh_model(name: str = name, config: CandidateSettings = config) -> Any:
             return build_candidate(name, config, cfg.seed).model
@@ -348,14 +345,24 @@ def train_candidates(
         def fold_done(done: int, f1: float, label: str = label) -> None:
             progress(f"{label}: cross-validation fold {done}/{cfg.cv_folds}, F1 {f1:.3f}")
 
-        cv_mean, cv_std = cross_validated_f1(
-            fresh_model,
-            x.iloc[split.fit],
-            y.iloc[split.fit],
-            data["customer_id"].iloc[split.fit],
-            cfg.cv_folds,
-            fold_done,
-        )
+        with fit_pool(config.algorithm) as pool:
+            final = pool.submit(candidate.fit, x.iloc[split.fit], y.iloc[split.fit]) if pool else None
+            cv_mean, cv_std = cross_validated_f1(
+                fresh_model,
+                x.iloc[split.fit],
+                y.iloc[split.fit],
+                data["customer_id"].iloc[split.fit],
+                cfg.cv_folds,
+                fold_done,
+                pool,
+            )
+            candidate = final.result() if final else candidate.fit(x.iloc[split.fit], y.iloc[split.fit])
+        candidate.predict_with_every_core()
+        validation_proba = candidate.predict_proba(x.iloc[split.validation])
+        threshold = choose_threshold(y.iloc[split.validation].to_numpy(), validation_proba)
+        validation = classification_metrics(y.iloc[split.validation].to_numpy(), validation_proba, threshold)
+        proba = candidate.predict_proba(x.iloc[split.holdout])
+        holdout = classification_metrics(y_hold, proba, threshold)
         importances = candidate.importances(x.iloc[split.validation], y.iloc[split.validation], cfg.seed)
         metrics = {
             **holdout,

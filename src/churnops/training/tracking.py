@@ -144,7 +144,10 @@ def log_candidate(
         mlflow.log_dict(importances, "feature_importances.json")
         mlflow.log_dict(lineage, "lineage.json")
         for context, (frame, source) in datasets.items():
-            dataset = from_pandas(frame, source=source, name=f"customer_features_{context}", targets="churned")
+            dataset = from_pandas(
+                frame, source=source, name=f"customer_features_{context}", targets="churned", digest=frame_digest(frame)
+            )
+            dataset.__dict__["schema"] = frame_schema(frame)  # its cached_property, filled without the cell loop
             mlflow.log_input(dataset, context=context)
         example = example.astype("float64")
         signature = infer_signature(example, candidate.predict_proba(example))
@@ -174,6 +177,43 @@ def log_candidate(
             )
         mlflow.set_tag(MODEL_URI, info.model_uri)
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """The digest MLflow computes for a pandas dataset, without its `type` call on every cell
+    (it looks for text columns in the whole frame, then hashes only the first 10,000 rows)."""
+    from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
+
+    head = frame.head(MAX_ROWS)
+    text = [
+        name
+        for name in frame.columns
+        if (frame[name].dtype == object or isinstance(frame[name].dtype, pd.StringDtype))
+        and all(type(value) is str for value in frame[name])  # as MLflow tests them
+    ]
+    hashed = head[pd.Index(text).union(head.select_dtypes(include=[np.number]).columns)]
+    return str(
+        get_normalized_md5_digest(
+            [pd.util.hash_pandas_object(hashed).values, np.int64(len(frame))] + [str(x).encode() for x in frame.columns]
+        )
+    )
+
+
+def frame_schema(frame: pd.DataFrame) -> Any:
+    """The MLflow schema MLflow infers for a frame of typed columns, from column-wise null checks.
+
+    MLflow's own inference tests every cell for None or NaN in a Python loop to decide each
+    column's `required`: 11 s for the training and holdout frames of 200,000 fit rows.
+    """
+    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.utils import _infer_pandas_column
+
+    return Schema(
+        [
+            ColSpec(type=_infer_pandas_column(frame[name]), name=name, required=not bool(frame[name].isna().any()))
+            for name in frame.columns
+        ]
+    )
 
 
 def _requirements(algorithm: str) -> list[str]:
