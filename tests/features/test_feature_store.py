@@ -109,33 +109,63 @@ def test_online_values_equal_point_in_time_values_for_1000_customers(shop: Setti
     assert online["frequency"].notna().sum() > 900
 
 
-def _feast_table(con: sqlite3.Connection) -> str:
-    """Feast's table for the view (beside it, the bulk writer's record of what the table holds)."""
+def _feast_tables(con: sqlite3.Connection) -> dict[str, str]:
+    """Feast's table for each view (beside them, the bulk writer's record of what each holds)."""
     from churnops.features.online_bulk import STATE_TABLE
 
     names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'") if r[0] != STATE_TABLE]
-    assert len(names) == 1, names
-    return str(names[0])
+    tables = {view: next((n for n in names if n.endswith(f"_{view}")), "") for view in feast_repo.VIEWS}
+    assert sorted(tables.values()) == sorted(names), names
+    return tables
 
 
 def _dump(db: Path) -> list[tuple[object, ...]]:
-    """Every value in the SQLite online store."""
+    """Every value in the SQLite online store, with its view."""
     with sqlite3.connect(db) as con:
-        table = _feast_table(con)
-        return sorted(con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}").fetchall())
+        return sorted(
+            (view, *row)
+            for view, table in _feast_tables(con).items()
+            for row in con.execute(f"SELECT entity_key, feature_name, value, event_ts FROM {table}")
+        )
 
 
 def _dump_all(db: Path) -> list[tuple[object, ...]]:
-    """Every row and column of the SQLite online table, sorted."""
+    """Every row and column of the SQLite online tables, with the view, sorted."""
     with sqlite3.connect(db) as con:
-        table = _feast_table(con)
-        return sorted(con.execute(f'SELECT * FROM "{table}"').fetchall(), key=lambda r: (r[0], r[1]))
+        rows = [
+            (view, *row)
+            for view, table in _feast_tables(con).items()
+            for row in con.execute(f'SELECT * FROM "{table}"')
+        ]
+    return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
+
+
+def _empty_online_tables(db: Path) -> None:
+    with sqlite3.connect(db) as con:
+        for table in _feast_tables(con).values():
+            con.execute(f'DELETE FROM "{table}"')
+
+
+def test_the_features_are_served_from_a_view_of_order_features_and_a_view_of_time_features(shop: Settings) -> None:
+    """The features that move with the clock alone have a view of their own, with the TTL; the
+    rest have none, and a day's load stamps only the cells that changed there."""
+    from churnops.features.definitions import AGEING_FEATURES
+
+    build_features(shop)
+    store = feast_repo.FeastFeatureStore(shop).store
+    order, time = (store.get_feature_view(name) for name in (feast_repo.ORDER_VIEW, feast_repo.TIME_VIEW))
+    assert {f.name for f in time.features} == set(AGEING_FEATURES) == {"recency", "customer_age_days", "overdue_ratio"}
+    assert {f.name for f in order.features} | set(AGEING_FEATURES) == {s.name for s in feature_specs((7, 30, 90))}
+    assert time.ttl.days == shop.feast.ttl_days
+    assert not order.ttl
+    service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
+    assert sorted(p.name for p in service.feature_view_projections) == sorted(feast_repo.VIEWS)
 
 
 def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(
     shop: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bulk writer's table equals, byte for byte, the one Feast's `write_to_online_store`
+    """The bulk writer's tables equal, byte for byte, the ones Feast's `write_to_online_store`
     leaves for the same snapshot (keys, values, texts, timestamps), nulls included."""
     from churnops.features import online_bulk
 
@@ -144,25 +174,25 @@ def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(
     real_write = online_bulk.write_online_rows
     monkeypatch.setattr(online_bulk, "write_online_rows", lambda *a, **k: written.append(real_write(*a, **k)))
     report = build_features(shop)
-    assert len(written) == 1  # the bulk path wrote the snapshot
-    assert written[0] > 1000
+    assert len(written) == 2  # the bulk path wrote the snapshot, a table per view
+    assert written[0] == written[1] > 1000
     store = feast_repo.FeastFeatureStore(shop)
     bulk = _dump_all(store.online_db)
-    with sqlite3.connect(store.online_db) as con:
-        table = _feast_table(con)
-        con.execute(f'DELETE FROM "{table}"')
+    _empty_online_tables(store.online_db)
     monkeypatch.setattr(online_bulk, "encodings_agree", lambda _key: False)  # Feast's own path
     feast_repo.FeastFeatureStore(shop).publish_newest(datetime.fromisoformat(report.snapshots[-1]))
     by_feast = _dump_all(store.online_db)
     assert len(bulk) == len(by_feast) > 1000
-    assert any(row[2] == b"" for row in by_feast)  # some values are missing (a null's empty message)
+    assert {row[0] for row in by_feast} == set(feast_repo.VIEWS)
+    assert any(row[3] == b"" for row in by_feast)  # some values are missing (a null's empty message)
     assert bulk == by_feast
 
 
 def test_a_days_load_writes_only_what_changed_and_leaves_the_values_of_a_full_load(shop: Settings) -> None:
     """The store holds an older snapshot; loading the newest writes only the cells that differ
-    (and the row Feast reads each customer's timestamp from), and leaves every value, text and
-    customer timestamp that a load of the newest into an empty table leaves."""
+    (and, in the time view, the row Feast reads each customer's timestamp from), and leaves every
+    value and text that a load of the newest into empty tables leaves; every customer's time
+    features are stamped with the newest snapshot, order features with their last change."""
     from churnops.features import online_bulk
 
     report = build_features(shop)
@@ -170,46 +200,52 @@ def test_a_days_load_writes_only_what_changed_and_leaves_the_values_of_a_full_lo
     store = feast_repo.FeastFeatureStore(shop)
     db = store.online_db
     with sqlite3.connect(db) as con:
-        table = _feast_table(con)
-    online_bulk.forget_online_state(db, table)
+        tables = _feast_tables(con)
+    for table in tables.values():
+        online_bulk.forget_online_state(db, table)
     store.publish_newest(older)  # unknown content: every row
-    assert online_bulk.online_state(db, table) is not None
+    assert all(online_bulk.online_state(db, table) is not None for table in tables.values())
     feast_repo.FeastFeatureStore(shop).publish_newest(newest)  # from the older: the changes only
 
     def cells(db: Path) -> list[tuple[object, ...]]:
         with sqlite3.connect(db) as con:
-            return sorted(con.execute(f'SELECT entity_key, feature_name, value, value_text FROM "{table}"'))
+            return sorted(
+                (view, *row)
+                for view, table in tables.items()
+                for row in con.execute(f'SELECT entity_key, feature_name, value, value_text FROM "{table}"')
+            )
 
-    def stamps(db: Path) -> dict[object, set[object]]:
+    def stamps(db: Path, view: str) -> set[object]:
         with sqlite3.connect(db) as con:
-            rows = con.execute(f'SELECT feature_name, event_ts FROM "{table}"').fetchall()
-        out: dict[object, set[object]] = {}
-        for name, ts in rows:
-            out.setdefault(name, set()).add(ts)
-        return out
+            return {ts for (ts,) in con.execute(f'SELECT DISTINCT event_ts FROM "{tables[view]}"')}
 
-    def served_at(settings: Settings) -> set[object]:
+    def served_at(settings: Settings, view_name: str) -> set[object]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         opened = feast_repo.FeastFeatureStore(settings).store
-        view = opened.get_feature_view(feast_repo.VIEW)
+        view = opened.get_feature_view(view_name)
         keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=c)]) for c in range(1, 1201)]
         found = opened._get_provider().online_read(config=opened.config, table=view, entity_keys=keys)
         return {stamp for stamp, values in found if values is not None}
 
-    incremental, incremental_stamps, incremental_served = cells(db), stamps(db), served_at(shop)
-    with sqlite3.connect(db) as con:
-        con.execute(f'DELETE FROM "{table}"')
-    online_bulk.forget_online_state(db, table)
-    feast_repo.FeastFeatureStore(shop).publish_newest(newest)  # into an empty table: every row
+    incremental = cells(db)
+    incremental_served = {view: served_at(shop, view) for view in feast_repo.VIEWS}
+    incremental_stamps = {view: stamps(db, view) for view in feast_repo.VIEWS}
+    _empty_online_tables(db)
+    for table in tables.values():
+        online_bulk.forget_online_state(db, table)
+    feast_repo.FeastFeatureStore(shop).publish_newest(newest)  # into empty tables: every row
     assert incremental == cells(db)
     assert len(incremental) > 1000
-    assert incremental_served == served_at(shop) == {pd.Timestamp(newest, tz="UTC").to_pydatetime()}
+    both = {pd.Timestamp(when, tz="UTC").to_pydatetime() for when in (older, newest)}
+    assert incremental_served[feast_repo.TIME_VIEW] == served_at(shop, feast_repo.TIME_VIEW) == {max(both)}
+    assert incremental_served[feast_repo.ORDER_VIEW] == both  # a customer who did not order keeps the older
+    assert served_at(shop, feast_repo.ORDER_VIEW) == {max(both)}
     # the full load stamps every row with the newest snapshot; the day's load left the unchanged
     # cells as they were, with the older one
-    assert len({ts for v in stamps(db).values() for ts in v}) == 1
-    assert len({ts for v in incremental_stamps.values() for ts in v}) == 2
+    assert all(len(stamps(db, view)) == 1 for view in feast_repo.VIEWS)
+    assert all(len(incremental_stamps[view]) == 2 for view in feast_repo.VIEWS)
 
 
 def test_materializing_the_same_window_twice_leaves_an_identical_online_store(shop: Settings) -> None:
@@ -279,13 +315,16 @@ def test_a_corrected_source_row_shows_up_after_rematerializing(shop: Settings) -
 
 
 def _hand_made_table(settings: Settings) -> None:
-    """Customer 1 has feature rows on Jan 1 and Jan 8 (frequency 1 and 2); TTL 30 days."""
+    """Customer 1 has feature rows on Jan 1 and Jan 8 (frequency 1 and 2, recency 10 and 20);
+    the time view's TTL is 30 days."""
     specs = feature_specs((7, 30, 90))
     rows = []
     for day, freq in ((1, 1), (8, 2)):
         ts = pd.Timestamp(f"2024-01-{day:02d}", tz="UTC")
         row: dict[str, object] = {"customer_id": 1, "event_timestamp": ts, "created_timestamp": ts}
-        row.update({s.name: (freq if s.name == "frequency" else 0) for s in specs})
+        row.update(
+            {s.name: (freq if s.name == "frequency" else 10 * freq if s.name == "recency" else 0) for s in specs}
+        )
         rows.append(row)
     frame = pd.DataFrame(rows)
     for s in specs:
@@ -302,16 +341,18 @@ def _hand_made_table(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize(
-    ("when", "expected"),
+    ("when", "frequency", "recency"),
     [
-        ("2024-01-05", 1.0),  # between two rows: the earlier one
-        ("2024-01-08", 2.0),  # exactly on a row's timestamp: that row
-        ("2024-01-20", 2.0),  # after both, within the TTL
-        ("2024-03-01", None),  # beyond the TTL: null, and the row is kept
-        ("2023-12-31", None),  # before any row: null, row kept
+        ("2024-01-05", 1.0, 10.0),  # between two rows: the earlier one
+        ("2024-01-08", 2.0, 20.0),  # exactly on a row's timestamp: that row
+        ("2024-01-20", 2.0, 20.0),  # after both, within the TTL
+        ("2024-03-01", 2.0, None),  # beyond the TTL: the time view's features null, the order view has none
+        ("2023-12-31", None, None),  # before any row: null, row kept
     ],
 )
-def test_point_in_time_join_on_hand_made_rows(tmp_path: Path, when: str, expected: float | None) -> None:
+def test_point_in_time_join_on_hand_made_rows(
+    tmp_path: Path, when: str, frequency: float | None, recency: float | None
+) -> None:
     settings = load_settings(None, workspace=str(tmp_path / "ws"))
     _hand_made_table(settings)
     entity = pd.DataFrame(
@@ -320,10 +361,11 @@ def test_point_in_time_join_on_hand_made_rows(tmp_path: Path, when: str, expecte
     result = _historical(settings, entity)
     assert len(result) == 2  # never drops an entity row
     one = result[result["tag"] == "a"].iloc[0]
-    if expected is None:
-        assert np.isnan(one["frequency"])
-    else:
-        assert one["frequency"] == expected
+    for name, expected in (("frequency", frequency), ("recency", recency)):
+        if expected is None:
+            assert np.isnan(one[name]), name
+        else:
+            assert one[name] == expected, name
     assert np.isnan(result[result["tag"] == "b"].iloc[0]["frequency"])
 
 
@@ -417,7 +459,7 @@ def test_the_validate_step_catches_a_changed_snapshot_and_an_online_store_that_d
     changed = frame[frame["customer_id"] == buyer].copy()
     changed["monetary"] = changed["monetary"] + 1.0
     store = feast_repo.FeastFeatureStore(shop).store
-    store.write_to_online_store(feast_repo.VIEW, changed)
+    store.write_to_online_store(feast_repo.ORDER_VIEW, changed)
     with pytest.raises(FeatureValidationError, match=rf"disagrees .* 1 of {len(frame)} .*customer {buyer} monetary"):
         check_features(shop, day, sample=10_000)
     import struct
@@ -426,12 +468,13 @@ def test_the_validate_step_catches_a_changed_snapshot_and_an_online_store_that_d
 
     db = feast_repo.FeastFeatureStore(shop).online_db
     with sqlite3.connect(db) as con:  # the customer's rows gone, as if never loaded
-        name = next(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
         key = entity_key_prefix("customer_id") + struct.pack("<q", int(buyer))
-        assert con.execute(f"DELETE FROM {name} WHERE entity_key = ?", (key,)).rowcount > 0
+        for name in _feast_tables(con).values():
+            assert con.execute(f"DELETE FROM {name} WHERE entity_key = ?", (key,)).rowcount > 0
     with pytest.raises(FeatureValidationError, match=rf"1 of {len(frame)} .* not in the online store .*{buyer}"):
         check_features(shop, day, sample=10_000)
-    store.write_to_online_store(feast_repo.VIEW, frame[frame["customer_id"] == buyer])
+    for view in feast_repo.VIEWS:
+        store.write_to_online_store(view, frame[frame["customer_id"] == buyer])
     check_features(shop, day, sample=10_000)  # put back: it passes again
 
     import pyarrow.compute as pc

@@ -102,10 +102,11 @@ def test_a_moved_workspace_trains_where_it_now_is(original: Settings, tmp_path: 
     shutil.move(str(tmp_path / "first"), str(moved))  # where it was used from no longer exists
     result = train(_settings(moved), DAY)
     assert result.reused  # the same inputs, found in the moved tracking store
-    from churnops.features.feast_repo import FeastFeatureStore
+    from churnops.features import feast_repo
 
-    store = FeastFeatureStore(_settings(moved))
-    assert store.store.get_feature_view("customer_features").batch_source.path.startswith(str(moved.resolve()))
+    store = feast_repo.FeastFeatureStore(_settings(moved))
+    for view in feast_repo.VIEWS:
+        assert store.store.get_feature_view(view).batch_source.path.startswith(str(moved.resolve()))
 
 
 def test_read_only_commands_create_nothing(tmp_path: Path) -> None:

@@ -24,10 +24,15 @@ def test_only_new_customers_and_changed_cells_are_marked_and_the_timestamp_featu
             "unique_products": pa.array([1, 1, 2, 1], pa.int64()),  # unchanged, but Feast reads its timestamp
         }
     )
-    changed = changed_cells(current, previous, "customer_id", ["frequency", "monetary", "unique_products"])
+    names = ["frequency", "monetary", "unique_products"]
+    changed = changed_cells(current, previous, "customer_id", names)
     assert changed["frequency"].tolist() == [False, True, False, True]
     assert changed["monetary"].tolist() == [False, True, True, True]  # -0.0 is other bytes than 0.0
     assert changed["unique_products"].tolist() == [True, True, True, True]
+    # a view without a TTL: the timestamp feature is written only where it changed, like the rest
+    unstamped = changed_cells(current, previous, "customer_id", names, stamp_every_customer=False)
+    assert unstamped["unique_products"].tolist() == [False, False, False, True]
+    assert unstamped["monetary"].tolist() == changed["monetary"].tolist()
 
 
 def test_an_empty_previous_snapshot_marks_everything() -> None:

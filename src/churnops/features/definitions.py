@@ -27,10 +27,13 @@ class FeatureSpec:
     description: str
     zero_when_no_orders: bool
     needs: str | None = None  # an optional raw column the feature needs
+    # Moves with the clock alone (days since an order): it changes every day for every customer
+    # who ever ordered, so the online store keeps such features in a view of their own.
+    ages: bool = False
 
 
 BASE_FEATURES: tuple[FeatureSpec, ...] = (
-    FeatureSpec("recency", "int64", "Whole days from the last order to the snapshot.", False),
+    FeatureSpec("recency", "int64", "Whole days from the last order to the snapshot.", False, ages=True),
     FeatureSpec("frequency", "int64", "Orders before the snapshot.", True),
     FeatureSpec("monetary", "float64", "Sum of order amounts before the snapshot.", True),
     FeatureSpec("avg_order_value", "float64", "Mean order amount.", False),
@@ -44,16 +47,24 @@ BASE_FEATURES: tuple[FeatureSpec, ...] = (
         "int64",
         "Whole days from the first order to the snapshot (the T of buy-till-you-die).",
         False,
+        ages=True,
     ),
     FeatureSpec("order_days", "int64", "Distinct days (UTC) with an order.", True),
     FeatureSpec("mean_gap_days", "float64", "Mean days between consecutive order days (null below two).", False),
     FeatureSpec("std_gap_days", "float64", "Sample std of those gaps (0 for a single gap; null below two).", False),
     FeatureSpec(
-        "overdue_ratio", "float64", "Recency / mean gap: how overdue the next order is (null below two).", False
+        "overdue_ratio",
+        "float64",
+        "Recency / mean gap: how overdue the next order is (null below two).",
+        False,
+        ages=True,
     ),
     FeatureSpec("unique_products", "int64", "Distinct products ordered.", True, needs="product_id"),
     FeatureSpec("unique_categories", "int64", "Distinct categories ordered.", True, needs="category"),
 )
+
+
+AGEING_FEATURES = frozenset(s.name for s in BASE_FEATURES if s.ages)
 
 
 def window_features(windows: tuple[int, ...]) -> tuple[FeatureSpec, ...]:

@@ -6,6 +6,16 @@ file, written from the feature declarations. Applying loads that file and applie
 what it defines, so `feast plan` in the folder reports no changes after a run, and the `feast`
 CLI works there. Offline store: Feast's `duckdb` store (its `file` store drops entity rows in
 point-in-time joins). Online store: SQLite by default, Redis by configuration.
+
+Two feature views read the one feature table. `customer_time_features` holds what moves with
+the clock alone (recency, customer age, the overdue ratio: `FeatureSpec.ages`), which changes
+every day for every customer who ever ordered; it has the TTL, and a day's load stamps every
+customer's row of it.
+`customer_order_features` holds the rest, which changes only when a customer orders or an order
+leaves a window; a day's load writes just those cells, so its timestamps say when a value last
+changed, and it has no TTL (the time view's says how fresh a customer's features are). Kept in
+one view, the daily few changed cells sat on every page of the online table beside the
+time-relative ones, and a day's load rewrote it all.
 """
 
 from __future__ import annotations
@@ -23,14 +33,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from churnops.features.definitions import FeatureSpec
+from churnops.features.definitions import AGEING_FEATURES, FeatureSpec
 from churnops.features.table import FeatureTable
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENTITY = "customer"
-VIEW = "customer_features"
+ORDER_VIEW = "customer_order_features"  # changes when a customer orders (or an order leaves a window)
+TIME_VIEW = "customer_time_features"  # moves with the clock: rewritten every day
+VIEWS = (ORDER_VIEW, TIME_VIEW)
+LEGACY_VIEW = "customer_features"  # the one view of repositories applied before the split
 ENTITY_KEY = "customer_id"  # the entity's join key
 SOURCE = "customer_features_source"
 CURRENT_SERVICE = "churn_features_current"
@@ -79,11 +92,15 @@ def definitions_source(
     """
     now = datetime.now(UTC)
     created, updated = stamps or (now, now)
-    fields = "\n".join(
-        f"        Field(name={s.name!r}, dtype={'Int64' if s.dtype == 'int64' else 'Float64'}, "
-        f"description={s.description!r}),"
-        for s in specs
-    )
+
+    def fields(view: str) -> str:
+        return "\n".join(
+            f"        Field(name={s.name!r}, dtype={'Int64' if s.dtype == 'int64' else 'Float64'}, "
+            f"description={s.description!r}),"
+            for s in specs
+            if view_of(s.name) == view
+        )
+
     lines = [
         '"""Feast definitions of the churnops feature table, written by churnops on every apply (edits are',
         'overwritten: change the feature declarations or the settings instead)."""',
@@ -109,23 +126,47 @@ def definitions_source(
         f"source.created_timestamp = {_datetime_literal(created)}",
         f"source.last_updated_timestamp = {_datetime_literal(updated)}",
         "",
-        "customer_features = FeatureView(",
-        f"    name={VIEW!r},",
+        "# Changes only when the customer orders or an order leaves a window: no TTL, since a value",
+        "# stays the newest until it changes (the time view's TTL says how fresh the customer is).",
+        f"{ORDER_VIEW} = FeatureView(",
+        f"    name={ORDER_VIEW!r},",
         "    entities=[customer],",
-        f"    ttl=timedelta(days={int(settings.feast.ttl_days)}),",
+        "    ttl=timedelta(0),",
         "    schema=[",
-        fields,
+        fields(ORDER_VIEW),
         "    ],",
         "    source=source,",
         "    online=True,",
         "    description='Customer RFM, order-value, lifetime, gap, activity-window and diversity features.',",
         ")",
         "",
+        "# Moves with the clock alone, for every customer, every day.",
+        f"{TIME_VIEW} = FeatureView(",
+        f"    name={TIME_VIEW!r},",
+        "    entities=[customer],",
+        f"    ttl=timedelta(days={int(settings.feast.ttl_days)}),",
+        "    schema=[",
+        fields(TIME_VIEW),
+        "    ],",
+        "    source=source,",
+        "    online=True,",
+        "    description='Days since the last and the first order, and how overdue the next order is.',",
+        ")",
+        "",
     ]
     for number, (name, features) in enumerate(sorted(services.items())):
-        projection = "customer_features" if features is None else f"customer_features[{list(features)!r}]"
-        lines.append(f"service_{number} = FeatureService(name={name!r}, features=[{projection}])")
+        projections = [
+            view if features is None else f"{view}[{[f for f in features if view_of(f) == view]!r}]"
+            for view in VIEWS
+            if features is None or any(view_of(f) == view for f in features)
+        ]
+        lines.append(f"service_{number} = FeatureService(name={name!r}, features=[{', '.join(projections)}])")
     return "\n".join(lines) + "\n"
+
+
+def view_of(feature: str) -> str:
+    """The feature view a feature of the table is served from."""
+    return TIME_VIEW if feature in AGEING_FEATURES else ORDER_VIEW
 
 
 def _datetime_literal(moment: datetime) -> str:
@@ -174,8 +215,7 @@ class FeastFeatureStore:
             return {}
         out: dict[str, list[str] | None] = {}
         for service in self.store.list_feature_services():
-            projection = service.feature_view_projections[0]
-            names = [f.name for f in projection.features]
+            names = [f.name for projection in service.feature_view_projections for f in projection.features]
             out[service.name] = None if service.name == CURRENT_SERVICE else names
         return out
 
@@ -251,7 +291,7 @@ class FeastFeatureStore:
         if not self.exists():
             return
         self._repoint_infra()
-        path = self.store.get_feature_view(VIEW).batch_source.path
+        path = self._applied_view(ORDER_VIEW).batch_source.path
         if path != self.table.glob:
             log.info("the feature repository pointed at %s; re-applying for %s", path, self.table.glob)
             self.apply(self._applied_specs())
@@ -261,7 +301,7 @@ class FeastFeatureStore:
         if not self.exists():
             return None
         try:
-            source = self.store.get_feature_view(VIEW).batch_source
+            source = self._applied_view(ORDER_VIEW).batch_source
         except Exception:  # Feast raises its own not-found type per registry kind
             return None
         if source.created_timestamp is None or source.last_updated_timestamp is None:
@@ -273,20 +313,32 @@ class FeastFeatureStore:
         from churnops.features.definitions import feature_specs
 
         declared = {s.name: s for s in feature_specs(tuple(self.settings.features.windows))}
-        fields = self.store.get_feature_view(VIEW).features
+        fields = {f.name: f for name in VIEWS for f in self._applied_view(name).features}
+        ordered = [name for name in declared if name in fields] + [name for name in fields if name not in declared]
         return tuple(
-            declared.get(f.name)
-            or FeatureSpec(f.name, "int64" if "Int64" in str(f.dtype) else "float64", f.description, True)
-            for f in fields
+            declared.get(name)
+            or FeatureSpec(
+                name, "int64" if "Int64" in str(fields[name].dtype) else "float64", fields[name].description, True
+            )
+            for name in ordered
         )
+
+    def _applied_view(self, name: str) -> Any:
+        """A view as the registry holds it; a repository applied before the views were split
+        holds one `customer_features` view, which stands in for both until the next apply."""
+        try:
+            return self.store.get_feature_view(name)
+        except Exception:  # Feast raises its own not-found type per registry kind
+            return self.store.get_feature_view(LEGACY_VIEW)
 
     def publish_newest(self, snapshot: datetime, progress: Callable[[int, int], None] | None = None) -> None:
         """Load one snapshot (the table's newest) into the online store, in batches.
 
         Every customer known at the newest snapshot has a row in it, so this leaves the online
         store holding each customer's newest values; older snapshots are never written, so a
-        backfill cannot overwrite newer rows. The snapshot file is read batch by batch and each
-        batch written through Feast (`write_to_online_store`); the interval is then recorded as
+        backfill cannot overwrite newer rows. The snapshot is written straight into the store's
+        tables (`_publish_bulk`) where that applies, else batch by batch through Feast
+        (`write_to_online_store`), each view in turn; the interval is then recorded as
         materialized, as `feast materialize` would.
 
         Args:
@@ -298,44 +350,50 @@ class FeastFeatureStore:
 
         entry = self.table.manifest().snapshots[f"{snapshot:%Y-%m-%d}"]
         store = self.store
-        view = store.get_feature_view(VIEW)
-        columns = ["customer_id", "event_timestamp", "created_timestamp", *(f.name for f in view.features)]
+        views = [store.get_feature_view(name) for name in VIEWS]
+        features = [f.name for view in views for f in view.features]
+        columns = ["customer_id", "event_timestamp", "created_timestamp", *features]
         parquet = pq.ParquetFile(self.table.path_of(entry))
-        total, done = parquet.metadata.num_rows, 0
-        if not self._publish_bulk(parquet, view, columns, total, progress, entry.content_hash):
+        total = parquet.metadata.num_rows
+        if not self._publish_bulk(parquet, views, columns, total, progress, entry.content_hash):
             if self.settings.feast.online_store == "sqlite" and self.online_db.exists():
                 from feast.infra.online_stores.sqlite import _table_id
 
                 from churnops.features import online_bulk
 
-                online_bulk.forget_online_state(self.online_db, _table_id(store.project, view))
+                for view in views:
+                    online_bulk.forget_online_state(self.online_db, _table_id(store.project, view))
             nullable_ints = {pa.int64(): pd.Int64Dtype()}.get  # nulls stay nulls, not NaN floats
+            done = 0
             for batch in parquet.iter_batches(batch_size=ONLINE_WRITE_BATCH, columns=columns):
+                frame = batch.to_pandas(types_mapper=nullable_ints)
                 with quiet():
-                    store.write_to_online_store(VIEW, batch.to_pandas(types_mapper=nullable_ints))
+                    for view in views:
+                        store.write_to_online_store(view.name, frame)
                 done += batch.num_rows
                 if progress:
                     progress(done, total)
         start = snapshot.replace(tzinfo=UTC) if snapshot.tzinfo is None else snapshot
-        store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
+        for view in views:
+            store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
 
     def _publish_bulk(
         self,
         parquet: Any,
-        view: Any,
+        views: list[Any],
         columns: list[str],
         total: int,
         progress: Callable[[int, int], None] | None,
         content_hash: str = "",
     ) -> bool:
-        """Write the snapshot straight into the SQLite table or the Redis hashes (`online_bulk`);
+        """Write the snapshot straight into the SQLite tables or the Redis hashes (`online_bulk`);
         False when that path does not apply (another store or Redis deployment, a table or
         encoding Feast changed, or rows that do not share one snapshot time), and Feast's own
         path is to be used.
 
-        Into SQLite only what changed since the snapshot the table holds (`_held_snapshot`),
-        when that is known: a day's load then writes the cells that moved (recency and age for
-        everyone, the rest for customers who ordered or left a window) instead of every cell."""
+        Into SQLite only what changed since the snapshot each table holds (`_held_snapshot`),
+        when that is known: the order view's cells of the customers who ordered or left a
+        window, the time view's cells that moved and every customer's timestamp there."""
         import pyarrow.compute as pc
 
         from churnops.features import online_bulk
@@ -351,31 +409,33 @@ class FeastFeatureStore:
             if low is None or low != high:
                 return False
             moments.append(_utc(low).replace(tzinfo=None))
-        ints = {f.name for f in view.features if "Int64" in str(f.dtype)}
         report = (lambda done: progress(done, total)) if progress else None
         if kind == "redis":
-            return self._publish_redis(view, snapshot, ints, moments[0], report)
+            return self._publish_redis(views, snapshot, moments[0], report)
         from feast.infra.online_stores.sqlite import _table_id
 
-        table = _table_id(self.store.project, view)
-        present = online_bulk.table_columns(self.online_db, table)
+        tables = [_table_id(self.store.project, view) for view in views]
         vectors = bool(getattr(self.store.config.online_store, "vector_enabled", False))
-        if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
-            return False  # (vector_value stays NULL, as Feast leaves it without vector search)
-        features = [f.name for f in view.features]
-        online_bulk.write_online_rows(
-            self.online_db,
-            table,
-            snapshot,
-            ENTITY_KEY,
-            features,
-            ints,
-            moments[0],
-            moments[1],
-            progress=report,
-            previous=self._held_snapshot(table, [ENTITY_KEY, *features]),
-            content_hash=content_hash or None,
-        )
+        for table in tables:
+            present = online_bulk.table_columns(self.online_db, table)
+            if vectors or [c for c in present if c != "vector_value"] != online_bulk.COLUMNS:
+                return False  # (vector_value stays NULL, as Feast leaves it without vector search)
+        for view, table in zip(views, tables, strict=True):
+            features = [f.name for f in view.features]
+            online_bulk.write_online_rows(
+                self.online_db,
+                table,
+                snapshot,
+                ENTITY_KEY,
+                features,
+                {f.name for f in view.features if "Int64" in str(f.dtype)},
+                moments[0],
+                moments[1],
+                progress=report,
+                previous=self._held_snapshot(table, [ENTITY_KEY, *features]),
+                content_hash=content_hash or None,
+                stamp_every_customer=bool(view.ttl),
+            )
         return True
 
     def _held_snapshot(self, table: str, columns: list[str]) -> Any:
@@ -403,7 +463,7 @@ class FeastFeatureStore:
             return None
 
     def _publish_redis(
-        self, view: Any, snapshot: Any, ints: set[str], moment: datetime, progress: Callable[[int], None] | None
+        self, views: list[Any], snapshot: Any, moment: datetime, progress: Callable[[int], None] | None
     ) -> bool:
         """The Redis half of `_publish_bulk`: a plain or Sentinel-found Redis through Feast's own
         client (a Redis Cluster routes keys by slot: Feast's path writes there)."""
@@ -415,19 +475,22 @@ class FeastFeatureStore:
         options = config.online_store
         if options.redis_type == RedisType.redis_cluster or config.entity_key_serialization_version != 3:
             return False
-        name = _versioned_fv_name(view, config)
-        features = [f.name for f in view.features]
-        if not online_bulk.redis_encodings_agree(ENTITY_KEY, self.store.project, name, features):
-            return False
+        groups = []
+        for view in views:
+            name = _versioned_fv_name(view, config)
+            features = [f.name for f in view.features]
+            if not online_bulk.redis_encodings_agree(ENTITY_KEY, self.store.project, name, features):
+                return False
+            groups.append(
+                online_bulk.RedisView(name, features, {f.name for f in view.features if "Int64" in str(f.dtype)})
+            )
         client = self.store._get_provider().online_store._get_client(options)
         online_bulk.write_redis_rows(
             client,
             self.store.project,
-            name,
+            groups,
             snapshot,
             ENTITY_KEY,
-            features,
-            ints,
             moment.replace(tzinfo=UTC),
             key_ttl_seconds=options.key_ttl_seconds,
             progress=progress,
@@ -436,7 +499,7 @@ class FeastFeatureStore:
 
     def training_rows(self, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         """Point-in-time join of entity rows (customer_id, event_timestamp, ...) with the features."""
-        refs = [f"{VIEW}:{name}" for name in features]
+        refs = [f"{view_of(name)}:{name}" for name in features]
         with quiet():
             joined: pd.DataFrame = self.store.get_historical_features(entity_df=entities, features=refs).to_df()
         return joined

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -181,12 +181,15 @@ def _values(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
 STATE_TABLE = "churnops_online_state"  # which snapshot each table holds, written with its rows
 
 
-def changed_cells(current: Any, previous: Any, join_key: str, features: list[str]) -> dict[str, np.ndarray]:
+def changed_cells(
+    current: Any, previous: Any, join_key: str, features: list[str], stamp_every_customer: bool = True
+) -> dict[str, np.ndarray]:
     """Per feature, which of `current`'s customers (in its row order) need a write over `previous`:
     customers new since then, and cells whose value (or whether it is missing) differs. Floats
-    compare by their bits, so a write is skipped only when it would store the same bytes. The
-    feature Feast reads each customer's timestamp from (the last by name, `online_read` takes the
-    last row) is always marked, so every customer's timestamp is the new snapshot's."""
+    compare by their bits, so a write is skipped only when it would store the same bytes. With
+    `stamp_every_customer` (a view with a TTL), the feature Feast reads each customer's timestamp
+    from (the last by name, `online_read` takes the last row) is always marked, so every
+    customer's timestamp is the new snapshot's."""
     import pyarrow as pa
 
     ids = current.column(join_key).to_numpy(zero_copy_only=False).astype("int64")
@@ -207,7 +210,8 @@ def changed_cells(current: Any, previous: Any, join_key: str, features: list[str
         b = then.fill_null(0).to_numpy(zero_copy_only=False).astype(kind).view("<i8")[source]
         same = known & (now_missing == then_missing) & (now_missing | (a == b))
         out[name] = ~same
-    out[max(features)] = np.ones(len(ids), dtype=bool)
+    if stamp_every_customer:
+        out[max(features)] = np.ones(len(ids), dtype=bool)
     return out
 
 
@@ -246,6 +250,7 @@ def write_online_rows(
     progress: Callable[[int], None] | None = None,
     previous: Any = None,
     content_hash: str | None = None,
+    stamp_every_customer: bool = True,
 ) -> int:
     """Upsert every (customer, feature) row of a snapshot into Feast's SQLite table.
 
@@ -254,9 +259,11 @@ def write_online_rows(
     with a large page cache.
 
     With `previous`, the snapshot the table holds in full now, only the cells that differ from it
-    are written (`changed_cells`): the table ends exactly as a full write leaves it, values and
-    the timestamp Feast reads alike. The snapshot's `content_hash` is recorded with the rows, in
-    the same transaction, so the next write knows what the table holds.
+    are written (`changed_cells`): the table ends with the values a full write leaves, and,
+    with `stamp_every_customer`, with the timestamp Feast reads for each customer too (without
+    it, a view without a TTL, each customer's timestamp is that of their last change). The
+    snapshot's `content_hash` is recorded with the rows, in the same transaction, so the next
+    write knows what the table holds.
 
     Args:
         db: The online store's SQLite file.
@@ -279,7 +286,7 @@ def write_online_rows(
     # the key's last 8 bytes are the id, little-endian: read big-endian, they sort as the bytes do
     ids = snapshot.column(join_key).to_numpy(zero_copy_only=False).astype("<i8")
     ordered = snapshot.take(np.argsort(ids.view(">u8"), kind="stable"))
-    changed = None if previous is None else changed_cells(ordered, previous, join_key, features)
+    changed = None if previous is None else changed_cells(ordered, previous, join_key, features, stamp_every_customer)
     upsert = (
         f'INSERT INTO "{table}" ({", ".join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) '
         "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
@@ -344,6 +351,14 @@ def _bulk(piece: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(piece), piece)
 
 
+class RedisView(NamedTuple):
+    """One feature view's part of a customer's hash: its (versioned) name, features and Int64 ones."""
+
+    name: str
+    features: list[str]
+    int_features: set[str]
+
+
 def _hset_pieces(
     batch: Any,
     join_key: str,
@@ -379,29 +394,26 @@ def _hset_pieces(
 def write_redis_rows(
     client: Any,
     project: str,
-    view: str,
+    views: list[RedisView],
     snapshot: Any,
     join_key: str,
-    features: list[str],
-    int_features: set[str],
     event_ts: datetime,
     key_ttl_seconds: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write every customer's hash of a snapshot into Feast's Redis online store.
 
-    Each customer's hash is replaced field by field as Feast's `online_write_batch` does
-    (HSET of the timestamp and every feature, then EXPIRE when the store sets a key TTL),
-    without Feast's read of the old timestamps: the caller writes only the newest snapshot.
+    Each customer's hash is set field by field as Feast's `online_write_batch` does for each
+    view (the view's timestamp and its features; then EXPIRE when the store sets a key TTL), all
+    views in one HSET, without Feast's read of the old timestamps: the caller writes only the
+    newest snapshot.
 
     Args:
         client: A redis-py client for the store (Feast's own, from its config).
         project: The Feast project (the keys' suffix).
-        view: The feature view's (versioned) name, as Feast names its fields.
+        views: The feature views written, as Feast names their fields.
         snapshot: An Arrow table with `join_key` and the feature columns.
         join_key: The entity column.
-        features: The features written.
-        int_features: Those of type Int64 (the rest are Float64).
         event_ts: The snapshot time (aware), stored as a protobuf Timestamp.
         key_ttl_seconds: The store's key TTL, if it sets one.
         progress: Called with the customers written so far after each batch.
@@ -413,18 +425,22 @@ def write_redis_rows(
 
     stamp = Timestamp()
     stamp.FromDatetime(event_ts)
+    stamp_bytes = _bulk(stamp.SerializeToString())
     prefix, suffix = entity_key_prefix(join_key), project.encode("utf8")
-    hashed = redis_fields(view, features)
-    fields = [(name, _bulk(hashed[name]), name in int_features) for name in features]
-    head = b"*%d\r\n" % (2 + 2 * (len(features) + 1)) + _bulk(b"HSET")
-    ts_piece = _bulk(f"_ts:{view}".encode()) + _bulk(stamp.SerializeToString())
+    fields: list[tuple[str, bytes, bool]] = []
+    stamps = b""
+    for view in views:
+        hashed = redis_fields(view.name, view.features)
+        fields += [(name, _bulk(hashed[name]), name in view.int_features) for name in view.features]
+        stamps += _bulk(f"_ts:{view.name}".encode()) + stamp_bytes
+    head = b"*%d\r\n" % (2 + 2 * (len(fields) + len(views))) + _bulk(b"HSET")
     replies_per_customer = 2 if key_ttl_seconds else 1
     connection = client.connection_pool.get_connection()
     done, waiting = 0, 0
     try:
         for batch in snapshot.to_batches(max_chunksize=REDIS_BATCH_CUSTOMERS):
             columns = _hset_pieces(batch, join_key, suffix, head, fields, prefix)
-            columns.insert(1, [ts_piece] * batch.num_rows)
+            columns.insert(1, [stamps] * batch.num_rows)
             if key_ttl_seconds:
                 keys = columns[0]
                 ttl = _bulk(str(int(key_ttl_seconds)).encode())

@@ -716,10 +716,16 @@ def _lookup_plan(state: ServerState, model: ServedModel) -> _Lookup:
         taken = [(f.name, column[f.name]) for f in projection.features if f.name in column]
         found |= {name for name, _ in taken}
         views.append((view, view.entity_columns[0].name, taken))
-        ttls.append(view.ttl.total_seconds() if view.ttl else float(state.settings.feast.ttl_days * 86_400))
+        ttls.append(view.ttl.total_seconds() if view.ttl else 0.0)  # a view without a TTL never goes stale
     missing = [f for f in model.features if f not in found]
     if missing:
         raise ModelLoadError(f"feature service {model.feature_service!r} lacks {', '.join(missing)}")
+    if not any(ttls):  # a model of order features only: the time view still says how fresh they are
+        from churnops.features.feast_repo import TIME_VIEW
+
+        view = store.get_feature_view(TIME_VIEW)
+        views.append((view, view.entity_columns[0].name, []))
+        ttls.append(view.ttl.total_seconds() if view.ttl else 0.0)
     return _Lookup(views, ttls)
 
 
@@ -754,8 +760,13 @@ def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]
     rows = np.full((len(customer_ids), len(model.features)), math.nan)
     statuses = ["ok"] * len(customer_ids)
     now = _clock(state).replace(tzinfo=UTC).timestamp()
+    keys_by_join_key: dict[str, list[Any]] = {}  # the views share the customer entity: its keys are made once
     for (view, join_key, taken), ttl in zip(plan.views, plan.oldest_age, strict=True):
-        keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=c)]) for c in customer_ids]
+        keys = keys_by_join_key.get(join_key)
+        if keys is None:
+            keys = keys_by_join_key[join_key] = [
+                EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=c)]) for c in customer_ids
+            ]
         found = state.provider.online_read(config=store.config, table=view, entity_keys=keys)
         for i, (stamp, values) in enumerate(found):
             if values is None:
