@@ -437,9 +437,10 @@ class TrainingSettings(_Strict):
         200_000, gt=0, description="Fit on at most this many labelled rows (sampled); null: all of them."
     )
     max_eval_rows: int | None = Field(
-        None,
+        250_000,
         gt=0,
-        description="Sample validation and holdout to at most this many rows each; null (default): keep all.",
+        description="Sample validation and holdout to at most this many rows each (F1 within about "
+        "+-0.003 at 95%); null: keep all.",
     )
     candidates: dict[str, CandidateSettings] = Field(default_factory=default_candidates)
     exclude_features: list[str] = Field(

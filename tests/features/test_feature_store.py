@@ -115,7 +115,10 @@ def _feast_tables(con: sqlite3.Connection) -> dict[str, str]:
 
     names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'") if r[0] != STATE_TABLE]
     tables = {view: next((n for n in names if n.endswith(f"_{view}")), "") for view in feast_repo.VIEWS}
-    assert sorted(tables.values()) == sorted(names), names
+    # Feast's apply makes a table for the offline-only history view too; nothing writes to it
+    (history,) = (n for n in names if n.endswith(f"_{feast_repo.HISTORY_VIEW}"))
+    assert con.execute(f'SELECT COUNT(*) FROM "{history}"').fetchone() == (0,)
+    assert sorted([*tables.values(), history]) == sorted(names), names
     return tables
 
 
@@ -160,6 +163,39 @@ def test_the_features_are_served_from_a_view_of_order_features_and_a_view_of_tim
     assert not order.ttl
     service = store.get_feature_service(feast_repo.CURRENT_SERVICE)
     assert sorted(p.name for p in service.feature_view_projections) == sorted(feast_repo.VIEWS)
+
+
+def test_training_joins_read_the_offline_history_view_and_equal_the_online_views_joins(shop: Settings) -> None:
+    """The history view holds every feature, offline only, with the snapshot cadence as its TTL;
+    a point-in-time join through it at snapshot times and between them equals the join through
+    the online views, nulls included."""
+    report = build_features(shop)
+    opened = feast_repo.FeastFeatureStore(shop)
+    store = opened.store
+    history = store.get_feature_view(feast_repo.HISTORY_VIEW)
+    assert not history.online
+    assert history.ttl.days == shop.features.cadence_days
+    names = [s.name for s in feature_specs((7, 30, 90))]
+    assert [f.name for f in history.features] == names
+    assert feast_repo.HISTORY_VIEW not in {
+        p.name for p in store.get_feature_service(feast_repo.CURRENT_SERVICE).feature_view_projections
+    }
+    rng = np.random.default_rng(3)
+    times = [pd.Timestamp(s, tz="UTC") for s in report.snapshots[-6:]]
+    times += [times[0] + pd.Timedelta(days=3, hours=5), times[-2] + pd.Timedelta(days=6)]  # between snapshots
+    entity = pd.DataFrame(
+        {"customer_id": rng.integers(1, 1201, 400), "event_timestamp": rng.choice(np.array(times), 400)}
+    ).drop_duplicates()
+    through_history = opened.training_rows(entity, names)
+    through_views = store.get_historical_features(
+        entity_df=entity, features=[f"{feast_repo.view_of(n)}:{n}" for n in names]
+    ).to_df()
+    keys = ["customer_id", "event_timestamp"]
+    a = through_history.sort_values(keys).reset_index(drop=True)
+    b = through_views.sort_values(keys).reset_index(drop=True)[a.columns]
+    assert len(a) == len(entity)
+    assert a["frequency"].notna().sum() > 100  # most sampled customers are known and joined
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
 
 
 def test_the_bulk_online_writer_writes_exactly_the_rows_feast_writes(

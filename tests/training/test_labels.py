@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.training.labels import complete_snapshots, label_customers
+from churnops.training.labels import complete_snapshots, label_customers, label_grid, label_rows
 
 SNAP = pd.Timestamp("2024-03-01")
 
@@ -91,3 +92,31 @@ def test_several_snapshots_each_look_at_their_own_window() -> None:
 def test_complete_snapshots_close_their_window_by_the_logical_date() -> None:
     snaps = [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08"), pd.Timestamp("2024-01-15")]
     assert complete_snapshots(snaps, 7, pd.Timestamp("2024-01-15").to_pydatetime()) == snaps[:2]
+
+
+def test_the_grid_and_its_picked_rows_label_as_every_row_does() -> None:
+    """`label_grid` holds the rows `label_customers` labels, in its order; any picked positions
+    of a few snapshots, labelled alone by `label_rows`, equal those rows of the full labelling."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "customer_id": rng.integers(1, 300, 4000),
+            "order_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24, 4000), unit="h"),
+        }
+    )
+    snaps = list(pd.date_range("2023-12-25", "2025-02-01", freq="7D"))  # the first before any order
+    until = pd.Timestamp("2024-12-01").to_pydatetime()
+    every = label_customers(frame, snaps, 30, until)
+    grid = label_grid(frame, snaps, 30, until)
+    assert grid.snapshots == sorted(pd.Timestamp(t) for t in every["event_timestamp"].unique())
+    assert grid.snapshots[0] == pd.Timestamp("2024-01-08")
+    assert grid.snapshots[-1] + pd.Timedelta(days=30) <= until
+    assert sum(grid.size(s) for s in grid.snapshots) == len(every)
+    all_rows = grid.rows(grid.snapshots)
+    pd.testing.assert_frame_equal(all_rows, every[["customer_id", "event_timestamp"]])
+    some = grid.snapshots[5:12]
+    part = every[every["event_timestamp"].isin(some)].reset_index(drop=True)
+    picks = np.sort(rng.choice(len(part), 200, replace=False))
+    picked = label_rows(frame, grid.rows(some, picks), 30, until)
+    pd.testing.assert_frame_equal(picked, part.iloc[picks].reset_index(drop=True))
+    assert 0 < picked["churned"].sum() < len(picked)

@@ -135,9 +135,13 @@ def test_every_candidate_is_a_run_with_metrics_baselines_split_and_a_safe_model(
     assert trained.baselines["everyone_churns_f1"] > 0
 
 
-def test_the_split_is_purged_by_the_horizon_and_only_fit_is_sampled(shop: Settings) -> None:
-    """No fit row's label window reaches validation, none of validation's the holdout; a row cap
-    shrinks the fit part only, so the gate judges on every holdout row."""
+def test_the_split_is_purged_by_the_horizon_and_each_part_is_sampled_as_pandas_would(shop: Settings) -> None:
+    """No fit row's label window reaches validation, none of validation's the holdout. The caps
+    (max_rows for fit, max_eval_rows for validation and holdout) keep the rows that
+    `DataFrame.sample` keeps from every labelled row of the part, with the same labels."""
+    from churnops.pipelines.train import logical_datetime
+    from churnops.training.labels import label_customers
+
     full = build_training_set(shop, DAY)
     horizon = pd.Timedelta(days=shop.training.horizon_days)
     ts = full.frame["event_timestamp"]
@@ -145,11 +149,33 @@ def test_the_split_is_purged_by_the_horizon_and_only_fit_is_sampled(shop: Settin
     assert fit.max() + horizon <= checked.min()
     assert checked.max() + horizon <= held.min()
     assert held.max() + horizon <= pd.Timestamp(DAY, tz="UTC")
-    capped = shop.model_copy(update={"training": shop.training.model_copy(update={"max_rows": 500})})
+    assert len(full.split.holdout) < shop.training.max_eval_rows  # the small shop keeps every row
+    capped = shop.model_copy(
+        update={"training": shop.training.model_copy(update={"max_rows": 500, "max_eval_rows": 300})}
+    )
     small = build_training_set(capped, DAY)
-    assert len(small.split.fit) == 500 < len(full.split.fit)
-    assert len(small.split.holdout) == len(full.split.holdout)
-    assert len(small.split.validation) == len(full.split.validation)
+    assert (len(small.split.fit), len(small.split.validation), len(small.split.holdout)) == (500, 300, 300)
+    snapshots = [pd.Timestamp(s) for part in full.split.snapshots.values() for s in part]
+    every = label_customers(
+        make_lake(shop).data_files("orders"), snapshots, shop.training.horizon_days, logical_datetime(DAY)
+    )
+    columns = ["customer_id", "event_timestamp", "churned"]
+    for name, cap in (
+        ("fit", None),
+        ("validation", None),
+        ("holdout", None),
+        ("fit", 500),
+        ("validation", 300),
+        ("holdout", 300),
+    ):
+        chosen = small if cap else full
+        got = chosen.frame.iloc[getattr(chosen.split, name)][columns].reset_index(drop=True)
+        got["event_timestamp"] = got["event_timestamp"].dt.tz_localize(None)
+        rows = every[every["event_timestamp"].isin([pd.Timestamp(s) for s in full.split.snapshots[name]])]
+        if cap:
+            rows = rows.sample(cap, random_state=shop.training.seed)
+        expected = rows.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
 def test_training_set_has_no_feature_from_the_snapshot_or_after(shop: Settings) -> None:

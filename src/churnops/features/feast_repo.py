@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 ENTITY = "customer"
 ORDER_VIEW = "customer_order_features"  # changes when a customer orders (or an order leaves a window)
 TIME_VIEW = "customer_time_features"  # moves with the clock: rewritten every day
-VIEWS = (ORDER_VIEW, TIME_VIEW)
+VIEWS = (ORDER_VIEW, TIME_VIEW)  # the online views
+HISTORY_VIEW = "customer_feature_history"  # offline only: the training set's point-in-time join
 LEGACY_VIEW = "customer_features"  # the one view of repositories applied before the split
 ENTITY_KEY = "customer_id"  # the entity's join key
 SOURCE = "customer_features_source"
@@ -98,7 +99,7 @@ def definitions_source(
             f"        Field(name={s.name!r}, dtype={'Int64' if s.dtype == 'int64' else 'Float64'}, "
             f"description={s.description!r}),"
             for s in specs
-            if view_of(s.name) == view
+            if view in (HISTORY_VIEW, view_of(s.name))
         )
 
     lines = [
@@ -151,6 +152,22 @@ def definitions_source(
         "    source=source,",
         "    online=True,",
         "    description='Days since the last and the first order, and how overdue the next order is.',",
+        ")",
+        "",
+        "# Offline only, for point-in-time joins over the history (training sets): the table holds a",
+        "# snapshot of every known customer every cadence_days, so looking back that far finds each",
+        "# row's snapshot. Without a bound (the order view) a join reads every older snapshot of the",
+        "# customer first: 44 s instead of 12 s for 700,000 rows over 105 snapshots of 943,396 customers.",
+        f"{HISTORY_VIEW} = FeatureView(",
+        f"    name={HISTORY_VIEW!r},",
+        "    entities=[customer],",
+        f"    ttl=timedelta(days={int(settings.features.cadence_days)}),",
+        "    schema=[",
+        fields(HISTORY_VIEW),
+        "    ],",
+        "    source=source,",
+        "    online=False,",
+        "    description='Every feature of the table, for point-in-time joins within the snapshot cadence.',",
         ")",
         "",
     ]
@@ -498,8 +515,18 @@ class FeastFeatureStore:
         return True
 
     def training_rows(self, entities: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        """Point-in-time join of entity rows (customer_id, event_timestamp, ...) with the features."""
-        refs = [f"{view_of(name)}:{name}" for name in features]
+        """Point-in-time join of entity rows (customer_id, event_timestamp, ...) with the features.
+
+        Through the offline history view, which finds a row's snapshot within the snapshot
+        cadence: the times given must be the table's snapshot times or at most `cadence_days`
+        after one (training and the integration check ask at snapshot times). A repository
+        applied before that view existed is read through the online views until its next apply.
+        """
+        try:
+            self.store.get_feature_view(HISTORY_VIEW)
+            refs = [f"{HISTORY_VIEW}:{name}" for name in features]
+        except Exception:  # Feast raises its own not-found type per registry kind
+            refs = [f"{view_of(name)}:{name}" for name in features]
         with quiet():
             joined: pd.DataFrame = self.store.get_historical_features(entity_df=entities, features=refs).to_df()
         return joined

@@ -30,7 +30,7 @@ from churnops.runlog import append_run
 from churnops.settings import CandidateSettings, Settings
 from churnops.training.candidates import Candidate, build_candidate, fit_pool
 from churnops.training.gate import baseline_metrics, by_recency_scores
-from churnops.training.labels import label_customers
+from churnops.training.labels import LabelGrid, label_customers, label_grid, label_rows
 from churnops.training.metrics import choose_threshold, classification_metrics, cross_validated_f1
 
 log = logging.getLogger(__name__)
@@ -161,26 +161,47 @@ def purged_time_split(
     return {"fit": fit, "validation": checked, "holdout": held}
 
 
-def _assign_parts(labels: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, str]:
-    cfg = settings.training
-    if cfg.split == "random":
-        from sklearn.model_selection import train_test_split
+def _random_split(labels: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, str]:
+    """The design document's stratified random split of every labelled row, then sampled."""
+    from sklearn.model_selection import train_test_split
 
-        idx = np.arange(len(labels))
-        rest, held = train_test_split(idx, test_size=cfg.test_size, stratify=labels["churned"], random_state=cfg.seed)
-        fit, checked = train_test_split(
-            rest, test_size=cfg.test_size, stratify=labels["churned"].iloc[rest], random_state=cfg.seed
-        )
-        part = np.empty(len(labels), dtype=object)
-        part[fit], part[checked], part[held] = "fit", "validation", "holdout"
-        return labels.assign(part=part), f"stratified random {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} (not purged)"
-    snaps = sorted(pd.Timestamp(s) for s in labels["event_timestamp"].unique())
-    parts = purged_time_split(snaps, cfg.holdout_snapshots, cfg.validation_snapshots, cfg.horizon_days)
-    which = {s: name for name, members in parts.items() for s in members}
-    assigned = labels["event_timestamp"].map(lambda t: which.get(pd.Timestamp(t)))
+    cfg = settings.training
+    idx = np.arange(len(labels))
+    rest, held = train_test_split(idx, test_size=cfg.test_size, stratify=labels["churned"], random_state=cfg.seed)
+    fit, checked = train_test_split(
+        rest, test_size=cfg.test_size, stratify=labels["churned"].iloc[rest], random_state=cfg.seed
+    )
+    part = np.empty(len(labels), dtype=object)
+    part[fit], part[checked], part[held] = "fit", "validation", "holdout"
+    sampled = _sample(labels.assign(part=part), settings)
+    return sampled, f"stratified random {1 - cfg.test_size:.0%}/{cfg.test_size:.0%} (not purged)"
+
+
+def _time_split(
+    grid: LabelGrid, files: list[str], settings: Settings, known_until: datetime
+) -> tuple[pd.DataFrame, str]:
+    """The purged time split of the grid's snapshots, each part sampled, then labelled.
+
+    Sampling picks positions in each part's (snapshot, customer) order before any row is
+    labelled, so only the rows kept are labelled; they are the rows sampling every labelled
+    row would keep (`_sample`).
+    """
+    cfg = settings.training
+    parts = purged_time_split(grid.snapshots, cfg.holdout_snapshots, cfg.validation_snapshots, cfg.horizon_days)
+    pieces = []
+    for name in PARTS:
+        members = parts[name]
+        rows = sum(grid.size(s) for s in members)
+        cap = cfg.max_rows if name == "fit" else cfg.max_eval_rows
+        picks = None
+        if cap and rows > cap:
+            picks = np.sort(np.random.RandomState(cfg.seed).choice(rows, cap, replace=False))
+        pieces.append(grid.rows(members, picks).assign(part=name))
+    labelled = label_rows(files, pd.concat(pieces, ignore_index=True), cfg.horizon_days, known_until)
     described = ", ".join(f"{name} {_span(members)}" for name, members in parts.items())
-    parted = labels.assign(part=assigned).dropna(subset=["part"])
-    return parted, f"purged time split ({cfg.horizon_days}-day gaps): {described}"
+    return labelled[["customer_id", "event_timestamp", "churned", "part"]], (
+        f"purged time split ({cfg.horizon_days}-day gaps): {described}"
+    )
 
 
 def _span(snapshots: list[pd.Timestamp]) -> str:
@@ -188,16 +209,22 @@ def _span(snapshots: list[pd.Timestamp]) -> str:
 
 
 def _sample(labels: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """Cap the fit part at `training.max_rows`, validation and holdout at `max_eval_rows` each."""
+    """Cap the fit part at `training.max_rows`, validation and holdout at `max_eval_rows` each.
+
+    The rows drawn are those of `DataFrame.sample(cap, random_state=seed)` on each part, taken
+    by position (the labels are in snapshot and customer order already, so are the draws).
+    """
     cfg = settings.training
-    pieces = []
-    for name in PARTS:
-        rows = labels[labels["part"] == name]
+    part = pd.Categorical(labels["part"], categories=list(PARTS))
+    chosen = []
+    for code, name in enumerate(PARTS):
+        rows = np.flatnonzero(part.codes == code)
         cap = cfg.max_rows if name == "fit" else cfg.max_eval_rows
         if cap and len(rows) > cap:
-            rows = rows.sample(cap, random_state=cfg.seed)
-        pieces.append(rows.sort_values(["event_timestamp", "customer_id"]))
-    return pd.concat(pieces, ignore_index=True)
+            rows = np.sort(rows[np.random.RandomState(cfg.seed).choice(len(rows), cap, replace=False)])
+        chosen.append(rows)
+    sampled = labels.iloc[np.concatenate(chosen)].reset_index(drop=True)
+    return sampled.assign(part=sampled["part"].astype(object))
 
 
 def build_training_set(
@@ -232,21 +259,26 @@ def build_training_set(
     cfg = settings.features
     used = on_grid(list(manifest.snapshots), as_of, cfg.cadence_days, cfg.history_snapshots)
     snapshots = [datetime.fromisoformat(s) for s in used]
-    labels = label_customers(files, snapshots, horizon, known_until)
-    if labels.empty and as_of.isoformat() not in manifest.snapshots:
+    grid = label_grid(files, snapshots, horizon, known_until)
+    if not grid.snapshots and as_of.isoformat() not in manifest.snapshots:
         raise TrainingError(
             f"training for {as_of} uses the snapshots planned back from {as_of} every "
             f"{cfg.cadence_days} days, and the feature table has none with a complete label window; "
             f"run `churnops features --as-of {as_of}` first"
         )
-    if labels.empty:
+    if not grid.snapshots:
         first = f"{snapshots[0]:%Y-%m-%d}" if snapshots else "none"
         raise TrainingError(
             f"no feature snapshot has a complete {horizon}-day horizon before {as_of}: the first snapshot is "
             f"{first}; ingest more history or shorten training.horizon_days"
         )
-    parted, description = _assign_parts(labels, settings)
-    sampled = _sample(parted, settings)
+    if settings.training.split == "random":
+        labels = label_customers(files, snapshots, horizon, known_until)
+        labelled_rows = len(labels)
+        sampled, description = _random_split(labels, settings)
+    else:
+        labelled_rows = sum(grid.size(s) for s in grid.snapshots)
+        sampled, description = _time_split(grid, files, settings, known_until)
     entity = sampled.assign(event_timestamp=pd.to_datetime(sampled["event_timestamp"]).dt.tz_localize("UTC"))
     if store is None:
         feast = FeastFeatureStore(settings, table)
@@ -268,7 +300,10 @@ def build_training_set(
         .reset_index(drop=True)
     )
     part = joined["part"].to_numpy()
-    by_part = {name: sorted({f"{t:%Y-%m-%d}" for t in joined.loc[part == name, "event_timestamp"]}) for name in PARTS}
+    by_part = {
+        name: sorted({f"{pd.Timestamp(t):%Y-%m-%d}" for t in joined.loc[part == name, "event_timestamp"].unique()})
+        for name in PARTS
+    }
     split = Split(
         np.flatnonzero(part == "fit"),
         np.flatnonzero(part == "validation"),
@@ -285,7 +320,7 @@ def build_training_set(
         "split": description,
         "snapshots": by_part,
         "rows": {name: int((part == name).sum()) for name in PARTS},
-        "labelled_rows": len(labels),
+        "labelled_rows": labelled_rows,
         "churn_rate": float(joined["churned"].mean()),
     }
     return TrainingSet(joined, features, split, lineage)
