@@ -217,7 +217,7 @@ class IngestSettings(_Strict):
     max_bad_share: float = Field(0.01, ge=0, le=1)
     max_volume_drop: float | None = Field(0.5, ge=0, le=1)
     chunk_rows: int = Field(
-        500_000, ge=1_000, description="Rows parsed and validated at a time; memory grows with it, not with the batch."
+        250_000, ge=1_000, description="Rows parsed and validated at a time; memory grows with it, not with the batch."
     )
 
 

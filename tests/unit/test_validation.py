@@ -110,3 +110,20 @@ def test_dimension_tables(contract, rows, expected_bad) -> None:  # type: ignore
     mapped = map_columns(raw, contract, {}, "t")
     result = validate_batch(parse_batch(mapped, contract, {}), mapped, raw, contract, "t")
     assert len(result.quarantined) == expected_bad
+
+
+@pytest.mark.parametrize("key_hash", ["hash(k)", "hash(k) % 3"])
+def test_repeated_keys_are_exact_even_when_their_hashes_collide(key_hash: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeats are grouped by hash, then told apart by key: with a hash of three values nearly
+    every key collides, and the flags are still pandas' `duplicated` (first kept, nulls never)."""
+    from churnops.data import validation
+
+    monkeypatch.setattr(validation, "KEY_HASH", key_hash)
+    rng = np.random.default_rng(4)
+    keys = pd.Series([f"o{k}" for k in rng.integers(0, 400, 1000)], dtype=pd.StringDtype("pyarrow"))
+    keys[rng.choice(1000, 50, replace=False)] = None
+    flags = validation.flag_keys(keys, np.array(["o1", "o2", "o3"], dtype=object))
+    expected = keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy()
+    assert expected.sum() > 400
+    np.testing.assert_array_equal(flags.repeated, expected)
+    np.testing.assert_array_equal(flags.in_lake, keys.isin(["o1", "o2", "o3"]).to_numpy())

@@ -22,6 +22,7 @@ import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from churnops.data.mapping import TEXT
 from churnops.settings import FileSource, HttpSource, Source, SqlSource, StreamSource
@@ -418,7 +419,13 @@ class FileRows:
         try:
             with self.fs.open(one.path, "rb", compression="infer") as handle:
                 if one.fmt == "parquet":
-                    batches = pq.ParquetFile(handle).iter_batches(batch_size=rows, columns=columns)
+                    # a local file without pre-buffering: it holds each row group's raw column
+                    # chunks besides the decoded batches (140 MB more at 10M orders), to save
+                    # round trips that only object stores have
+                    local = isinstance(self.fs, LocalFileSystem)
+                    batches = pq.ParquetFile(handle, pre_buffer=not local).iter_batches(
+                        batch_size=rows, columns=columns
+                    )
                 else:
                     batches = _csv_batches(handle, self.source.csv_delimiter, one.columns, columns)
                 for record_batch in batches:

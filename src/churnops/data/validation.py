@@ -75,11 +75,15 @@ class KeyFlags:
         return pd.Series(flags[np.asarray(rows, dtype="int64")], index=rows)
 
 
+KEY_HASH = "hash(k)"  # DuckDB SQL: the hash repeated keys are grouped by (tests make it collide)
+
+
 def flag_keys(keys: pd.Series, existing_keys: Any = None) -> KeyFlags:
     """Flag the repeated keys of a batch (all but the first of each) and those already in the lake.
 
     DuckDB does both over Arrow columns: ten million string keys take about a second and a few
     hundred megabytes, where a pandas hash of Python strings takes many seconds and gigabytes.
+    Repeats are exact: rows whose hashes collide are told apart by their keys.
     Nulls are never flagged (a null key is its own reason).
 
     Args:
@@ -102,10 +106,21 @@ def flag_keys(keys: pd.Series, existing_keys: Any = None) -> KeyFlags:
     batch = arrow.table({"k": values, "i": arrow.array(np.arange(rows, dtype="int64"))})
     with duck.cursor() as con:
         con.register("batch", batch)
-        found = con.sql(
-            "SELECT i FROM batch WHERE k IS NOT NULL QUALIFY row_number() OVER (PARTITION BY k ORDER BY i) > 1"
+        # Partitioned by the keys' 64-bit hashes, not the keys: for 10M string keys 0.9 s and a
+        # peak 190 MB lower than by the strings. The rows of a hash seen more than once are
+        # then compared as keys, in pandas (none or a few, unless the batch repeats itself).
+        later = con.sql(
+            f"SELECT i FROM (SELECT {KEY_HASH} AS h, i FROM batch WHERE k IS NOT NULL) "
+            "QUALIFY row_number() OVER (PARTITION BY h ORDER BY i) > 1"
         ).fetchnumpy()["i"]
-        repeated[np.asarray(found, dtype="int64")] = True
+        if len(later):
+            con.register("later", arrow.table({"i": arrow.array(np.asarray(later, dtype="int64"))}))
+            shared = con.sql(
+                f"SELECT i, k FROM batch WHERE k IS NOT NULL AND {KEY_HASH} IN "
+                f"(SELECT {KEY_HASH} FROM batch SEMI JOIN later USING (i)) ORDER BY i"
+            ).df()
+            found = shared["i"].to_numpy()[shared["k"].duplicated(keep="first").to_numpy()]
+            repeated[np.asarray(found, dtype="int64")] = True
         if existing_keys is not None and len(existing_keys):
             lake = existing_keys
             if not isinstance(lake, arrow.ChunkedArray | arrow.Array):
