@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
-from churnops.features.running import DAY_US, FirstOrders, OrderDays, RunningFeatures, day_gaps, gap_statistics
+from churnops.features.running import DAY_US, FirstOrders, OrderDays, RunningFeatures, gap_statistics
 from churnops.features.sql import Stepping, counted_apart, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
@@ -280,25 +280,31 @@ def order_day_stats(con: Any, as_of: str) -> pa.Table:
         A table (customer_id, order_days, mean_gap_days, std_gap_days), one row per customer.
     """
     ids = con.execute("SELECT customer_id FROM customers ORDER BY rowid").fetchnumpy()["customer_id"]
-    rows = con.execute(
-        f"""SELECT c.rowid AS pos, CAST(FLOOR(epoch_us(o.order_date) / {DAY_US}) AS BIGINT) AS day
-            FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id WHERE o.order_date < {as_of}"""
-    ).fetchnumpy()
+    day = f"CAST(FLOOR(epoch_us(o.order_date) / {DAY_US}) AS BIGINT)"
+    known = f"FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id WHERE o.order_date < {as_of}"
+    # the span of every order's day (a superset of the known customers' days, without the join)
+    ((first, last),) = con.execute(
+        f"SELECT MIN({day}), MAX({day}) FROM orders AS o WHERE o.order_date < {as_of}"
+    ).fetchall()
     size = len(ids)
     order_days = np.zeros(size, dtype=np.int64)
     gap_sum = np.zeros(size, dtype=np.int64)
     gap_sq = np.zeros(size, dtype=np.int64)
-    if len(rows["day"]):
-        first = int(rows["day"].min())
-        span = int(rows["day"].max()) - first + 1
-        width = np.uint32 if size * span < 2**32 else np.uint64
-        keys = rows["pos"].astype(width) * width(span) + (rows["day"] - first).astype(width)
+    if first is not None:
+        span = int(last) - int(first) + 1
+        width = "UINTEGER" if size * span < 2**32 else "UBIGINT"
+        keys = con.execute(
+            f"SELECT CAST(c.rowid * {span} + ({day} - {int(first)}) AS {width}) AS k {known}"
+        ).fetchnumpy()["k"]
         keys.sort()
         distinct = np.ones(len(keys), dtype=bool)
         np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
-        keys = keys[distinct].astype(np.int64)
-        owners, days = keys // span, keys % span
-        gaps = day_gaps(owners, days).astype(np.float64)
+        keys = keys[distinct]
+        owners = (keys // keys.dtype.type(span)).astype(np.intp)
+        # keys are sorted, so a customer's days are side by side in order, and within one
+        # customer the difference of two keys is the difference of their days
+        gaps = np.zeros(len(keys), dtype=np.float64)
+        gaps[1:] = np.where(owners[1:] == owners[:-1], np.diff(keys), 0)
         order_days = np.bincount(owners, minlength=size).astype(np.int64)
         gap_sum = np.rint(np.bincount(owners, weights=gaps, minlength=size)).astype(np.int64)
         gap_sq = np.rint(np.bincount(owners, weights=gaps * gaps, minlength=size)).astype(np.int64)

@@ -127,7 +127,9 @@ class RunningFeatures:
         Conventions as in `churnops.features.definitions`: 0 for counts and sums of customers
         without orders, null for the rest; a window total is exactly 0 when the window is empty.
         """
-        known = self.created_at_us < as_of_us
+        # positions, not a mask: taking by index is about twice as fast as boolean indexing,
+        # and every one of some 30 columns is taken (52 weekly snapshots of 943k customers: ~3 s)
+        known = np.flatnonzero(self.created_at_us < as_of_us)
         n = self.n[known]
         none = n == 0
         last_at, first_at = self.last_at[known], self.first_at[known]
@@ -165,7 +167,7 @@ class RunningFeatures:
             spent = self.window_cents[w][known] / 100.0 if self.cents else np.maximum(self.window_total[w][known], 0.0)
             values[f"orders_last_{w}d"] = _ints(in_window)
             values[f"spend_last_{w}d"] = _floats(spent)
-        rows = int(known.sum())
+        rows = len(known)
         stamp = pa.timestamp("us", tz="UTC")
         columns = {
             "customer_id": pa.array(self.customer_ids[known], pa.int64()),
@@ -225,11 +227,23 @@ def gap_statistics(
 
 
 def _ints(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
-    return pa.array(np.where(null, 0, values) if null is not None else values, pa.int64(), mask=null)
+    return _arrow(np.ascontiguousarray(values, dtype=np.int64), pa.int64(), null)
 
 
 def _floats(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
-    return pa.array(np.where(null, 0.0, values) if null is not None else values, pa.float64(), mask=null)
+    return _arrow(np.ascontiguousarray(values, dtype=np.float64), pa.float64(), null)
+
+
+def _arrow(data: np.ndarray, kind: pa.DataType, null: np.ndarray | None) -> pa.Array:
+    """An Arrow array over the numpy buffer itself, with a validity bitmap where `null` marks
+    values missing (their slots keep whatever they hold; nothing reads them). `pa.array` with
+    a mask copies and fills: 1.8 ms for 700,000 values instead of 0.25, some 30 columns a
+    snapshot."""
+    if null is None or not null.any():
+        return pa.array(data, kind)
+    validity = np.packbits(~null, bitorder="little")
+    buffers = [pa.py_buffer(validity), pa.py_buffer(data)]
+    return pa.Array.from_buffers(kind, len(data), buffers, null_count=int(np.count_nonzero(null)))
 
 
 class FirstOrders:
@@ -287,10 +301,20 @@ class OrderDays:
         first_day = int(days.min()) if len(days) else 0
         span = int(days.max()) - first_day + 1 if len(days) else 1
         keys = positions.astype(np.uint64) * np.uint64(span) + (days - first_day).astype(np.uint64)
-        first = first_occurrences(keys)
+        rows, distinct = _sorted_firsts(keys)
+        # distinct keys in key order hold each customer's days side by side, ascending, and
+        # within one customer two keys differ by their days: the gaps without another sort
+        gaps = np.zeros(len(distinct), dtype=np.int64)
+        if len(distinct) > 1:
+            same = distinct[1:] // np.uint64(span) == distinct[:-1] // np.uint64(span)
+            gaps[1:] = np.where(same, (distinct[1:] - distinct[:-1]).astype(np.int64), 0)
+        by_row = np.zeros(len(keys), dtype=np.int64)
+        by_row[rows] = gaps
+        first = np.zeros(len(keys), dtype=bool)
+        first[rows] = True
         self.positions = positions[first].astype(np.int64)
         self.at_us = at_us[first].astype(np.int64)
-        self.gaps = day_gaps(self.positions, days[first].astype(np.int64))
+        self.gaps = by_row[first]
         self.done = 0
 
     def until(self, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,22 +325,6 @@ class OrderDays:
         return self.positions[taken], self.gaps[taken].astype(np.float64)
 
 
-def day_gaps(positions: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """Each (customer, day)'s gap to the customer's previous day (0 for the first), in input order.
-
-    Days of one customer must come in increasing order (as they do in time order).
-    """
-    order = np.argsort(positions, kind="stable")
-    by_customer, by_day = positions[order], days[order]
-    gaps = np.zeros(len(order), dtype=np.int64)
-    if len(order) > 1:
-        same = by_customer[1:] == by_customer[:-1]
-        gaps[1:] = np.where(same, by_day[1:] - by_day[:-1], 0)
-    out = np.empty_like(gaps)
-    out[order] = gaps
-    return out
-
-
 def first_occurrences(keys: np.ndarray) -> np.ndarray:
     """A mask of the first row holding each key.
 
@@ -324,10 +332,18 @@ def first_occurrences(keys: np.ndarray) -> np.ndarray:
     vectorised sort (about 0.3 s for 10M rows); larger ones take a stable argsort (about 4x
     slower). Either way equal keys end up side by side, earliest row first.
     """
+    mask = np.zeros(len(keys), dtype=bool)
+    rows, _ = _sorted_firsts(keys)
+    mask[rows] = True
+    return mask
+
+
+def _sorted_firsts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys in ascending order, and the first row holding each (see
+    `first_occurrences`)."""
     rows = len(keys)
-    mask = np.zeros(rows, dtype=bool)
     if not rows:
-        return mask
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
     order: np.ndarray
     if rows < 2**32 and int(keys.max()) < 2**32:
         packed = keys.astype(np.uint64)  # in place from here: a 10M-row run holds few copies
@@ -339,8 +355,7 @@ def first_occurrences(keys: np.ndarray) -> np.ndarray:
         ordered = packed
     else:
         order = np.argsort(keys, kind="stable")
-        ordered = keys[order]
+        ordered = keys[order].astype(np.uint64)
     starts = np.ones(rows, dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
-    mask[order[starts]] = True
-    return mask
+    return order[starts], ordered[starts]
