@@ -43,7 +43,11 @@ def report(name: str, figures: dict[str, Any]) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
     print(f"== {name}")
     for key, value in figures.items():
-        print(f"  {key}: {value:,.2f}" if isinstance(value, float) else f"  {key}: {value}")
+        if isinstance(value, float):
+            shown = f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"  # a ratio keeps 3 digits
+            print(f"  {key}: {shown}")
+        else:
+            print(f"  {key}: {value}")
 
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "10000000"))

@@ -201,3 +201,36 @@ def test_distinct_counts_skip_missing_values_and_unknown_customers() -> None:
     counts = distinct_counts(con, "product_id", "TIMESTAMP '2024-06-01'").to_pandas()
     con.close()
     assert dict(zip(counts["customer_id"], counts["n"], strict=True)) == {5: 1, 3: 2, 9: 0}
+
+
+@pytest.mark.parametrize("huge", [False, True])
+def test_many_snapshots_of_whole_cents_skip_the_second_pass_only_when_every_sum_is_exact(
+    huge: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-cent amounts give the standard deviation from exact sums of cents, so the stepping
+    path skips the two-pass deviations, unless a customer's squared cents reach 2^53; either
+    way every snapshot matches the reference."""
+    from churnops.features import duckdb_engine
+
+    orders, customers = random_shop(11)
+    busiest = int(orders.loc[orders["order_date"] < "2024-06-01", "customer_id"].value_counts().index[0])
+    if huge:  # whole cents, squared beyond 2^53
+        mine = orders["customer_id"] == busiest
+        orders.loc[mine, "total_amount"] = np.round(1e6 + 12345.67 * np.arange(mine.sum()), 2)
+    seen: list[bool] = []
+    real = duckdb_engine._start_stepping
+
+    def spy(*args: object, **kwargs: object) -> object:
+        started = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(started[1].deviations)
+        return started
+
+    monkeypatch.setattr(duckdb_engine, "_start_stepping", spy)
+    snapshots = list(pd.date_range("2024-03-01", "2024-09-01", freq="14D"))
+    got = compute_features(orders, customers, snapshots, WINDOWS)
+    assert seen == [huge]
+    if huge:
+        assert (got.loc[got["customer_id"] == busiest, "std_order_value"].dropna() > 0).any()
+    for as_of in snapshots:
+        one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
+        assert_matches_reference(one, reference_features(orders, customers, pd.Timestamp(as_of), WINDOWS))

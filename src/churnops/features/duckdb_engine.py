@@ -10,6 +10,7 @@ columns and one value per customer and total, never the customer x snapshot grid
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from collections import deque
@@ -27,7 +28,14 @@ import pyarrow.parquet as pq
 
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
-from churnops.features.running import DAY_US, FirstOrders, OrderDays, RunningFeatures, gap_statistics
+from churnops.features.running import (
+    DAY_US,
+    EXACT_LIMIT,
+    FirstOrders,
+    OrderDays,
+    RunningFeatures,
+    gap_statistics,
+)
 from churnops.features.sql import Stepping, counted_apart, single_snapshot_sql
 
 # staged output: snapshot (YYYY-MM-DD) -> (file, rows, order-independent content hash)
@@ -371,6 +379,14 @@ def _start_stepping(
     try:
         for statement in stepping.setup(literal):
             con.execute(statement)
+        if whole_cents(con):
+            # every customer's exact sums of cents stay below 2^53: the fallback is never read
+            ((widest,),) = con.execute(
+                "SELECT COALESCE(MAX(c2), 0) FROM "
+                "(SELECT SUM(ROUND(total_amount * 100) * ROUND(total_amount * 100)) AS c2 FROM ordered GROUP BY pos)"
+            ).fetchall()
+            if float(widest) < EXACT_LIMIT:
+                stepping = dataclasses.replace(stepping, deviations=False)
         firsts = {}
         for column, name in stepping.firsts():
             coded = _fetch(con, stepping.coded_orders(column))
