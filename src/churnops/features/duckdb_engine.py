@@ -34,6 +34,7 @@ from churnops.features.running import (
     FirstOrders,
     OrderDays,
     RunningFeatures,
+    day_gaps,
     gap_statistics,
 )
 from churnops.features.sql import Stepping, counted_apart, single_snapshot_sql
@@ -307,12 +308,8 @@ def order_day_stats(con: Any, as_of: str) -> pa.Table:
         keys.sort()
         distinct = np.ones(len(keys), dtype=bool)
         np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
-        keys = keys[distinct]
-        owners = (keys // keys.dtype.type(span)).astype(np.intp)
-        # keys are sorted, so a customer's days are side by side in order, and within one
-        # customer the difference of two keys is the difference of their days
-        gaps = np.zeros(len(keys), dtype=np.float64)
-        gaps[1:] = np.where(owners[1:] == owners[:-1], np.diff(keys), 0)
+        owners, day_gap = day_gaps(keys[distinct], span)
+        gaps = day_gap.astype(np.float64)
         order_days = np.bincount(owners, minlength=size).astype(np.int64)
         gap_sum = np.rint(np.bincount(owners, weights=gaps, minlength=size)).astype(np.int64)
         gap_sq = np.rint(np.bincount(owners, weights=gaps * gaps, minlength=size)).astype(np.int64)

@@ -445,7 +445,7 @@ class FeastFeatureStore:
                 snapshot,
                 ENTITY_KEY,
                 features,
-                {f.name for f in view.features if "Int64" in str(f.dtype)},
+                _int_features(view),
                 moments[0],
                 moments[1],
                 progress=report,
@@ -498,9 +498,7 @@ class FeastFeatureStore:
             features = [f.name for f in view.features]
             if not online_bulk.redis_encodings_agree(ENTITY_KEY, self.store.project, name, features):
                 return False
-            groups.append(
-                online_bulk.RedisView(name, features, {f.name for f in view.features if "Int64" in str(f.dtype)})
-            )
+            groups.append(online_bulk.RedisView(name, features, _int_features(view)))
         client = self.store._get_provider().online_store._get_client(options)
         online_bulk.write_redis_rows(
             client,
@@ -530,6 +528,11 @@ class FeastFeatureStore:
         with quiet():
             joined: pd.DataFrame = self.store.get_historical_features(entity_df=entities, features=refs).to_df()
         return joined
+
+
+def _int_features(view: Any) -> set[str]:
+    """The Int64 features of a registered view (the rest are Float64)."""
+    return {f.name for f in view.features if "Int64" in str(f.dtype)}
 
 
 def _utc(moment: datetime) -> datetime:

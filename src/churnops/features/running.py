@@ -127,8 +127,8 @@ class RunningFeatures:
         Conventions as in `churnops.features.definitions`: 0 for counts and sums of customers
         without orders, null for the rest; a window total is exactly 0 when the window is empty.
         """
-        # positions, not a mask: taking by index is about twice as fast as boolean indexing,
-        # and every one of some 30 columns is taken (52 weekly snapshots of 943k customers: ~3 s)
+        # positions, not a mask: some 30 columns are taken, and taking 700,000 of 943,396 values
+        # by index took 0.7 ms here against 4.5 ms by boolean mask
         known = np.flatnonzero(self.created_at_us < as_of_us)
         n = self.n[known]
         none = n == 0
@@ -302,12 +302,7 @@ class OrderDays:
         span = int(days.max()) - first_day + 1 if len(days) else 1
         keys = positions.astype(np.uint64) * np.uint64(span) + (days - first_day).astype(np.uint64)
         rows, distinct = _sorted_firsts(keys)
-        # distinct keys in key order hold each customer's days side by side, ascending, and
-        # within one customer two keys differ by their days: the gaps without another sort
-        gaps = np.zeros(len(distinct), dtype=np.int64)
-        if len(distinct) > 1:
-            same = distinct[1:] // np.uint64(span) == distinct[:-1] // np.uint64(span)
-            gaps[1:] = np.where(same, (distinct[1:] - distinct[:-1]).astype(np.int64), 0)
+        _, gaps = day_gaps(distinct, span)
         by_row = np.zeros(len(keys), dtype=np.int64)
         by_row[rows] = gaps
         first = np.zeros(len(keys), dtype=bool)
@@ -323,6 +318,23 @@ class OrderDays:
         taken = slice(self.done, max(self.done, end))
         self.done = max(self.done, end)
         return self.positions[taken], self.gaps[taken].astype(np.float64)
+
+
+def day_gaps(keys: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Customer positions and day gaps of sorted, distinct (position * span + day) keys.
+
+    Sorted keys hold each customer's days side by side, ascending, and within one customer
+    two keys differ by their days: each key's gap to the customer's previous day (0 for the
+    first) is a difference of neighbours, with no sort by customer.
+
+    Returns:
+        The position (intp) and the gap in days (int64) of each key.
+    """
+    owners = (keys // keys.dtype.type(span)).astype(np.intp)
+    gaps = np.zeros(len(keys), dtype=np.int64)
+    if len(keys) > 1:
+        gaps[1:] = np.where(owners[1:] == owners[:-1], np.diff(keys).astype(np.int64), 0)
+    return owners, gaps
 
 
 def first_occurrences(keys: np.ndarray) -> np.ndarray:

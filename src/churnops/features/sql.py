@@ -399,26 +399,24 @@ class Stepping:
         """Per position, aggregates of the orders in [since, until).
 
         Count, sum, min, max, first and last time (micros), the sum of squared deviations from
-        their mean (m2), the sums of whole cents and squared cents (exact below 2^53, used when
-        every amount is whole cents) and, with `category_bits`, the category mask.
+        their mean (m2; 0 without `deviations`), the sums of whole cents and squared cents
+        (exact below 2^53, used when every amount is whole cents) and, with `category_bits`,
+        the category mask.
         """
         bits = self.has_category and self.category_bits
         mask = ", BIT_OR(CAST(1 AS UBIGINT) << category_code) AS category_bits" if bits else ""
         deviation = "(s.total_amount - d.total / d.n)"
         cents = "ROUND(total_amount * 100)"
-        if not self.deviations:
-            return f"""WITH step AS (SELECT * FROM ordered WHERE {_between("order_date", since, until)})
-SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total, MIN(total_amount) AS mn, MAX(total_amount) AS mx,
-       epoch_us(MIN(order_date)) AS first_at, epoch_us(MAX(order_date)) AS last_at,
-       SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2{mask}, 0.0 AS m2
-FROM step GROUP BY pos"""
-        return f"""WITH step AS (SELECT * FROM ordered WHERE {_between("order_date", since, until)}),
+        grouped = f"""WITH step AS (SELECT * FROM ordered WHERE {_between("order_date", since, until)}),
 d AS (
     SELECT pos, COUNT(*) AS n, FSUM(total_amount) AS total, MIN(total_amount) AS mn, MAX(total_amount) AS mx,
            epoch_us(MIN(order_date)) AS first_at, epoch_us(MAX(order_date)) AS last_at,
            SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2{mask}
     FROM step GROUP BY pos
-),
+)"""
+        if not self.deviations:
+            return f"{grouped}\nSELECT *, 0.0 AS m2 FROM d"
+        return f"""{grouped},
 m AS (SELECT s.pos, FSUM({deviation} * {deviation}) AS m2 FROM step AS s JOIN d ON d.pos = s.pos GROUP BY s.pos)
 SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
 
