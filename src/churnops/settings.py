@@ -111,6 +111,11 @@ class FileSource(_SourceBase):
     csv_delimiter: str = Field(
         ",", description="One character, or `whitespace`: runs of spaces or tabs (leading spaces ignored)."
     )
+    csv_decimal: Literal[".", ","] = Field(
+        ".",
+        description="The decimal mark of numbers in CSV files. With `,` (as in 12,50) a number holding a "
+        "`.` (a thousands separator) is unparseable, never read as another number.",
+    )
     derive_order_id: bool = Field(
         False,
         description="Orders without an id: derive one from the file's path (relative to the source) and "

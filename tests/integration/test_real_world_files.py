@@ -133,6 +133,27 @@ def test_a_field_longer_than_the_reader_s_block_sets_the_file_aside(
     assert "longer than the reader's block" in reason
 
 
+def test_decimal_commas_with_semicolons_ingest_and_thousands_separators_are_quarantined(tmp_path: Path) -> None:
+    """A `;`-separated export with decimal commas (dates day first): amounts read as numbers,
+    and one holding a `.` is quarantined, not read a thousand times too small."""
+    settings = _settings(
+        tmp_path,
+        csv_delimiter=";",
+        csv_decimal=",",
+        columns={"customer_id": "Kunde", "order_date": "Datum", "total_amount": "Betrag"},
+        date_formats={"order_date": "%d.%m.%Y"},
+    )
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_bad_share": 0.5})})
+    _drop(tmp_path, "export.csv", "Kunde;Datum;Betrag\n1;03.01.2024;12,50\n2;03.01.2024;7\n3;09.01.2024;1.234,50\n")
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert (report.rows_accepted, report.rows_quarantined) == (2, 1)
+    assert report.reasons == {"unparseable total_amount": 1}
+    orders = make_lake(settings).read("orders").sort_values("customer_id")
+    assert orders["total_amount"].tolist() == [12.5, 7.0]
+    default = _settings(tmp_path / "point", csv_delimiter=";", columns=settings.sources[0].columns)
+    assert default.sources[0].csv_decimal == "."  # the default reads 12,50 as text: unparseable
+
+
 def test_gzip_files_are_read_by_their_suffix(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     _drop(tmp_path, "day.txt.gz", gzip.compress(ALIGNED.encode()))

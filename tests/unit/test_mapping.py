@@ -98,3 +98,15 @@ def test_parse_batch_does_not_mutate_input() -> None:
     pd.testing.assert_frame_equal(mapped, before)
     assert parsed["customer_id"].dtype == "Int64"
     assert parsed["total_amount"].tolist() == [9.5]
+
+
+def test_parse_floats_with_a_decimal_comma_refuses_thousands_separators() -> None:
+    from churnops.data.mapping import parse_floats
+
+    values = pd.Series(["12,50", " 7 ", "1.234,50", "1.234", "abc", None], dtype="object")
+    got = parse_floats(values, decimal=",")
+    assert got.iloc[:2].tolist() == [12.5, 7.0]
+    assert got.iloc[2:].isna().all()
+    assert parse_floats(pd.Series(["12.5", "12,5"]), decimal=".").iloc[0] == 12.5
+    assert pd.isna(parse_floats(pd.Series(["12.5", "12,5"]), decimal=".").iloc[1])
+    assert parse_floats(pd.Series([1.5, 2.0]), decimal=",").tolist() == [1.5, 2.0]  # numbers stay numbers

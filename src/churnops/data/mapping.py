@@ -93,8 +93,13 @@ def parse_integers(values: pd.Series) -> pd.Series:
     return whole.astype("Int64")
 
 
-def parse_floats(values: pd.Series) -> pd.Series:
-    """Parse to float64; text becomes NaN."""
+def parse_floats(values: pd.Series, decimal: str = ".") -> pd.Series:
+    """Parse to float64; text becomes NaN. With `decimal` ",", text numbers take a decimal
+    comma, and one holding a "." (a thousands separator: 1.234,50 or 1.234) is NaN rather than
+    a number a thousand times too small."""
+    if decimal == "," and not pd.api.types.is_numeric_dtype(values):
+        text = values.astype(TEXT).str.strip()
+        values = text.str.replace(",", ".", regex=False).mask(text.str.contains(".", regex=False))
     return pd.to_numeric(values, errors="coerce").astype("float64")
 
 
@@ -107,31 +112,35 @@ def parse_strings(values: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def parse_batch(mapped: pd.DataFrame, contract: TableContract, date_formats: Mapping[str, str]) -> pd.DataFrame:
+def parse_batch(
+    mapped: pd.DataFrame, contract: TableContract, date_formats: Mapping[str, str], decimal: str = "."
+) -> pd.DataFrame:
     """Parse every mapped column into its contract type.
 
     Args:
         mapped: Output of `map_columns`.
         contract: The raw table's contract.
         date_formats: Contract column -> format for `parse_timestamps`.
+        decimal: The decimal mark of text numbers ("." or ",").
 
     Returns:
         A new frame with contract dtypes; unparseable values are null.
     """
     parsed = {
-        name: parse_column(mapped[name], kind, date_formats.get(name))
+        name: parse_column(mapped[name], kind, date_formats.get(name), decimal)
         for name, kind in contract.columns.items()
         if name in mapped.columns
     }
     return pd.DataFrame(parsed, index=mapped.index)
 
 
-def parse_column(values: pd.Series, kind: ColumnType, fmt: str | None = None) -> pd.Series:
-    """Parse one column into its contract type (`fmt` is a timestamp column's format)."""
+def parse_column(values: pd.Series, kind: ColumnType, fmt: str | None = None, decimal: str = ".") -> pd.Series:
+    """Parse one column into its contract type (`fmt` is a timestamp column's format,
+    `decimal` a float column's decimal mark)."""
     if kind == "timestamp":
         return parse_timestamps(values, fmt)
     if kind == "int":
         return parse_integers(values)
     if kind == "float":
-        return parse_floats(values)
+        return parse_floats(values, decimal)
     return parse_strings(values)

@@ -424,7 +424,8 @@ def _validate_into(
     try:
         for raw in batch.chunks(limits.chunk_rows):
             mapped = _mapped(raw, source, contract, None)
-            parsed = parse_batch(mapped, contract, source.date_formats)
+            decimal = source.csv_decimal if isinstance(source, FileSource) else "."
+            parsed = parse_batch(mapped, contract, source.date_formats, decimal)
             result = validate_batch(parsed, mapped, raw, contract, source.name, known, flags=flags)
             if sink is None:
                 sink = _ParquetSink(path, _lake_schema(contract, list(parsed.columns)), contract.key)
