@@ -54,6 +54,7 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "rows": len(out)}}))
 """
 
 DUCKDB_MEMORY = """
+import churnops  # first, as in the CLI: it sets what NumPy reads when it loads
 import json, time
 from datetime import datetime
 import pandas as pd
@@ -79,6 +80,7 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "rows": rows[0][0]}}))
 """
 
 DUCKDB_WRITE = """
+import churnops  # first, as in the CLI: it sets what NumPy reads when it loads
 import json, time, shutil
 from datetime import datetime
 from pathlib import Path
@@ -105,6 +107,7 @@ print(json.dumps({{"seconds": seconds, "rows": rows}}))
 """
 
 FEAST = """
+import churnops  # first, as in the CLI: it sets what NumPy reads when it loads
 import json, time, statistics
 from datetime import date
 from pathlib import Path

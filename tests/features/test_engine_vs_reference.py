@@ -204,6 +204,63 @@ def test_distinct_counts_skip_missing_values_and_unknown_customers() -> None:
 
 
 @pytest.mark.parametrize("huge", [False, True])
+def test_one_snapshot_of_whole_cents_is_folded_from_one_fetch_the_same_in_any_row_order(
+    huge: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One snapshot of whole cents is folded in numpy from the orders in whatever order they
+    come: shuffled orders give the same bits, and the values are the reference's, with missing
+    products and categories, orders of customers not known, a customer whose creation time is
+    unknown, and (huge) squared cents beyond 2^53, whose deviations are summed apart."""
+    from churnops.features import duckdb_engine
+
+    orders, customers = random_shop(12)
+    orders.loc[orders.index[::17], "product_id"] = None
+    orders.loc[orders.index[::23], "category"] = None
+    strangers = orders.iloc[:40].assign(customer_id=10_000)  # nobody the customers table knows
+    orders = pd.concat([orders, strangers], ignore_index=True)
+    customers.loc[customers["customer_id"] == 3, "created_at"] = pd.NaT
+    as_of = pd.Timestamp("2024-06-01")
+    busiest = int(orders.loc[orders["order_date"] < as_of, "customer_id"].value_counts().index[0])
+    if huge:
+        mine = orders["customer_id"] == busiest
+        orders.loc[mine, "total_amount"] = np.round(1e6 + 12345.67 * np.arange(mine.sum()), 2)
+    folded: list[int] = []
+    real = duckdb_engine._folded_snapshot
+
+    def spy(*args: object, **kwargs: object) -> object:
+        rows = real(*args, **kwargs)  # type: ignore[arg-type]
+        folded.append(rows.num_rows)
+        return rows
+
+    monkeypatch.setattr(duckdb_engine, "_folded_snapshot", spy)
+    got = compute_features(orders, customers, [as_of], WINDOWS)
+    shuffled = compute_features(orders.sample(frac=1.0, random_state=3), customers, [as_of], WINDOWS)
+    assert folded == [len(got), len(got)]
+    pd.testing.assert_frame_equal(got, shuffled, check_exact=True)
+    assert 3 not in set(got["customer_id"])
+    assert 10_000 not in set(got["customer_id"])
+    if huge:
+        assert got.loc[got["customer_id"] == busiest, "std_order_value"].iloc[0] > 1000
+    known = customers.dropna(subset=["created_at"])
+    assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, known, as_of, WINDOWS))
+
+
+def test_amounts_not_in_whole_cents_take_the_sql_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float sums of other amounts depend on the order of the rows: the SQL path, not the fold."""
+    from churnops.features import duckdb_engine
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise AssertionError("folded")
+
+    monkeypatch.setattr(duckdb_engine, "_folded_snapshot", refuse)
+    orders, customers = random_shop(13)
+    orders["total_amount"] = orders["total_amount"] + 0.001
+    as_of = pd.Timestamp("2024-06-01")
+    got = compute_features(orders, customers, [as_of], WINDOWS)
+    assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+
+
+@pytest.mark.parametrize("huge", [False, True])
 def test_many_snapshots_of_whole_cents_skip_the_second_pass_only_when_every_sum_is_exact(
     huge: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
