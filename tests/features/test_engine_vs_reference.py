@@ -245,28 +245,34 @@ def test_one_snapshot_of_whole_cents_is_folded_from_one_fetch_the_same_in_any_ro
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, known, as_of, WINDOWS))
 
 
-def test_amounts_not_in_whole_cents_take_the_sql_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Float sums of other amounts depend on the order of the rows: the SQL path, not the fold."""
+def test_amounts_not_in_whole_cents_take_the_sql_grouping_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float sums of other amounts depend on the order of the rows: one snapshot and many take
+    the SQL paths, whose compensated sums do not, and never the numpy folds."""
     from churnops.features import duckdb_engine
 
     def refuse(*args: object, **kwargs: object) -> object:
         raise AssertionError("folded")
 
     monkeypatch.setattr(duckdb_engine, "_folded_snapshot", refuse)
+    monkeypatch.setattr(duckdb_engine, "_start_folding", refuse)
     orders, customers = random_shop(13)
     orders["total_amount"] = orders["total_amount"] + 0.001
-    as_of = pd.Timestamp("2024-06-01")
-    got = compute_features(orders, customers, [as_of], WINDOWS)
-    assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+    snapshots = list(pd.date_range("2024-03-01", "2024-09-01", freq="14D"))
+    alone = compute_features(orders, customers, [snapshots[7]], WINDOWS)
+    many = compute_features(orders, customers, snapshots, WINDOWS)
+    for got, as_of in [(alone, snapshots[7]), *((many, s) for s in snapshots)]:
+        one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
+        assert_matches_reference(one, reference_features(orders, customers, as_of, WINDOWS))
 
 
 @pytest.mark.parametrize("huge", [False, True])
-def test_many_snapshots_of_whole_cents_skip_the_second_pass_only_when_every_sum_is_exact(
+def test_many_snapshots_of_whole_cents_are_folded_in_numpy_unless_a_sum_is_inexact(
     huge: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whole-cent amounts give the standard deviation from exact sums of cents, so the stepping
-    path skips the two-pass deviations, unless a customer's squared cents reach 2^53; either
-    way every snapshot matches the reference."""
+    """Whole-cent amounts are stepped through in numpy from one fetch of the orders, the
+    standard deviation coming from exact sums of cents, unless a customer's squared cents
+    reach 2^53: then the SQL steps with their two-pass deviations. Either way every snapshot
+    matches the reference."""
     from churnops.features import duckdb_engine
 
     orders, customers = random_shop(11)
@@ -274,18 +280,26 @@ def test_many_snapshots_of_whole_cents_skip_the_second_pass_only_when_every_sum_
     if huge:  # whole cents, squared beyond 2^53
         mine = orders["customer_id"] == busiest
         orders.loc[mine, "total_amount"] = np.round(1e6 + 12345.67 * np.arange(mine.sum()), 2)
-    seen: list[bool] = []
-    real = duckdb_engine._start_stepping
+    folded: list[bool] = []
+    stepped: list[bool] = []
+    real_folding, real_stepping = duckdb_engine._start_folding, duckdb_engine._start_stepping
 
-    def spy(*args: object, **kwargs: object) -> object:
-        started = real(*args, **kwargs)  # type: ignore[arg-type]
-        seen.append(started[1].deviations)
+    def folding(*args: object, **kwargs: object) -> object:
+        started = real_folding(*args, **kwargs)  # type: ignore[arg-type]
+        folded.append(started is not None)
         return started
 
-    monkeypatch.setattr(duckdb_engine, "_start_stepping", spy)
+    def stepping(*args: object, **kwargs: object) -> object:
+        started = real_stepping(*args, **kwargs)  # type: ignore[arg-type]
+        stepped.append(started[1].deviations)
+        return started
+
+    monkeypatch.setattr(duckdb_engine, "_start_folding", folding)
+    monkeypatch.setattr(duckdb_engine, "_start_stepping", stepping)
     snapshots = list(pd.date_range("2024-03-01", "2024-09-01", freq="14D"))
     got = compute_features(orders, customers, snapshots, WINDOWS)
-    assert seen == [huge]
+    assert folded == [not huge]
+    assert stepped == ([True] if huge else [])
     if huge:
         assert (got.loc[got["customer_id"] == busiest, "std_order_value"].dropna() > 0).any()
     for as_of in snapshots:

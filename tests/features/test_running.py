@@ -86,9 +86,10 @@ def test_customers_without_orders_get_zero_counts_and_null_statistics() -> None:
     assert rows[0]["std_order_value"] == 0.0
 
 
-@pytest.mark.parametrize("offset", [0, 2**40], ids=["packed sort", "stable argsort"])
+@pytest.mark.parametrize("offset", [0, 2**40, 2**60], ids=["packed sort", "packed wide keys", "stable argsort"])
 def test_first_occurrences_marks_the_earliest_row_of_each_key(offset: int) -> None:
-    """Both sorting paths (keys below 2^32 packed with the row; larger keys) agree with a loop."""
+    """Both sorting paths (keys packed with the row number when both fit 64 bits; larger keys)
+    agree with a loop."""
     rng = np.random.default_rng(3)
     keys = rng.integers(0, 50, 2_000).astype(np.uint64) + np.uint64(offset)
     seen: set[int] = set()

@@ -32,6 +32,7 @@ from churnops.features.definitions import feature_names
 from churnops.features.running import (
     EXACT_LIMIT,
     FirstOrders,
+    FoldedOrders,
     OrderDays,
     RunningFeatures,
     day_statistics,
@@ -192,7 +193,21 @@ def _step_through(
     Returns:
         (file, rows, sum of row hashes) per snapshot, in time order.
     """
-    running, stepping, firsts, order_days = _start_stepping(con, times[-1], windows, optional)
+    folding = _start_folding(con, times[-1], windows, optional) if whole_cents(con) else None
+    if folding:
+        running, folded, firsts, order_days = folding
+
+        def advance(previous: str | None, literal: str, as_of_us: int) -> None:
+            folded.until(running, as_of_us)
+
+    else:
+        running, stepping, firsts, order_days = _start_stepping(con, times[-1], windows, optional)
+
+        def advance(previous: str | None, literal: str, as_of_us: int) -> None:
+            running.add_orders(_fetch(con, stepping.orders_since(previous, literal)))
+            for days in windows:
+                running.remove_from_window(days, _fetch(con, stepping.leaving_since(days, previous, literal)))
+
     stamp = _micros(created_at)
     written: list[tuple[Path, int, int]] = []
     cursors: Queue[Any] = Queue()
@@ -219,12 +234,10 @@ def _step_through(
             previous: str | None = None
             for as_of in times:
                 literal = _literal(as_of)
-                running.add_orders(_fetch(con, stepping.orders_since(previous, literal)))
+                advance(previous, literal, _micros(as_of))
                 for name, first_orders in firsts.items():
                     running.add_firsts(name, first_orders.until(_micros(as_of)))
                 running.add_order_days(*order_days.until(_micros(as_of)))
-                for days in windows:
-                    running.remove_from_window(days, _fetch(con, stepping.leaving_since(days, previous, literal)))
                 rows = running.table(_micros(as_of), feature_columns, stamp)
                 if len(pending) == WRITERS:
                     collect(pending.popleft())
@@ -310,15 +323,7 @@ def _folded_snapshot(
     running = RunningFeatures(
         known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
     )
-    coded = "".join(f", code_{column}.code AS {column}" for column, _ in counted)
-    joined = "".join(
-        f" LEFT JOIN codes_{column} AS code_{column} ON code_{column}.value = o.{column}" for column, _ in counted
-    )
-    orders = con.execute(
-        f"""SELECT CAST(c.rowid AS UINTEGER) AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount{coded}
-            FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id{joined}
-            WHERE o.order_date < {literal}"""
-    ).fetchnumpy()
+    orders = _orders_before(con, literal, [column for column, _ in counted])
     positions, at_us = orders.pop("pos"), orders.pop("at")
     # the sorts behind the distinct counts and order days run beside the fold (numpy's sorts,
     # bincounts and ufunc.at release the GIL)
@@ -326,19 +331,39 @@ def _folded_snapshot(
         days = sorter.submit(day_statistics, positions, at_us, size)
         distinct = {}
         for column, name in counted:
-            codes = orders.pop(column)
-            if np.ma.isMaskedArray(codes):  # orders without a value count for no value
-                present = ~np.ma.getmaskarray(codes)
-                distinct[name] = sorter.submit(
-                    distinct_per_position, positions[present], codes.data[present], values[column], size
-                )
-            else:
-                distinct[name] = sorter.submit(distinct_per_position, positions, codes, values[column], size)
+            coded_positions, codes = _coded(positions, orders.pop(column))
+            distinct[name] = sorter.submit(distinct_per_position, coded_positions, codes, values[column], size)
         running.fold_all(positions, at_us, orders.pop("amount"), as_of_us)
         running.order_days, running.gap_sum, running.gap_sq = days.result()
         for name, counts in distinct.items():
             running.firsts[name] = counts.result()
     return running.table(as_of_us, feature_columns, _micros(created_at))
+
+
+def _orders_before(con: Any, literal: str, coded: list[str], in_time_order: bool = False) -> dict[str, Any]:
+    """The orders of known customers before `literal` as numpy columns: pos (the customer's row
+    number in `customers`), at (micros), amount, and the code of each `coded` column (from
+    `codes_<column>`; masked where the order has no value)."""
+    codes = "".join(f", code_{column}.code AS {column}" for column in coded)
+    joined = "".join(
+        f" LEFT JOIN codes_{column} AS code_{column} ON code_{column}.value = o.{column}" for column in coded
+    )
+    order = " ORDER BY o.order_date" if in_time_order else ""
+    columns: dict[str, Any] = con.execute(
+        f"""SELECT CAST(c.rowid AS UINTEGER) AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount{codes}
+            FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id{joined}
+            WHERE o.order_date < {literal}{order}"""
+    ).fetchnumpy()
+    return columns
+
+
+def _coded(positions: np.ndarray, codes: np.ndarray, *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows that have a code (a masked code is an order without a value): positions, codes,
+    then each of `more`, in their order."""
+    if not np.ma.isMaskedArray(codes):
+        return (positions, codes, *more)
+    present = ~np.ma.getmaskarray(codes)
+    return (positions[present], codes.data[present], *(column[present] for column in more))
 
 
 def _known_customers(con: Any) -> dict[str, Any]:
@@ -392,6 +417,34 @@ def distinct_counts(con: Any, column: str, as_of: str) -> pa.Table:
     ).fetchnumpy()
     counts = distinct_per_position(coded["pos"], coded["code"], values, len(ids))
     return pa.table({"customer_id": ids, "n": counts})
+
+
+def _start_folding(
+    con: Any, last: pd.Timestamp, windows: tuple[int, ...], optional: set[str]
+) -> tuple[RunningFeatures, FoldedOrders, dict[str, FirstOrders], OrderDays] | None:
+    """Fetch the orders before `last` once, in time order, for stepping in numpy (whole cents):
+    the running totals (no orders yet), the orders to fold step by step, the first orders
+    behind each distinct count, and the order days. None when some customer's squared cents
+    reach 2^53: their standard deviation needs the SQL steps' two-pass deviations."""
+    literal = _literal(last)
+    counted = counted_apart("product_id" in optional, "category" in optional, category_bits=False)
+    values = {column: _code_values(con, column, literal) for column, _ in counted}
+    orders = _orders_before(con, literal, [column for column, _ in counted], in_time_order=True)
+    positions, at_us, amounts = orders.pop("pos"), orders.pop("at"), orders.pop("amount")
+    known = _known_customers(con)
+    size = len(known["customer_id"])
+    cents = np.rint(amounts * 100.0)
+    if len(positions) and np.bincount(positions, weights=cents * cents, minlength=size).max() >= EXACT_LIMIT:
+        return None
+    del cents
+    running = RunningFeatures(
+        known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
+    )
+    firsts = {}
+    for column, name in counted:
+        coded_positions, codes, coded_at = _coded(positions, orders.pop(column), at_us)
+        firsts[name] = FirstOrders(coded_positions, coded_at, codes, values[column])
+    return running, FoldedOrders(positions, at_us, amounts, windows), firsts, OrderDays(positions, at_us)
 
 
 def _start_stepping(
