@@ -116,3 +116,34 @@ def test_first_orders_hand_out_each_pair_once_at_its_first_order() -> None:
     assert firsts.until(6 * day).tolist() == [0]  # (0, 8) is new, (1, 7) is not
     assert firsts.until(10 * day).tolist() == [2]
     assert firsts.until(20 * day).tolist() == []
+
+
+def test_exact_cents_std_is_exact_where_int64_would_overflow_and_keeps_the_fallback_elsewhere() -> None:
+    """n * sum(c^2) beyond 2^62 is taken in Python integers; sums of squared cents at 2^53 or
+    more (not exact as floats), single orders and no orders keep the fallback."""
+    from fractions import Fraction
+
+    from churnops.features.running import EXACT_LIMIT, exact_cents_std
+
+    rng = np.random.default_rng(5)
+    histories = [
+        rng.integers(1, 10**5, 3),  # small
+        np.full(1000, 94_000_000),  # n * sum(c^2) ~ 8.8e21: beyond int64, sum(c^2) ~ 8.8e18: no
+        rng.integers(2_000_000, 2_900_000, 1100),  # sum(c^2) ~ 7e15 < 2^53, n * sum(c^2) ~ 8e18 > 2^62
+        np.array([123]),  # one order
+        np.array([], dtype=np.int64),  # none
+    ]
+    n = np.array([len(h) for h in histories], dtype=np.int64)
+    cents = np.array([float(h.sum()) for h in histories])
+    cents2 = np.array([float((h.astype(object) ** 2).sum()) for h in histories])
+    fallback = np.full(len(histories), -1.0)
+    got = exact_cents_std(n, cents, cents2, fallback)
+    assert cents2[2] < EXACT_LIMIT
+    assert n[2] * cents2[2] >= 2.0**62
+    for i in (0, 2):
+        values = [Fraction(int(c), 100) for c in histories[i]]
+        mean = sum(values) / len(values)
+        variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        assert got[i] == pytest.approx(float(variance) ** 0.5, rel=1e-15)
+    assert cents2[1] >= EXACT_LIMIT
+    assert list(got[[1, 3, 4]]) == [-1.0, -1.0, -1.0]

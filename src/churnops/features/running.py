@@ -262,18 +262,22 @@ def exact_cents_std(n: np.ndarray, cents: np.ndarray, cents2: np.ndarray, fallba
     the same bits. Customers whose sum of squared cents reaches 2^53 keep `fallback`.
     """
     out = np.array(fallback, dtype=np.float64, copy=True)
-    exact = (n > 1) & (cents2 < EXACT_LIMIT)
-    if not exact.any():
+    # positions, not masks: taking by index is several times faster (see `table`)
+    exact = np.flatnonzero((n > 1) & (cents2 < EXACT_LIMIT))
+    if not len(exact):
         return out
     k = n[exact].astype(np.int64)
     s1 = cents[exact].astype(np.int64)
-    s2 = cents2[exact].astype(np.int64)
-    small = k.astype(np.float64) * s2.astype(np.float64) < 2.0**62
-    numerator = np.empty(len(k), dtype=np.float64)
-    numerator[small] = (k[small] * s2[small] - s1[small] * s1[small]).astype(np.float64)
-    big = np.flatnonzero(~small)
-    for i in big:  # Python integers: exact at any size
-        numerator[i] = float(int(k[i]) * int(s2[i]) - int(s1[i]) * int(s1[i]))
+    squares = cents2[exact]
+    s2 = squares.astype(np.int64)
+    small = k * squares < 2.0**62  # n * sum(c^2) fits int64, and so does sum(c)^2 (<= n * sum(c^2))
+    if small.all():  # the usual case: no masked copies
+        numerator = (k * s2 - s1 * s1).astype(np.float64)
+    else:
+        numerator = np.empty(len(k), dtype=np.float64)
+        numerator[small] = (k[small] * s2[small] - s1[small] * s1[small]).astype(np.float64)
+        for i in np.flatnonzero(~small):  # Python integers: exact at any size
+            numerator[i] = float(int(k[i]) * int(s2[i]) - int(s1[i]) * int(s1[i]))
     variance = numerator / (k * (k - 1)).astype(np.float64) / 10000.0
     out[exact] = np.sqrt(np.maximum(variance, 0.0))
     return out
