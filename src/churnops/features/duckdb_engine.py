@@ -327,7 +327,7 @@ def _folded_snapshot(
     positions, at_us = orders.pop("pos"), orders.pop("at")
     # the sorts behind the distinct counts and order days run beside the fold (numpy's sorts,
     # bincounts and ufunc.at release the GIL)
-    with ThreadPoolExecutor(1, thread_name_prefix="churnops-snapshot") as sorter:
+    with ThreadPoolExecutor(2, thread_name_prefix="churnops-snapshot") as sorter:
         days = sorter.submit(day_statistics, positions, at_us, size)
         distinct = {}
         for column, name in counted:
