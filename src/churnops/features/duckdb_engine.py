@@ -1,17 +1,18 @@
 """The default feature engine: DuckDB SQL over the raw lake's Parquet (or in-memory frames).
 
 One snapshot is one fetch of the orders before it, folded per customer in numpy
-(`snapshot_rows`; a SQL grouping when amounts are not whole cents). Many snapshots are computed
-in time order: for each, SQL aggregates only the orders since the previous snapshot (and those
-leaving each trailing window), the running totals per customer are folded forward
-(`churnops.features.running`), and the snapshot is written to its own Parquet file at once.
-Memory holds the orders' few numeric columns and one value per customer and total, never the
-customer x snapshot grid.
+(`snapshot_rows`). Many snapshots are computed in time order from one fetch of the orders, in
+time order: each step folds the orders since the previous snapshot into running totals per
+customer and takes out those that left each trailing window (`churnops.features.running`),
+and the snapshot is written to its own Parquet file at once. Memory holds the orders' few
+columns and one value per customer and total, never the customer x snapshot grid. Amounts
+that are not all whole cents (below 2^53 squared) take SQL instead: a grouping query for one
+snapshot, and per step queries over the orders between two snapshots (`sql.Stepping`), with
+compensated sums whose results do not depend on the order rows arrive in.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tempfile
 from collections import deque
@@ -287,7 +288,7 @@ def snapshot_rows(
         con.register(f"distinct_{column}", distinct_counts(con, column, literal))
     con.register("order_day_stats", order_day_stats(con, literal))
     try:
-        query = single_snapshot_sql(literal, windows, has_product, has_category, bits, cents=False)
+        query = single_snapshot_sql(literal, windows, has_product, has_category, bits)
         return con.sql(
             f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
                        CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
@@ -460,14 +461,6 @@ def _start_stepping(
     try:
         for statement in stepping.setup(literal):
             con.execute(statement)
-        if whole_cents(con):
-            # every customer's exact sums of cents stay below 2^53: the fallback is never read
-            ((widest,),) = con.execute(
-                "SELECT COALESCE(MAX(c2), 0) FROM "
-                "(SELECT SUM(ROUND(total_amount * 100) * ROUND(total_amount * 100)) AS c2 FROM ordered GROUP BY pos)"
-            ).fetchall()
-            if float(widest) < EXACT_LIMIT:
-                stepping = dataclasses.replace(stepping, deviations=False)
         firsts = {}
         for column, name in stepping.firsts():
             coded = _fetch(con, stepping.coded_orders(column))

@@ -219,12 +219,12 @@ def single_snapshot_sql(
     has_product: bool,
     has_category: bool,
     category_bits: bool = False,
-    cents: bool = False,
 ) -> str:
     """The DuckDB feature query for one snapshot: one grouping plus the windows and variance.
 
-    Used when only one snapshot is needed (serving); it skips the preparation that pays off
-    only for many snapshots. Same columns and conventions as `features_from_buckets_sql`.
+    Used for one snapshot of amounts that are not all whole cents (whole cents are folded in
+    numpy, `duckdb_engine._folded_snapshot`). Same columns and conventions as
+    `features_from_buckets_sql`.
 
     Args:
         as_of: A SQL timestamp literal for the snapshot.
@@ -234,8 +234,6 @@ def single_snapshot_sql(
         category_bits: Count categories as set bits of a 64-bit mask, one bit per code of the
             relation `codes_category(value, code)` (codes 0..63). It turns a distinct
             count into a plain aggregate of the main grouping; only for at most 64 categories.
-        cents: Every amount is whole cents: sums are exact sums of cents, the same bits as
-            the many-snapshot path's running sums (`running.RunningFeatures`).
 
     Returns:
         A SELECT over the relations `orders`, `customers`, `order_day_stats(customer_id,
@@ -246,16 +244,12 @@ def single_snapshot_sql(
     """
     window_aggs = []
     window_cols = []
-    cents_of = "ROUND(total_amount * 100)"
-    # with whole cents, a window's spend is an exact sum of cents, like the running sums
-    amount, scale = (cents_of, " / 100.0") if cents else ("total_amount", "")
-    summed = "SUM" if cents else "FSUM"
     for w in windows:
         edge = DUCKDB.minus_days.format(ts=as_of, days=int(w))
         window_aggs.append(f"COUNT(*) FILTER (WHERE order_date >= {edge}) AS n_{w}")
-        window_aggs.append(f"{summed}({amount}) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
+        window_aggs.append(f"FSUM(total_amount) FILTER (WHERE order_date >= {edge}) AS amt_{w}")
         window_cols.append(f"CAST(COALESCE(w.n_{w}, 0) AS BIGINT) AS orders_last_{w}d")
-        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0){scale} AS DOUBLE) AS spend_last_{w}d")
+        window_cols.append(f"CAST(COALESCE(w.amt_{w}, 0.0) AS DOUBLE) AS spend_last_{w}d")
     distinct_joins = []
     distinct_cols = []
     bits, codes = "", ""
@@ -276,15 +270,14 @@ def single_snapshot_sql(
     )
     variance = f"CASE WHEN a.exact THEN {exact} ELSE v.ss / (a.n - 1) END"
     cents_sql = "ROUND(p.total_amount * 100)"
-    total = "(a.cents / 100.0)" if cents else "a.total"
     recency = _days_between(DUCKDB, as_of, "a.last_at")
     columns = [
         "c.customer_id",
         f"{as_of} AS event_timestamp",
         f"CASE WHEN a.n > 0 THEN {recency} END AS recency",
         "CAST(COALESCE(a.n, 0) AS BIGINT) AS frequency",
-        f"CAST(COALESCE({total}, 0.0) AS DOUBLE) AS monetary",
-        f"CASE WHEN a.n > 0 THEN {total} / a.n END AS avg_order_value",
+        "CAST(COALESCE(a.total, 0.0) AS DOUBLE) AS monetary",
+        "CASE WHEN a.n > 0 THEN a.total / a.n END AS avg_order_value",
         "a.mx AS max_order_value",
         "a.mn AS min_order_value",
         f"CASE WHEN a.n = 1 THEN 0.0 WHEN a.n > 1 THEN SQRT(GREATEST({variance}, 0.0)) END AS std_order_value",
@@ -344,16 +337,14 @@ class Stepping:
 
     Each step's sum of squared deviations is two-pass around that step's mean, so it is exact to
     rounding; sums are DuckDB's compensated FSUM, so every figure is the same on every run.
-    Categories, when at most 64, are bits of a mask instead of first-order counts.
+    Categories, when at most 64, are bits of a mask instead of first-order counts. Used when the
+    amounts are not all whole cents below 2^53 squared; others step through in numpy
+    (`duckdb_engine._start_folding`).
     """
 
     has_product: bool
     has_category: bool
     category_bits: bool = False
-    # The two-pass sum of squared deviations (m2) is the standard deviation's fallback for
-    # customers whose amounts are not whole cents below 2^53 squared; without any, it is not
-    # computed (a second pass over each step's orders: about a tenth of a 52-snapshot run).
-    deviations: bool = True
 
     def firsts(self) -> list[tuple[str, str]]:
         """(raw column, feature) of the distinct counts taken from first orders."""
@@ -399,7 +390,7 @@ class Stepping:
         """Per position, aggregates of the orders in [since, until).
 
         Count, sum, min, max, first and last time (micros), the sum of squared deviations from
-        their mean (m2; 0 without `deviations`), the sums of whole cents and squared cents
+        their mean (m2), the sums of whole cents and squared cents
         (exact below 2^53, used when every amount is whole cents) and, with `category_bits`,
         the category mask.
         """
@@ -414,8 +405,6 @@ d AS (
            SUM({cents}) AS cents, SUM({cents} * {cents}) AS cents2{mask}
     FROM step GROUP BY pos
 )"""
-        if not self.deviations:
-            return f"{grouped}\nSELECT *, 0.0 AS m2 FROM d"
         return f"""{grouped},
 m AS (SELECT s.pos, FSUM({deviation} * {deviation}) AS m2 FROM step AS s JOIN d ON d.pos = s.pos GROUP BY s.pos)
 SELECT d.*, m.m2 FROM d JOIN m ON m.pos = d.pos"""
