@@ -265,14 +265,16 @@ def test_amounts_not_in_whole_cents_take_the_sql_grouping_and_steps(monkeypatch:
         assert_matches_reference(one, reference_features(orders, customers, as_of, WINDOWS))
 
 
+@pytest.mark.parametrize("wide_orders", [None, 0], ids=["numpy steps", "sql steps"])
 @pytest.mark.parametrize("huge", [False, True])
-def test_many_snapshots_of_whole_cents_are_folded_in_numpy_unless_a_sum_is_inexact(
-    huge: bool, monkeypatch: pytest.MonkeyPatch
+def test_many_snapshots_of_whole_cents_are_folded_in_numpy_and_equal_each_snapshot_alone(
+    huge: bool, wide_orders: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whole-cent amounts are stepped through in numpy from one fetch of the orders, the
-    standard deviation coming from exact sums of cents, unless a customer's squared cents
-    reach 2^53: then the SQL steps with their two-pass deviations. Either way every snapshot
-    matches the reference."""
+    """Whole-cent amounts step through in numpy from one fetch of the orders, also when a
+    customer's squared cents reach 2^53 (huge: their deviations are summed again at each
+    snapshot, as one snapshot alone sums them), so every snapshot has the bits it has alone.
+    Beyond `WIDE_ORDERS` such orders the SQL steps take over. Either way every snapshot matches
+    the reference."""
     from churnops.features import duckdb_engine
 
     orders, customers = random_shop(11)
@@ -280,6 +282,8 @@ def test_many_snapshots_of_whole_cents_are_folded_in_numpy_unless_a_sum_is_inexa
     if huge:  # whole cents, squared beyond 2^53
         mine = orders["customer_id"] == busiest
         orders.loc[mine, "total_amount"] = np.round(1e6 + 12345.67 * np.arange(mine.sum()), 2)
+    if wide_orders is not None:
+        monkeypatch.setattr(duckdb_engine, "WIDE_ORDERS", wide_orders)
     folded: list[bool] = []
     stepped: list[object] = []
     real_folding, real_stepping = duckdb_engine._start_folding, duckdb_engine._start_stepping
@@ -298,10 +302,48 @@ def test_many_snapshots_of_whole_cents_are_folded_in_numpy_unless_a_sum_is_inexa
     monkeypatch.setattr(duckdb_engine, "_start_stepping", stepping)
     snapshots = list(pd.date_range("2024-03-01", "2024-09-01", freq="14D"))
     got = compute_features(orders, customers, snapshots, WINDOWS)
-    assert folded == [not huge]
-    assert len(stepped) == (1 if huge else 0)
+    in_sql = huge and wide_orders == 0
+    assert folded == [not in_sql]
+    assert len(stepped) == (1 if in_sql else 0)
     if huge:
         assert (got.loc[got["customer_id"] == busiest, "std_order_value"].dropna() > 0).any()
     for as_of in snapshots:
         one = got[got["event_timestamp"] == as_of].drop(columns="event_timestamp")
         assert_matches_reference(one, reference_features(orders, customers, pd.Timestamp(as_of), WINDOWS))
+    if not in_sql:
+        for as_of in snapshots[4::5]:
+            alone = compute_features(orders, customers, [as_of], WINDOWS)
+            pd.testing.assert_frame_equal(
+                got[got["event_timestamp"] == as_of].reset_index(drop=True), alone, check_exact=True
+            )
+
+
+@pytest.mark.parametrize("cents", [True, False], ids=["whole cents", "other amounts"])
+@pytest.mark.parametrize("count", [1, 6], ids=["one snapshot", "many"])
+def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path, cents: bool, count: int) -> None:  # type: ignore[no-untyped-def]
+    """Whichever path computes them, the rows are written in customer_id order, so computing
+    the same snapshots again (customers given in another order) writes the same files."""
+    from datetime import datetime
+
+    import pyarrow.parquet as pq
+
+    from churnops.features.definitions import feature_names
+    from churnops.features.duckdb_engine import connect_features, write_features
+
+    orders, customers = random_shop(14, customers=500, orders=5000)
+    if not cents:
+        orders["total_amount"] = orders["total_amount"] + 0.001
+    snapshots = list(pd.date_range("2024-04-01", periods=count, freq="7D"))
+    written = []
+    for run, shuffled in enumerate([customers, customers.sample(frac=1.0, random_state=2)]):
+        con, optional = connect_features(orders, shuffled)
+        names = feature_names(WINDOWS, {"customer_id", "order_date", "total_amount", *optional})
+        staging = tmp_path / f"run{run}"
+        staging.mkdir()
+        staged = write_features(con, snapshots, WINDOWS, optional, names, staging, datetime(2024, 9, 1))
+        con.close()
+        written.append({day: path.read_bytes() for day, (path, _, _) in staged.items()})
+        for path, _, _ in staged.values():
+            ids = pq.read_table(path, columns=["customer_id"])["customer_id"].to_numpy()
+            assert (np.diff(ids) > 0).all()
+    assert written[0] == written[1]

@@ -6,9 +6,10 @@ time order: each step folds the orders since the previous snapshot into running 
 customer and takes out those that left each trailing window (`churnops.features.running`),
 and the snapshot is written to its own Parquet file at once. Memory holds the orders' few
 columns and one value per customer and total, never the customer x snapshot grid. Amounts
-that are not all whole cents (below 2^53 squared) take SQL instead: a grouping query for one
-snapshot, and per step queries over the orders between two snapshots (`sql.Stepping`), with
-compensated sums whose results do not depend on the order rows arrive in.
+that are not all whole cents take SQL instead: a grouping query for one snapshot, and per step
+queries over the orders between two snapshots (`sql.Stepping`), with compensated sums whose
+results do not depend on the order rows arrive in; so do many snapshots of data with more than
+`WIDE_ORDERS` orders of customers whose squared cents reach 2^53.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import pyarrow.parquet as pq
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
 from churnops.features.running import (
-    EXACT_LIMIT,
     FirstOrders,
     FoldedOrders,
     OrderDays,
@@ -51,6 +51,10 @@ Check = Callable[[pd.Timestamp, pa.Table], None]
 # the snapshots themselves, which pyarrow writes (`_write_table`).
 PARQUET = "FORMAT parquet, COMPRESSION snappy"
 WRITERS = 2  # snapshots written at once while the next is computed
+# Orders of customers whose squared cents reach 2^53 (an order of about $950,000 does) that
+# numpy steps sum the deviations of at every snapshot (a sort of them each time); beyond it,
+# the SQL steps (whose results match a snapshot computed alone only to the last bits).
+WIDE_ORDERS = 250_000
 
 
 def connect_features(
@@ -93,16 +97,23 @@ def connect_features(
         f"{''.join(', ' + c for c in optional)} FROM (SELECT {picked} FROM {source})"
     )
     con.register("customers_input", customers[["customer_id", "created_at"]])
-    con.execute(
-        "CREATE TEMP TABLE customers AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
-        "CAST(created_at AS TIMESTAMP) AS created_at FROM customers_input"
-    )
+    # rows in customer_id order: a customer's row number is its position in the numpy folds,
+    # and the order the feature rows are written in, the same on every run
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        con.execute(
+            "CREATE TEMP TABLE customers AS SELECT CAST(customer_id AS BIGINT) AS customer_id, "
+            "CAST(created_at AS TIMESTAMP) AS created_at FROM customers_input ORDER BY customer_id"
+        )
+    finally:
+        con.execute("SET preserve_insertion_order = false")
     con.unregister("customers_input")
     # Whole cents everywhere (money usually is): sums are then exact sums of cents, so a
-    # snapshot has the same bits whether computed alone or stepped to among many.
+    # snapshot has the same bits whether computed alone or stepped to among many. A missing
+    # amount (the lake refuses them; a frame may not) leaves it to SQL, whose sums skip it.
     con.execute(
         "CREATE TEMP TABLE amount_mode AS SELECT COALESCE(BOOL_AND(total_amount = ROUND(total_amount * 100) / 100 "
-        "AND ABS(total_amount) < 1e13), true) AS cents FROM orders"
+        "AND ABS(total_amount) < 1e13), true) AND COUNT(*) = COUNT(total_amount) AS cents FROM orders"
     )
     return con, set(optional)
 
@@ -292,7 +303,7 @@ def snapshot_rows(
         return con.sql(
             f"""SELECT customer_id, CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp,
                        CAST({_literal(created_at)} AS TIMESTAMPTZ) AS created_timestamp, {", ".join(feature_columns)}
-                FROM ({query})"""
+                FROM ({query}) ORDER BY customer_id"""
         ).to_arrow_table()
     finally:
         for column in counted:
@@ -425,8 +436,9 @@ def _start_folding(
 ) -> tuple[RunningFeatures, FoldedOrders, dict[str, FirstOrders], OrderDays] | None:
     """Fetch the orders before `last` once, in time order, for stepping in numpy (whole cents):
     the running totals (no orders yet), the orders to fold step by step, the first orders
-    behind each distinct count, and the order days. None when some customer's squared cents
-    reach 2^53: their standard deviation needs the SQL steps' two-pass deviations."""
+    behind each distinct count, and the order days. None when more than `WIDE_ORDERS` orders
+    belong to customers whose squared cents reach 2^53, whose deviations each step sums again:
+    the SQL steps merge them instead."""
     literal = _literal(last)
     counted = counted_apart("product_id" in optional, "category" in optional, category_bits=False)
     values = {column: _code_values(con, column, literal) for column, _ in counted}
@@ -434,10 +446,9 @@ def _start_folding(
     positions, at_us, amounts = orders.pop("pos"), orders.pop("at"), orders.pop("amount")
     known = _known_customers(con)
     size = len(known["customer_id"])
-    cents = np.rint(amounts * 100.0)
-    if len(positions) and np.bincount(positions, weights=cents * cents, minlength=size).max() >= EXACT_LIMIT:
+    folded = FoldedOrders(positions, at_us, amounts, windows, size)
+    if len(folded.wide) > WIDE_ORDERS:
         return None
-    del cents
     running = RunningFeatures(
         known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
     )
@@ -445,7 +456,7 @@ def _start_folding(
     for column, name in counted:
         coded_positions, codes, coded_at = _coded(positions, orders.pop(column), at_us)
         firsts[name] = FirstOrders(coded_positions, coded_at, codes, values[column])
-    return running, FoldedOrders(positions, at_us, amounts, windows), firsts, OrderDays(positions, at_us)
+    return running, folded, firsts, OrderDays(positions, at_us)
 
 
 def _start_stepping(

@@ -1,10 +1,11 @@
 """Running per-customer totals carried from one snapshot to the next.
 
-Many snapshots are computed in time order (`churnops.features.sql.Stepping`): SQL aggregates
-the orders between two snapshots per customer, and this module folds those partial aggregates
-into one array per total, indexed by the customer's position (0.. in customer_id order). A
-step touches only the customers that ordered (or whose orders left a window) since the last
-snapshot; memory holds one value per customer and total, never the customer x snapshot grid.
+Many snapshots are computed in time order. Each step folds into one array per total, indexed
+by the customer's position (0.. in customer_id order), either the orders themselves since the
+previous snapshot (`FoldedOrders` and `RunningFeatures.add_rows`, for whole cents) or their
+per-customer aggregates from SQL (`churnops.features.sql.Stepping` and `add_orders`). One
+snapshot alone folds all its orders at once (`RunningFeatures.fold_all`). Memory holds one
+value per customer and total, never the customer x snapshot grid.
 
 The fold is exact bookkeeping: counts and sums add, minima and maxima compare, the sum of
 squared deviations (M2) merges with Chan's formula, and window totals add the orders that
@@ -108,8 +109,8 @@ class RunningFeatures:
         away with `leave_rows`.
         Sums are kept in cents only (`total` and `window_total` stay 0; `table` reads the cents):
         exact in any order, so the rows may come in any order and give the bits the SQL steps
-        give. The squared deviations (m2) are not kept
-        (`fold_all` and `FoldedOrders` fold only data whose squared cents stay below 2^53).
+        give. The squared deviations (m2) are not kept: `table` reads them only for customers
+        whose squared cents reach 2^53, which `set_wide_deviations` sums from their orders.
 
         Args:
             positions: Customer position of each order (intp).
@@ -160,16 +161,25 @@ class RunningFeatures:
                 inside = np.flatnonzero(recent_at >= as_of_us - w * DAY_US)
                 _add(self.window_n[w], recent_pos[inside])
                 _add(self.window_cents[w], recent_pos[inside], cents[recent[inside]])
-        # the squared deviations are read only where the squared cents reach 2^53
-        # (`exact_cents_std`): summed there in a fixed order, (customer, amount), for the same bits
+        self.set_wide_deviations(at, amounts)
+
+    def set_wide_deviations(self, positions: np.ndarray, amounts: np.ndarray) -> None:
+        """Set the sum of squared deviations (m2) of the customers whose squared cents reach
+        2^53, the only ones `exact_cents_std` reads it for, from their orders so far (the
+        rows given may hold other customers' orders too; positions intp).
+
+        Each customer's is summed in one fixed order, by amount, so the same orders give the
+        same bits whether they came in one fetch (`fold_all`) or step by step (`FoldedOrders`).
+        """
         wide = (self.total_cents2 >= EXACT_LIMIT) & (self.n > 1)
-        if wide.any():
-            rows = np.flatnonzero(wide[at])
-            order = np.lexsort((amounts[rows], at[rows]))
-            owner, amount = at[rows][order], amounts[rows][order]
-            starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-            deviation = amount - self.total_cents[owner] / 100.0 / self.n[owner]
-            self.m2[owner[starts]] = np.add.reduceat(deviation * deviation, starts)
+        rows = np.flatnonzero(wide[positions])
+        if not len(rows):
+            return
+        order = np.lexsort((amounts[rows], positions[rows]))
+        owner, amount = positions[rows][order], amounts[rows][order]
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        deviation = amount - self.total_cents[owner] / 100.0 / self.n[owner]
+        self.m2[owner[starts]] = np.add.reduceat(deviation * deviation, starts)
 
     def add_order_days(self, positions: np.ndarray, gaps: np.ndarray) -> None:
         """Count order days first seen in this step, with each one's gap to the previous day."""
@@ -329,7 +339,9 @@ class FoldedOrders:
     than each window's start leave it (whole cents). Each step is a slice of the arrays: no
     query and no grouping per snapshot."""
 
-    def __init__(self, positions: np.ndarray, at_us: np.ndarray, amounts: np.ndarray, windows: tuple[int, ...]) -> None:
+    def __init__(
+        self, positions: np.ndarray, at_us: np.ndarray, amounts: np.ndarray, windows: tuple[int, ...], size: int
+    ) -> None:
         """Keep the orders.
 
         Args:
@@ -337,6 +349,7 @@ class FoldedOrders:
             at_us: Order time in micros, ascending.
             amounts: Order amount, whole cents.
             windows: Trailing windows in days.
+            size: How many customer positions there are.
         """
         self.positions = positions.astype(np.intp)
         self.at_us = at_us
@@ -344,6 +357,10 @@ class FoldedOrders:
         self.cents = np.rint(amounts * 100.0)
         self.done = 0
         self.left = dict.fromkeys(windows, 0)
+        # the orders of customers whose squared cents reach 2^53 by the last snapshot: their
+        # deviations are summed again at each snapshot (`RunningFeatures.set_wide_deviations`)
+        squares = np.bincount(self.positions, weights=self.cents * self.cents, minlength=size)
+        self.wide = np.flatnonzero((squares >= EXACT_LIMIT)[self.positions])
 
     def until(self, running: RunningFeatures, as_of_us: int) -> None:
         """Fold the orders before `as_of_us` not folded yet into `running`, and take those before
@@ -357,6 +374,9 @@ class FoldedOrders:
             gone = slice(left, start)
             running.leave_rows(w, self.positions[gone], self.amounts[gone], self.cents[gone])
             self.left[w] = start
+        if len(self.wide):
+            before = self.wide[: int(np.searchsorted(self.at_us[self.wide], as_of_us, side="left"))]
+            running.set_wide_deviations(self.positions[before], self.amounts[before])
 
 
 class FirstOrders:
