@@ -347,3 +347,24 @@ def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path, cents: boo
             ids = pq.read_table(path, columns=["customer_id"])["customer_id"].to_numpy()
             assert (np.diff(ids) > 0).all()
     assert written[0] == written[1]
+
+
+def test_a_missing_amount_is_skipped_by_the_sums_not_read_as_zero() -> None:
+    """The lake refuses orders without an amount, but a frame may hold one: the SQL paths take
+    such data, and their sums, minima and maxima skip the missing amount."""
+    from churnops.features.duckdb_engine import connect_features, whole_cents
+
+    customers = pd.DataFrame({"customer_id": [1], "created_at": pd.to_datetime(["2024-01-01"])})
+    orders = pd.DataFrame(
+        {
+            "customer_id": [1, 1, 1],
+            "order_date": pd.to_datetime(["2024-02-01", "2024-02-03", "2024-02-05"]),
+            "total_amount": [5.0, None, 7.5],
+        }
+    )
+    con, _ = connect_features(orders, customers)
+    assert not whole_cents(con)
+    con.close()
+    for snapshots in ([pd.Timestamp("2024-03-01")], [pd.Timestamp("2024-02-04"), pd.Timestamp("2024-03-01")]):
+        got = compute_features(orders, customers, snapshots, WINDOWS).iloc[-1]
+        assert (got["min_order_value"], got["max_order_value"], got["monetary"]) == (5.0, 7.5, 12.5)
