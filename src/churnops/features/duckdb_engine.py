@@ -361,11 +361,21 @@ def _orders_before(con: Any, literal: str, coded: list[str], in_time_order: bool
         f" LEFT JOIN codes_{column} AS code_{column} ON code_{column}.value = o.{column}" for column in coded
     )
     order = " ORDER BY o.order_date" if in_time_order else ""
-    columns: dict[str, Any] = con.execute(
+    # through Arrow: 0.45 s for 10M orders here against 0.7-0.8 s for DuckDB's fetchnumpy
+    fetched = con.sql(
         f"""SELECT CAST(c.rowid AS UINTEGER) AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount{codes}
             FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id{joined}
             WHERE o.order_date < {literal}{order}"""
-    ).fetchnumpy()
+    ).to_arrow_table()
+    columns: dict[str, Any] = {}
+    for name in fetched.column_names:
+        column = fetched.column(name)
+        if column.null_count:
+            values = column.fill_null(0).to_numpy()
+            columns[name] = np.ma.masked_array(values, mask=column.is_null().to_numpy())
+        else:
+            columns[name] = column.to_numpy()
+        fetched = fetched.drop_columns([name])  # the Arrow copy goes column by column
     return columns
 
 
