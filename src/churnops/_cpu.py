@@ -51,7 +51,8 @@ def prefer_avx2_sorts(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     if "numpy" in sys.modules or "NPY_DISABLE_CPU_FEATURES" in os.environ:
         return None
     try:
-        text = cpuinfo.read_text(errors="replace")
+        with cpuinfo.open(errors="replace") as lines:
+            text = lines.read(16384)  # the first processor's block (a many-core file is large)
     except OSError:
         return None
     if not is_zen4(text):
