@@ -62,7 +62,7 @@ def counted_apart(has_product: bool, has_category: bool, category_bits: bool) ->
     """(raw column, feature) of the distinct counts not taken from the 64-bit category mask.
 
     DuckDB counts these outside the main grouping: by sorting coded pairs for one snapshot
-    (`duckdb_engine.distinct_counts`), by first orders for many (`running.FirstOrders`).
+    (`running.distinct_per_position`), by first orders for many (`running.FirstOrders`).
     """
     return [
         (column, name)
