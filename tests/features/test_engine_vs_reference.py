@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from churnops.features.duckdb_engine import compute_features
+from churnops.features.duckdb_engine import Staged, compute_features
 from tests.features.reference import (
     assert_matches_reference,
     design_reference_features,
@@ -62,23 +65,26 @@ def test_one_snapshot_alone_equals_the_same_snapshot_among_many() -> None:
     )
 
 
-def test_one_snapshot_has_the_same_content_hash_alone_and_among_many(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from datetime import datetime
-
+def _staged(orders: pd.DataFrame, customers: pd.DataFrame, snapshots: list[pd.Timestamp], staging: Path) -> Staged:
+    """The snapshots written by the pipeline's path into `staging` (a new folder)."""
     from churnops.features.definitions import feature_names
     from churnops.features.duckdb_engine import connect_features, write_features
 
+    con, optional = connect_features(orders, customers)
+    names = feature_names(WINDOWS, {"customer_id", "order_date", "total_amount", *optional})
+    staging.mkdir()
+    try:
+        return write_features(con, snapshots, WINDOWS, optional, names, staging, datetime(2024, 9, 1))
+    finally:
+        con.close()
+
+
+def test_one_snapshot_has_the_same_content_hash_alone_and_among_many(tmp_path: Path) -> None:
     orders, customers = random_shop(11, customers=400, orders=6000)
     as_of = pd.Timestamp("2024-06-07")
     hashes = []
     for run, snapshots in enumerate([list(pd.date_range("2024-02-02", "2024-08-02", freq="7D")), [as_of]]):
-        con, optional = connect_features(orders, customers)
-        names = feature_names(WINDOWS, {"customer_id", "order_date", "total_amount", *optional})
-        staging = tmp_path / f"run{run}"
-        staging.mkdir()
-        staged = write_features(con, snapshots, WINDOWS, optional, names, staging, datetime(2024, 9, 1))
-        con.close()
-        hashes.append(staged["2024-06-07"][2])
+        hashes.append(_staged(orders, customers, snapshots, tmp_path / f"run{run}")["2024-06-07"][2])
     assert hashes[0] == hashes[1]
 
 
@@ -320,15 +326,10 @@ def test_many_snapshots_of_whole_cents_are_folded_in_numpy_and_equal_each_snapsh
 
 @pytest.mark.parametrize("cents", [True, False], ids=["whole cents", "other amounts"])
 @pytest.mark.parametrize("count", [1, 6], ids=["one snapshot", "many"])
-def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path, cents: bool, count: int) -> None:  # type: ignore[no-untyped-def]
+def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path: Path, cents: bool, count: int) -> None:
     """Whichever path computes them, the rows are written in customer_id order, so computing
     the same snapshots again (customers given in another order) writes the same files."""
-    from datetime import datetime
-
     import pyarrow.parquet as pq
-
-    from churnops.features.definitions import feature_names
-    from churnops.features.duckdb_engine import connect_features, write_features
 
     orders, customers = random_shop(14, customers=500, orders=5000)
     if not cents:
@@ -336,12 +337,7 @@ def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path, cents: boo
     snapshots = list(pd.date_range("2024-04-01", periods=count, freq="7D"))
     written = []
     for run, shuffled in enumerate([customers, customers.sample(frac=1.0, random_state=2)]):
-        con, optional = connect_features(orders, shuffled)
-        names = feature_names(WINDOWS, {"customer_id", "order_date", "total_amount", *optional})
-        staging = tmp_path / f"run{run}"
-        staging.mkdir()
-        staged = write_features(con, snapshots, WINDOWS, optional, names, staging, datetime(2024, 9, 1))
-        con.close()
+        staged = _staged(orders, shuffled, snapshots, tmp_path / f"run{run}")
         written.append({day: path.read_bytes() for day, (path, _, _) in staged.items()})
         for path, _, _ in staged.values():
             ids = pq.read_table(path, columns=["customer_id"])["customer_id"].to_numpy()

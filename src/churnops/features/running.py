@@ -430,10 +430,7 @@ class OrderDays:
             positions: Customer position of each order, in time order.
             at_us: Order time in micros, ascending.
         """
-        days = at_us // DAY_US
-        first_day = int(days.min()) if len(days) else 0
-        span = int(days.max()) - first_day + 1 if len(days) else 1
-        keys = positions.astype(np.uint64) * np.uint64(span) + (days - first_day).astype(np.uint64)
+        keys, span = _day_keys(positions, at_us)
         rows, distinct = _sorted_firsts(keys)
         _, gaps = day_gaps(distinct, span)
         by_row = np.zeros(len(keys), dtype=np.int64)
@@ -478,15 +475,8 @@ def distinct_per_position(positions: np.ndarray, codes: np.ndarray, values: int,
         return np.zeros(size, dtype=np.int64)
     if size * values >= 2**63:
         raise ValueError(f"{size:,} customers x {values:,} distinct values do not fit 63 bits")
-    width = np.uint32 if size * values < 2**32 else np.uint64
-    keys: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = positions.astype(width)
-    keys *= width(values)
-    keys += codes.astype(width, copy=False)
-    keys.sort()
-    first = np.ones(len(keys), dtype=bool)
-    np.not_equal(keys[1:], keys[:-1], out=first[1:])
-    owners = keys[first]
-    owners //= width(values)
+    owners = _sorted_distinct(_pair_keys(positions, codes, values))
+    owners //= owners.dtype.type(values)
     return np.bincount(owners.astype(np.intp), minlength=size).astype(np.int64)
 
 
@@ -506,24 +496,42 @@ def day_statistics(positions: np.ndarray, at_us: np.ndarray, size: int) -> tuple
     gap_sq = np.zeros(size, dtype=np.int64)
     if not len(positions):
         return order_days, gap_sum, gap_sq
-    days = at_us // DAY_US
-    first = int(days.min())
-    span = int(days.max()) - first + 1
-    width = np.uint32 if size * span < 2**32 else np.uint64
-    keys: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = positions.astype(width)
-    keys *= width(span)
-    days -= first
-    keys += days.astype(width)
-    del days
-    keys.sort()
-    distinct = np.ones(len(keys), dtype=bool)
-    np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
-    owners, day_gap = day_gaps(keys[distinct], span)
+    keys, span = _day_keys(positions, at_us)
+    owners, day_gap = day_gaps(_sorted_distinct(keys), span)
     gaps = day_gap.astype(np.float64)
     order_days = np.bincount(owners, minlength=size).astype(np.int64)
     gap_sum = np.rint(np.bincount(owners, weights=gaps, minlength=size)).astype(np.int64)
     gap_sq = np.rint(np.bincount(owners, weights=gaps * gaps, minlength=size)).astype(np.int64)
     return order_days, gap_sum, gap_sq
+
+
+def _pair_keys(positions: np.ndarray, codes: np.ndarray, count: int) -> np.ndarray:
+    """One integer per (position, code) pair, code in 0..count-1: position * count + code, in
+    32 bits when the largest fits (numpy sorts those twice as fast)."""
+    top = (int(positions.max()) + 1) * count if len(positions) else 0
+    width = np.uint32 if top <= 2**32 else np.uint64
+    keys: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = positions.astype(width)
+    keys *= width(count)
+    keys += codes.astype(width, copy=False)
+    return keys
+
+
+def _day_keys(positions: np.ndarray, at_us: np.ndarray) -> tuple[np.ndarray, int]:
+    """(position, day) keys of orders (`_pair_keys`, days counted from the first order's), and
+    how many days they span."""
+    days = at_us // DAY_US
+    first = int(days.min()) if len(days) else 0
+    span = int(days.max()) - first + 1 if len(days) else 1
+    days -= first
+    return _pair_keys(positions, days, span), span
+
+
+def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
+    """The distinct keys, ascending (sorts `keys` in place)."""
+    keys.sort()
+    first = np.ones(len(keys), dtype=bool)
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
 
 
 def day_gaps(keys: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
