@@ -15,12 +15,18 @@ entered and take away those that left. Distinct products count the first order o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 DAY_US = 86_400_000_000
+# Rows per piece of elementwise work over all the orders: each temporary is 8 MB, which malloc
+# hands back for the next piece, where whole-column temporaries of 80 MB are fresh mappings
+# each time (glibc maps anything over 32 MB anew). First touches of fresh memory cost more than
+# the arithmetic here: on this machine's VM, over a second of system time a snapshot.
+PIECE = 1 << 20
 _NEVER = np.iinfo(np.int64).max
 _ALWAYS = np.iinfo(np.int64).min
 
@@ -141,7 +147,8 @@ class RunningFeatures:
             _add(self.window_cents[days], positions, cents, sign=-1)
 
     def fold_all(self, positions: np.ndarray, at_us: np.ndarray, amounts: np.ndarray, as_of_us: int) -> None:
-        """Fold in every order before one snapshot at once (`add_rows`), rather than step by step.
+        """Fold in every order before one snapshot at once (`add_rows`), rather than step by step,
+        a piece of rows at a time (`PIECE`).
 
         Distinct counts and order days are set apart (`distinct_per_position`, `day_statistics`).
 
@@ -151,22 +158,27 @@ class RunningFeatures:
             amounts: Order amount, whole cents.
             as_of_us: The snapshot time, in micros: the trailing windows end there.
         """
-        at = positions.astype(np.intp)
-        cents = np.rint(amounts * 100.0)
-        self.add_rows(at, at_us, amounts, cents, windows=False)
-        if self.window_n:  # only the last max(windows) days, not every order
-            recent = np.flatnonzero(at_us >= as_of_us - max(self.window_n) * DAY_US)
-            recent_at, recent_pos = at_us[recent], at[recent]
-            for w in self.window_n:
-                inside = np.flatnonzero(recent_at >= as_of_us - w * DAY_US)
-                _add(self.window_n[w], recent_pos[inside])
-                _add(self.window_cents[w], recent_pos[inside], cents[recent[inside]])
-        self.set_wide_deviations(at, amounts)
+        starts = {w: as_of_us - w * DAY_US for w in self.window_n}
+        oldest = min(starts.values(), default=as_of_us)
+        for piece in pieces(len(positions)):
+            at = positions[piece].astype(np.intp)
+            when, amount = at_us[piece], amounts[piece]
+            cents = amount * 100.0
+            np.rint(cents, out=cents)
+            self.add_rows(at, when, amount, cents, windows=False)
+            if self.window_n:  # only the last max(windows) days, not every order
+                recent = np.flatnonzero(when >= oldest)
+                recent_at, recent_pos = when[recent], at[recent]
+                for w, start in starts.items():
+                    inside = np.flatnonzero(recent_at >= start)
+                    _add(self.window_n[w], recent_pos[inside])
+                    _add(self.window_cents[w], recent_pos[inside], cents[recent[inside]])
+        self.set_wide_deviations(positions, amounts)
 
     def set_wide_deviations(self, positions: np.ndarray, amounts: np.ndarray) -> None:
         """Set the sum of squared deviations (m2) of the customers whose squared cents reach
         2^53, the only ones `exact_cents_std` reads it for, from their orders so far (the
-        rows given may hold other customers' orders too; positions intp).
+        rows given may hold other customers' orders too).
 
         Each customer's is summed in one fixed order, by amount, so the same orders give the
         same bits whether they came in one fetch (`fold_all`) or step by step (`FoldedOrders`).
@@ -396,9 +408,7 @@ class FirstOrders:
             codes: The order's value code, 0..values-1.
             values: How many values there are.
         """
-        keys = positions.astype(np.uint64)
-        keys *= np.uint64(values)
-        keys += codes.astype(np.uint64, copy=False)
+        keys = _pair_keys(positions, values, lambda piece: codes[piece])
         first = first_occurrences(keys)
         del keys
         self.positions = positions[first].astype(np.int64)
@@ -475,9 +485,12 @@ def distinct_per_position(positions: np.ndarray, codes: np.ndarray, values: int,
         return np.zeros(size, dtype=np.int64)
     if size * values >= 2**63:
         raise ValueError(f"{size:,} customers x {values:,} distinct values do not fit 63 bits")
-    owners = _sorted_distinct(_pair_keys(positions, codes, values))
+    owners = _sorted_distinct(_pair_keys(positions, values, lambda piece: codes[piece]))
     owners //= owners.dtype.type(values)
-    return np.bincount(owners.astype(np.intp), minlength=size).astype(np.int64)
+    counts = np.zeros(size, dtype=np.int64)
+    for piece in pieces(len(owners)):
+        counts += np.bincount(owners[piece].astype(np.intp), minlength=size)
+    return counts
 
 
 def day_statistics(positions: np.ndarray, at_us: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -492,38 +505,59 @@ def day_statistics(positions: np.ndarray, at_us: np.ndarray, size: int) -> tuple
         order_days, gap_sum, gap_sq: int64 arrays of `size`.
     """
     order_days = np.zeros(size, dtype=np.int64)
-    gap_sum = np.zeros(size, dtype=np.int64)
-    gap_sq = np.zeros(size, dtype=np.int64)
-    if not len(positions):
-        return order_days, gap_sum, gap_sq
-    keys, span = _day_keys(positions, at_us)
-    owners, day_gap = day_gaps(_sorted_distinct(keys), span)
-    gaps = day_gap.astype(np.float64)
-    order_days = np.bincount(owners, minlength=size).astype(np.int64)
-    gap_sum = np.rint(np.bincount(owners, weights=gaps, minlength=size)).astype(np.int64)
-    gap_sq = np.rint(np.bincount(owners, weights=gaps * gaps, minlength=size)).astype(np.int64)
-    return order_days, gap_sum, gap_sq
+    gap_sum = np.zeros(size, dtype=np.float64)  # whole days: exact
+    gap_sq = np.zeros(size, dtype=np.float64)
+    if len(positions):
+        keys, span = _day_keys(positions, at_us)
+        distinct = _sorted_distinct(keys)
+        del keys
+        for piece in pieces(len(distinct)):
+            # with the key before the piece, so its first key's gap is to the previous day
+            before = 1 if piece.start else 0
+            owners, day_gap = day_gaps(distinct[piece.start - before : piece.stop], span)
+            owners, gaps = owners[before:], day_gap[before:].astype(np.float64)
+            order_days += np.bincount(owners, minlength=size)
+            gap_sum += np.bincount(owners, weights=gaps, minlength=size)
+            gaps *= gaps
+            gap_sq += np.bincount(owners, weights=gaps, minlength=size)
+    return order_days, np.rint(gap_sum).astype(np.int64), np.rint(gap_sq).astype(np.int64)
 
 
-def _pair_keys(positions: np.ndarray, codes: np.ndarray, count: int) -> np.ndarray:
+def pieces(rows: int) -> Iterator[slice]:
+    """Slices of `PIECE` rows covering 0..rows-1."""
+    for start in range(0, rows, PIECE):
+        yield slice(start, min(start + PIECE, rows))
+
+
+def _pair_keys(positions: np.ndarray, count: int, codes: Callable[[slice], np.ndarray]) -> np.ndarray:
     """One integer per (position, code) pair, code in 0..count-1: position * count + code, in
-    32 bits when the largest fits (numpy sorts those twice as fast)."""
+    32 bits when the largest fits (numpy sorts those twice as fast). `codes` gives a piece of
+    rows' codes (`pieces`): the keys are built a piece at a time into one array."""
     top = (int(positions.max()) + 1) * count if len(positions) else 0
     width = np.uint32 if top <= 2**32 else np.uint64
-    keys: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = positions.astype(width)
-    keys *= width(count)
-    keys += codes.astype(width, copy=False)
+    keys: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = np.empty(len(positions), dtype=width)
+    for piece in pieces(len(positions)):
+        part = keys[piece]
+        part[...] = positions[piece]
+        part *= width(count)
+        part += codes(piece).astype(width, copy=False)
     return keys
 
 
 def _day_keys(positions: np.ndarray, at_us: np.ndarray) -> tuple[np.ndarray, int]:
     """(position, day) keys of orders (`_pair_keys`, days counted from the first order's), and
     how many days they span."""
-    days = at_us // DAY_US
-    first = int(days.min()) if len(days) else 0
-    span = int(days.max()) - first + 1 if len(days) else 1
-    days -= first
-    return _pair_keys(positions, days, span), span
+    if not len(at_us):
+        return np.zeros(0, dtype=np.uint32), 1
+    first = int(at_us.min()) // DAY_US  # floor, as at_us // DAY_US below
+    span = int(at_us.max()) // DAY_US - first + 1
+
+    def days(piece: slice) -> np.ndarray:
+        day = at_us[piece] // DAY_US
+        day -= first
+        return day
+
+    return _pair_keys(positions, span, days), span
 
 
 def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
