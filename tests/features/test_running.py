@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from churnops.features import running as running_module
 from churnops.features.definitions import feature_names
 from churnops.features.running import DAY_US, FirstOrders, RunningFeatures, first_occurrences
 
@@ -86,10 +87,15 @@ def test_customers_without_orders_get_zero_counts_and_null_statistics() -> None:
     assert rows[0]["std_order_value"] == 0.0
 
 
+@pytest.mark.parametrize("piece", [None, 1, 7, 64], ids=["one piece", "pieces of 1", "pieces of 7", "pieces of 64"])
 @pytest.mark.parametrize("offset", [0, 2**40, 2**60], ids=["packed sort", "packed wide keys", "stable argsort"])
-def test_first_occurrences_marks_the_earliest_row_of_each_key(offset: int) -> None:
+def test_first_occurrences_marks_the_earliest_row_of_each_key(
+    offset: int, piece: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both sorting paths (keys packed with the row number when both fit 64 bits; larger keys)
-    agree with a loop."""
+    agree with a loop, whatever the pieces the packed keys are built and read in."""
+    if piece:
+        monkeypatch.setattr(running_module, "PIECE", piece)
     rng = np.random.default_rng(3)
     keys = rng.integers(0, 50, 2_000).astype(np.uint64) + np.uint64(offset)
     seen: set[int] = set()

@@ -456,17 +456,22 @@ def _start_folding(
     positions, at_us, amounts = orders.pop("pos"), orders.pop("at"), orders.pop("amount")
     known = _known_customers(con)
     size = len(known["customer_id"])
-    folded = FoldedOrders(positions, at_us, amounts, windows, size)
-    if len(folded.wide) > WIDE_ORDERS:
-        return None
-    running = RunningFeatures(
-        known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
-    )
-    firsts = {}
-    for column, name in counted:
-        coded_positions, codes, coded_at = _coded(positions, orders.pop(column), at_us)
-        firsts[name] = FirstOrders(coded_positions, coded_at, codes, values[column])
-    return running, folded, firsts, OrderDays(positions, at_us)
+    # the order days and first orders are sorts of their own (1.7 s and 1.4 s for 10M orders
+    # here): two threads take them while this one prepares the orders to fold
+    with ThreadPoolExecutor(2, thread_name_prefix="churnops-start") as sorter:
+        days = sorter.submit(OrderDays, positions, at_us)
+        firsts = {}
+        for column, name in counted:
+            coded_positions, codes, coded_at = _coded(positions, orders.pop(column), at_us)
+            firsts[name] = sorter.submit(FirstOrders, coded_positions, coded_at, codes, values[column])
+        folded = FoldedOrders(positions, at_us, amounts, windows, size)
+        if len(folded.wide) > WIDE_ORDERS:
+            sorter.shutdown(cancel_futures=True)
+            return None
+        running = RunningFeatures(
+            known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
+        )
+        return running, folded, {name: first.result() for name, first in firsts.items()}, days.result()
 
 
 def _start_stepping(
@@ -530,16 +535,19 @@ def _write_table(cursor: Any, rows: pa.Table, feature_columns: list[str], path: 
     """Write an Arrow table of feature rows as one Parquet file.
 
     pyarrow writes it (snappy; dictionaries for the integer and time columns, whose values
-    repeat, and not for the float ones, whose values rarely do): about 40% less CPU than
-    DuckDB's writer for a 1M-row snapshot, for files about 7% larger. It releases the GIL, so
-    the next snapshot is computed meanwhile. DuckDB hashes the rows on `cursor`.
+    repeat, and not for the float ones, whose values rarely do; min/max statistics for the key
+    and time columns that readers filter on, not for the features, which saves a tenth of the
+    CPU): about 40% less CPU than DuckDB's writer for a 1M-row snapshot, for files about 7%
+    larger. It releases the GIL, so the next snapshot is computed meanwhile. DuckDB hashes the
+    rows on `cursor`.
 
     Returns:
         The file, its rows and the sum of its row hashes (see `_hash_sql`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     repeating = [field.name for field in rows.schema if not pa.types.is_floating(field.type)]
-    pq.write_table(rows, path, compression="snappy", use_dictionary=repeating)
+    filtered = [name for name in ("customer_id", "event_timestamp", "created_timestamp") if name in rows.column_names]
+    pq.write_table(rows, path, compression="snappy", use_dictionary=repeating, write_statistics=filtered)
     cursor.register("snapshot_rows", rows)
     try:
         ((count, hashed),) = cursor.execute(

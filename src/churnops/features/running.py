@@ -412,7 +412,7 @@ class FirstOrders:
         first = first_occurrences(keys)
         del keys
         self.positions = positions[first].astype(np.int64)
-        self.at_us = at_us[first].astype(np.int64)
+        self.at_us = at_us[first].astype(np.int64, copy=False)
         self.done = 0
 
     def until(self, as_of_us: int) -> np.ndarray:
@@ -442,13 +442,14 @@ class OrderDays:
         """
         keys, span = _day_keys(positions, at_us)
         rows, distinct = _sorted_firsts(keys)
-        _, gaps = day_gaps(distinct, span)
-        by_row = np.zeros(len(keys), dtype=np.int64)
-        by_row[rows] = gaps
-        first = np.zeros(len(keys), dtype=bool)
+        del keys
+        by_row = np.zeros(len(positions), dtype=np.int64)
+        for piece, _, gaps in _gaps_by_piece(distinct, span):
+            by_row[rows[piece]] = gaps
+        first = np.zeros(len(positions), dtype=bool)
         first[rows] = True
         self.positions = positions[first].astype(np.int64)
-        self.at_us = at_us[first].astype(np.int64)
+        self.at_us = at_us[first].astype(np.int64, copy=False)
         self.gaps = by_row[first]
         self.done = 0
 
@@ -511,11 +512,8 @@ def day_statistics(positions: np.ndarray, at_us: np.ndarray, size: int) -> tuple
         keys, span = _day_keys(positions, at_us)
         distinct = _sorted_distinct(keys)
         del keys
-        for piece in pieces(len(distinct)):
-            # with the key before the piece, so its first key's gap is to the previous day
-            before = 1 if piece.start else 0
-            owners, day_gap = day_gaps(distinct[piece.start - before : piece.stop], span)
-            owners, gaps = owners[before:], day_gap[before:].astype(np.float64)
+        for _, owners, day_gap in _gaps_by_piece(distinct, span):
+            gaps = day_gap.astype(np.float64)
             order_days += np.bincount(owners, minlength=size)
             gap_sum += np.bincount(owners, weights=gaps, minlength=size)
             gaps *= gaps
@@ -585,6 +583,15 @@ def day_gaps(keys: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
     return owners, gaps
 
 
+def _gaps_by_piece(keys: np.ndarray, span: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """`day_gaps` of sorted, distinct keys a piece of keys at a time: (piece, positions, gaps).
+    Each piece is taken with the key before it, so its first gap is to the previous day."""
+    for piece in pieces(len(keys)):
+        before = 1 if piece.start else 0
+        owners, gaps = day_gaps(keys[piece.start - before : piece.stop], span)
+        yield piece, owners[before:], gaps[before:]
+
+
 def first_occurrences(keys: np.ndarray) -> np.ndarray:
     """A mask of the first row holding each key.
 
@@ -604,19 +611,39 @@ def _sorted_firsts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = len(keys)
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    order: np.ndarray
     shift = max(rows - 1, 1).bit_length()  # bits of the largest row number
-    if int(keys.max()) < 2 ** (64 - shift):
-        packed = keys.astype(np.uint64)  # in place from here: a 10M-row run holds few copies
-        packed <<= np.uint64(shift)
-        packed |= np.arange(rows, dtype=np.uint64)
-        packed.sort()
-        order = (packed & np.uint64(2**shift - 1)).view(np.int64)  # row numbers: an index as is
-        packed >>= np.uint64(shift)
-        ordered = packed
-    else:
+    if int(keys.max()) >= 2 ** (64 - shift):
         order = np.argsort(keys, kind="stable")
         ordered = keys[order].astype(np.uint64)
-    starts = np.ones(rows, dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
-    return order[starts], ordered[starts]
+        starts = np.ones(rows, dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        return order[starts], ordered[starts]
+    packed = np.empty(rows, dtype=np.uint64)
+    bits = np.uint64(shift)
+    for piece in pieces(rows):
+        part = packed[piece]
+        part[...] = keys[piece]
+        part <<= bits
+        part |= np.arange(piece.start, piece.stop, dtype=np.uint64)
+    packed.sort()
+    # the first of each run of equal keys, a piece at a time: no whole-column temporaries
+    starts = np.empty(rows, dtype=bool)
+    for piece in pieces(rows):
+        high = packed[max(piece.start - 1, 0) : piece.stop] >> bits
+        if piece.start:
+            np.not_equal(high[1:], high[:-1], out=starts[piece])
+        else:
+            starts[0] = True
+            np.not_equal(high[1:], high[:-1], out=starts[1 : piece.stop])
+    count = int(np.count_nonzero(starts))
+    first_rows = np.empty(count, dtype=np.int64)
+    distinct = np.empty(count, dtype=np.uint64)
+    done = 0
+    for piece in pieces(rows):
+        chosen = packed[piece][starts[piece]]
+        end = done + len(chosen)
+        first_rows[done:end] = (chosen & np.uint64(2**shift - 1)).view(np.int64)  # row numbers
+        chosen >>= bits
+        distinct[done:end] = chosen
+        done = end
+    return first_rows, distinct
