@@ -122,7 +122,7 @@ class RunningFeatures:
             positions: Customer position of each order (intp).
             at_us: Order time in micros.
             amounts: Order amount, whole cents.
-            cents: The amounts in cents (`np.rint(amounts * 100)`).
+            cents: The amounts in cents (`to_cents`).
             windows: Add the orders to the trailing windows too.
         """
         if not self.cents:
@@ -163,8 +163,7 @@ class RunningFeatures:
         for piece in pieces(len(positions)):
             at = positions[piece].astype(np.intp)
             when, amount = at_us[piece], amounts[piece]
-            cents = amount * 100.0
-            np.rint(cents, out=cents)
+            cents = to_cents(amount)
             self.add_rows(at, when, amount, cents, windows=False)
             if self.window_n:  # only the last max(windows) days, not every order
                 recent = np.flatnonzero(when >= oldest)
@@ -363,28 +362,33 @@ class FoldedOrders:
             windows: Trailing windows in days.
             size: How many customer positions there are.
         """
-        self.positions = positions.astype(np.intp)
+        self.positions = positions
         self.at_us = at_us
         self.amounts = amounts
-        self.cents = np.rint(amounts * 100.0)
         self.done = 0
         self.left = dict.fromkeys(windows, 0)
         # the orders of customers whose squared cents reach 2^53 by the last snapshot: their
         # deviations are summed again at each snapshot (`RunningFeatures.set_wide_deviations`)
-        squares = np.bincount(self.positions, weights=self.cents * self.cents, minlength=size)
-        self.wide = np.flatnonzero((squares >= EXACT_LIMIT)[self.positions])
+        squares = np.zeros(size, dtype=np.float64)
+        for piece in pieces(len(positions)):
+            cents = to_cents(amounts[piece])
+            cents *= cents
+            squares += np.bincount(positions[piece].astype(np.intp), weights=cents, minlength=size)
+        self.wide = np.flatnonzero((squares >= EXACT_LIMIT)[positions])
 
     def until(self, running: RunningFeatures, as_of_us: int) -> None:
         """Fold the orders before `as_of_us` not folded yet into `running`, and take those before
-        each window's start out of it."""
+        each window's start out of it (a piece of rows at a time)."""
         end = max(self.done, int(np.searchsorted(self.at_us, as_of_us, side="left")))
-        new = slice(self.done, end)
-        running.add_rows(self.positions[new], self.at_us[new], self.amounts[new], self.cents[new])
+        for new in pieces(end, self.done):
+            amounts = self.amounts[new]
+            running.add_rows(self.positions[new].astype(np.intp), self.at_us[new], amounts, to_cents(amounts))
         self.done = end
         for w, left in self.left.items():
             start = max(left, int(np.searchsorted(self.at_us, as_of_us - w * DAY_US, side="left")))
-            gone = slice(left, start)
-            running.leave_rows(w, self.positions[gone], self.amounts[gone], self.cents[gone])
+            for gone in pieces(start, left):
+                amounts = self.amounts[gone]
+                running.leave_rows(w, self.positions[gone].astype(np.intp), amounts, to_cents(amounts))
             self.left[w] = start
         if len(self.wide):
             before = self.wide[: int(np.searchsorted(self.at_us[self.wide], as_of_us, side="left"))]
@@ -521,10 +525,17 @@ def day_statistics(positions: np.ndarray, at_us: np.ndarray, size: int) -> tuple
     return order_days, np.rint(gap_sum).astype(np.int64), np.rint(gap_sq).astype(np.int64)
 
 
-def pieces(rows: int) -> Iterator[slice]:
-    """Slices of `PIECE` rows covering 0..rows-1."""
-    for start in range(0, rows, PIECE):
-        yield slice(start, min(start + PIECE, rows))
+def pieces(stop: int, start: int = 0) -> Iterator[slice]:
+    """Slices of `PIECE` rows covering start..stop-1."""
+    for first in range(start, stop, PIECE):
+        yield slice(first, min(first + PIECE, stop))
+
+
+def to_cents(amounts: np.ndarray) -> np.ndarray:
+    """Whole-cent amounts in cents, as floats (exact integers)."""
+    cents = amounts * 100.0
+    np.rint(cents, out=cents)
+    return cents
 
 
 def _pair_keys(positions: np.ndarray, count: int, codes: Callable[[slice], np.ndarray]) -> np.ndarray:
