@@ -255,20 +255,28 @@ def test_one_snapshot_of_whole_cents_is_folded_from_one_fetch_the_same_in_any_ro
 def test_work_in_pieces_of_rows_gives_the_bits_of_one_piece(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The folds build their keys and sums a piece of rows at a time (`running.PIECE`, a
     million by default): pieces of any size, the days of one customer split across them, give
-    the bits of one piece, for one snapshot and for many."""
+    the bits of one piece, for one snapshot and for many, also for a customer whose squared
+    cents reach 2^53 (found from sums over all the pieces)."""
     from churnops.features import running
 
     orders, customers = random_shop(14)
     orders.loc[orders.index[::17], "product_id"] = None
+    busiest = int(orders.loc[orders["order_date"] < "2024-06-01", "customer_id"].value_counts().index[0])
+    mine = orders["customer_id"] == busiest
+    orders.loc[mine, "total_amount"] = np.round(1e6 + 12345.67 * np.arange(mine.sum()), 2)
     snapshots = list(pd.date_range("2024-03-01", "2024-09-01", freq="14D"))
     as_of = snapshots[7]
     one = compute_features(orders, customers, [as_of], WINDOWS)
     many = compute_features(orders, customers, snapshots, WINDOWS)
     assert len(orders) < running.PIECE  # one piece so far
+    assert one.loc[one["customer_id"] == busiest, "std_order_value"].iloc[0] > 1000
     monkeypatch.setattr(running, "PIECE", piece)
     pd.testing.assert_frame_equal(compute_features(orders, customers, [as_of], WINDOWS), one, check_exact=True)
     pd.testing.assert_frame_equal(compute_features(orders, customers, snapshots, WINDOWS), many, check_exact=True)
     assert_matches_reference(one.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+    for moment in snapshots[::6]:
+        at = many[many["event_timestamp"] == moment].drop(columns="event_timestamp")
+        assert_matches_reference(at, reference_features(orders, customers, moment, WINDOWS))
 
 
 def test_amounts_not_in_whole_cents_take_the_sql_grouping_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:

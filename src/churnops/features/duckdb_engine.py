@@ -458,20 +458,22 @@ def _start_folding(
     size = len(known["customer_id"])
     # the order days and first orders are sorts of their own (1.7 s and 1.4 s for 10M orders
     # here): two threads take them while this one prepares the orders to fold
-    with ThreadPoolExecutor(2, thread_name_prefix="churnops-start") as sorter:
+    sorter = ThreadPoolExecutor(2, thread_name_prefix="churnops-start")
+    try:
         days = sorter.submit(OrderDays, positions, at_us)
         firsts = {}
         for column, name in counted:
             coded_positions, codes, coded_at = _coded(positions, orders.pop(column), at_us)
             firsts[name] = sorter.submit(FirstOrders, coded_positions, coded_at, codes, values[column])
         folded = FoldedOrders(positions, at_us, amounts, windows, size)
-        if len(folded.wide) > WIDE_ORDERS:
-            sorter.shutdown(cancel_futures=True)
+        if len(folded.wide) > WIDE_ORDERS:  # the SQL steps take over; a sort under way ends unread
             return None
         running = RunningFeatures(
             known["customer_id"], known["created_at"], windows, [name for _, name in counted], False, cents=True
         )
         return running, folded, {name: first.result() for name, first in firsts.items()}, days.result()
+    finally:
+        sorter.shutdown(wait=False, cancel_futures=True)
 
 
 def _start_stepping(
