@@ -164,14 +164,25 @@ def test_the_published_spelling_of_the_reference_equals_the_vectorised_oracle() 
     assert_matches_reference(to_project(published), vectorised[published.columns])
 
 
-def test_more_than_64_categories_are_counted_exactly() -> None:
-    """The 64-bit category mask gives way to a distinct count when there are more categories."""
+@pytest.mark.parametrize("categories", [97, 256, 257, 2999])
+def test_more_than_64_categories_are_counted_exactly(categories: int) -> None:
+    """The 64-bit category mask gives way to a distinct count when there are more categories;
+    codes are fetched in 8 bits up to 256 values and in 16 beyond, on every path."""
+    from churnops.features.duckdb_engine import _code_type
+
+    assert [_code_type(n) for n in (256, 257, 2**16, 2**16 + 1)] == ["UTINYINT", "USMALLINT", "USMALLINT", "UINTEGER"]
     orders, customers = random_shop(8)
-    orders["category"] = (np.arange(len(orders)) % 97).astype(str)
+    orders["category"] = (np.arange(len(orders)) % categories).astype(str)
+    orders["product_id"] = (np.arange(len(orders)) * 7 % (categories + 1)).astype(str)
     as_of = pd.Timestamp("2024-06-01")
+    snapshots = [pd.Timestamp("2024-04-01"), as_of]
     got = compute_features(orders, customers, [as_of], WINDOWS)
+    many = compute_features(orders, customers, snapshots, WINDOWS)
     assert got["unique_categories"].max() > 5
     assert_matches_reference(got.drop(columns="event_timestamp"), reference_features(orders, customers, as_of, WINDOWS))
+    pd.testing.assert_frame_equal(
+        many[many["event_timestamp"] == as_of].reset_index(drop=True), got.reset_index(drop=True), check_exact=True
+    )
 
 
 def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
