@@ -153,3 +153,25 @@ def test_exact_cents_std_is_exact_where_int64_would_overflow_and_keeps_the_fallb
         assert got[i] == pytest.approx(float(variance) ** 0.5, rel=1e-15)
     assert cents2[1] >= EXACT_LIMIT
     assert list(got[[1, 3, 4]]) == [-1.0, -1.0, -1.0]
+
+
+@pytest.mark.parametrize("created_days", [[0, 1, 2], [0, 1, 40]], ids=["everyone known", "one not yet created"])
+def test_a_shared_table_equals_a_copied_one_and_only_a_copy_outlives_the_next_step(created_days: list[int]) -> None:
+    """One snapshot alone hands out the totals' own arrays (`share`); rows handed out without
+    it are copies, which folding the next step's orders leaves as they were."""
+    totals = RunningFeatures(
+        np.arange(101, 104), np.array(created_days) * DAY_US, (30,), [], category_bits=False, cents=True
+    )
+    positions = np.array([0, 0, 1], dtype=np.intp)
+    at = np.array([3, 5, 4]) * DAY_US
+    amounts = np.array([10.0, 12.5, 7.25])
+    totals.fold_all(positions, at, amounts, 20 * DAY_US)
+    copied = totals.table(20 * DAY_US, NAMES, 0)
+    shared = totals.table(20 * DAY_US, NAMES, 0, share=True)
+    assert shared.equals(copied)
+    assert copied.num_rows == sum(day < 20 for day in created_days)
+    before = copied.to_pylist()
+    more = np.array([99.0, 1.0])
+    totals.add_rows(np.array([0, 1], dtype=np.intp), np.array([21, 22]) * DAY_US, more, more * 100)
+    assert copied.to_pylist() == before
+    assert totals.table(30 * DAY_US, NAMES, 0).column("frequency").to_pylist()[:2] == [3, 2]

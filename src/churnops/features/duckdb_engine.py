@@ -349,7 +349,7 @@ def _folded_snapshot(
         running.order_days, running.gap_sum, running.gap_sq = days.result()
         for name, counts in distinct.items():
             running.firsts[name] = counts.result()
-    return running.table(as_of_us, feature_columns, _micros(created_at))
+    return running.table(as_of_us, feature_columns, _micros(created_at), share=True)
 
 
 def _orders_before(con: Any, literal: str, coded: dict[str, int], in_time_order: bool = False) -> dict[str, Any]:

@@ -216,56 +216,70 @@ class RunningFeatures:
         if self.cents:
             self.window_cents[days][at] -= leaving["cents"]
 
-    def table(self, as_of_us: int, feature_columns: list[str], created_us: int) -> pa.Table:
+    def table(self, as_of_us: int, feature_columns: list[str], created_us: int, share: bool = False) -> pa.Table:
         """The feature rows of every customer created before `as_of_us`, as the contract types.
 
         Conventions as in `churnops.features.definitions`: 0 for counts and sums of customers
         without orders, null for the rest; a window total is exactly 0 when the window is empty.
+
+        Args:
+            as_of_us: The snapshot time, in micros.
+            feature_columns: Feature columns, in order.
+            created_us: The created_timestamp of every row, in micros.
+            share: The caller is done with these totals (one snapshot alone): when every
+                customer is known, the columns that are totals as they stand are the totals'
+                own arrays, not copies (some 70 MB less fresh memory at a million customers).
+                Stepping on to another snapshot would change the rows handed out.
         """
         # positions, not a mask: some 30 columns are taken, and taking 700,000 of 943,396 values
         # by index took 0.7 ms here against 4.5 ms by boolean mask
         known = np.flatnonzero(self.created_at_us < as_of_us)
-        n = self.n[known]
+        everyone = share and len(known) == len(self.n)
+
+        def take(totals: np.ndarray) -> np.ndarray:
+            return totals if everyone else totals[known]
+
+        n = take(self.n)
         none = n == 0
-        last_at, first_at = self.last_at[known], self.first_at[known]
-        total = self.total[known]
+        last_at, first_at = take(self.last_at), take(self.first_at)
+        total = take(self.total)
         with np.errstate(invalid="ignore", divide="ignore"):
             lifetime = (last_at - first_at) // DAY_US
-            std = np.sqrt(np.maximum(self.m2[known] / (n - 1), 0.0))
+            std = np.sqrt(np.maximum(take(self.m2) / (n - 1), 0.0))
             if self.cents:
-                total = self.total_cents[known] / 100.0
-                std = exact_cents_std(n, self.total_cents[known], self.total_cents2[known], std)
+                total = take(self.total_cents) / 100.0
+                std = exact_cents_std(n, take(self.total_cents), take(self.total_cents2), std)
             recency = (as_of_us - last_at) // DAY_US
-            mean_gap, std_gap, no_gap = gap_statistics(self.order_days[known], self.gap_sum[known], self.gap_sq[known])
+            mean_gap, std_gap, no_gap = gap_statistics(take(self.order_days), take(self.gap_sum), take(self.gap_sq))
             values: dict[str, Any] = {
                 "recency": _ints(recency, none),
                 "frequency": _ints(n),
                 "monetary": _floats(total),
                 "avg_order_value": _floats(total / n, none),
-                "max_order_value": _floats(self.mx[known], none),
-                "min_order_value": _floats(self.mn[known], none),
+                "max_order_value": _floats(take(self.mx), none),
+                "min_order_value": _floats(take(self.mn), none),
                 "std_order_value": _floats(np.where(n == 1, 0.0, std), none),
                 "customer_lifetime_days": _ints(lifetime, none),
                 "avg_days_between_orders": _floats(lifetime / np.maximum(n, 1), none),
                 "customer_age_days": _ints((as_of_us - first_at) // DAY_US, none),
-                "order_days": _ints(self.order_days[known]),
+                "order_days": _ints(take(self.order_days)),
                 "mean_gap_days": _floats(mean_gap, no_gap),
                 "std_gap_days": _floats(std_gap, no_gap),
                 "overdue_ratio": _floats(recency.astype(np.float64) / mean_gap, no_gap),
             }
         for name, counts in self.firsts.items():
-            values[name] = _ints(counts[known])
+            values[name] = _ints(take(counts))
         if self.category_bits is not None:
-            values["unique_categories"] = _ints(np.bitwise_count(self.category_bits[known]).astype(np.int64))
+            values["unique_categories"] = _ints(np.bitwise_count(take(self.category_bits)).astype(np.int64))
         for w, counts in self.window_n.items():
-            in_window = counts[known]
-            spent = self.window_cents[w][known] / 100.0 if self.cents else np.maximum(self.window_total[w][known], 0.0)
+            in_window = take(counts)
+            spent = take(self.window_cents[w]) / 100.0 if self.cents else np.maximum(take(self.window_total[w]), 0.0)
             values[f"orders_last_{w}d"] = _ints(in_window)
             values[f"spend_last_{w}d"] = _floats(spent)
         rows = len(known)
         stamp = pa.timestamp("us", tz="UTC")
         columns = {
-            "customer_id": pa.array(self.customer_ids[known], pa.int64()),
+            "customer_id": pa.array(take(self.customer_ids), pa.int64()),
             "event_timestamp": pa.array(np.full(rows, as_of_us, np.int64), stamp),
             "created_timestamp": pa.array(np.full(rows, created_us, np.int64), stamp),
             **{name: values[name] for name in feature_columns},
