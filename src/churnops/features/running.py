@@ -655,13 +655,10 @@ def _sorted_firsts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     packed.sort()
     # the first of each run of equal keys, a piece at a time: no whole-column temporaries
     starts = np.empty(rows, dtype=bool)
-    for piece in pieces(rows):
+    starts[0] = True
+    for piece in pieces(rows):  # each piece with the key before it
         high = packed[max(piece.start - 1, 0) : piece.stop] >> bits
-        if piece.start:
-            np.not_equal(high[1:], high[:-1], out=starts[piece])
-        else:
-            starts[0] = True
-            np.not_equal(high[1:], high[:-1], out=starts[1 : piece.stop])
+        np.not_equal(high[1:], high[:-1], out=starts[max(piece.start, 1) : piece.stop])
     count = int(np.count_nonzero(starts))
     first_rows = np.empty(count, dtype=np.int64)
     distinct = np.empty(count, dtype=np.uint64)
