@@ -185,6 +185,48 @@ def test_more_than_64_categories_are_counted_exactly(categories: int) -> None:
     )
 
 
+@pytest.mark.parametrize("batch", [100, 2048, 1 << 20])
+def test_the_orders_streamed_in_batches_are_the_rows_of_one_fetch(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """The fold's fetch streams Arrow batches into arrays sized for every order: the same rows
+    in the same order as one Arrow table, missing codes masked, in batches of any size; and a
+    query that returns more rows than there are orders grows the arrays rather than overflowing."""
+    from churnops.features import duckdb_engine
+    from churnops.features.duckdb_engine import _code_values, _orders_before, _streamed, connect_features
+
+    monkeypatch.setattr(duckdb_engine, "PIECE", batch)
+    orders, customers = random_shop(12, orders=5000)
+    orders.loc[orders.index % 7 == 0, "product_id"] = None
+    orders.loc[orders.index % 11 == 0, "category"] = None
+    orders.loc[orders.index % 13 == 0, "customer_id"] = 10_000  # no such customer: not fetched
+    con, _ = connect_features(orders, customers)
+    literal = "TIMESTAMP '2024-06-01 00:00:00'"
+    coded = {column: _code_values(con, column, literal) for column in ("product_id", "category")}
+    got = _orders_before(con, literal, coded, in_time_order=True)
+    expected = con.sql(
+        f"""SELECT c.rowid AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount,
+                   p.code AS product_id, k.code AS category
+            FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id
+            LEFT JOIN codes_product_id AS p ON p.value = o.product_id
+            LEFT JOIN codes_category AS k ON k.value = o.category
+            WHERE o.order_date < {literal} ORDER BY o.order_date"""
+    ).df()
+    assert 1000 < len(expected) < len(orders)
+    # ties in order_date may come in either order: compare the rows as a set, then the times in order
+    np.testing.assert_array_equal(got["at"], expected["at"].to_numpy())
+    rows = pd.DataFrame({name: np.ma.filled(values.astype("float64"), np.nan) for name, values in got.items()})
+    by = list(rows.columns)
+    pd.testing.assert_frame_equal(
+        rows.sort_values(by).reset_index(drop=True),
+        expected.astype("float64").sort_values(by).reset_index(drop=True),
+    )
+    assert np.ma.isMaskedArray(got["product_id"])
+    assert np.ma.isMaskedArray(got["category"])
+    assert got["product_id"].mask.sum() == expected["product_id"].isna().sum() > 0
+
+    tripled = _streamed(con, "SELECT CAST(c.rowid AS UINTEGER) AS pos FROM orders AS o, customers AS c, range(3)")
+    assert len(tripled["pos"]) == 3 * len(orders) * len(customers)
+
+
 def test_amounts_that_are_not_whole_cents_take_the_two_pass_variance() -> None:
     """Sub-cent amounts and sums too large for exact float cents still match the reference."""
     orders, customers = random_shop(10)

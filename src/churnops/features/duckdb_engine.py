@@ -29,9 +29,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churnops._memory import retained_memory
 from churnops.data.tables import parquet_scan
 from churnops.features.definitions import feature_names
 from churnops.features.running import (
+    PIECE,
     FirstOrders,
     FoldedOrders,
     OrderDays,
@@ -172,15 +174,18 @@ def write_features(
         return day[-1]
 
     written: list[tuple[Path, int, int]] = []
-    if len(times) == 1:
-        rows = snapshot_rows(con, times[0], windows, optional, feature_columns, created_at)
-        if check:
-            check(times[0], rows)
-        written.append(_write_table(con, rows, feature_columns, next_file(times[0])))
-        if progress:
-            progress(1, 1)
-    else:
-        written = _step_through(con, times, windows, optional, feature_columns, created_at, next_file, progress, check)
+    with retained_memory():
+        if len(times) == 1:
+            rows = snapshot_rows(con, times[0], windows, optional, feature_columns, created_at)
+            if check:
+                check(times[0], rows)
+            written.append(_write_table(con, rows, feature_columns, next_file(times[0])))
+            if progress:
+                progress(1, 1)
+        else:
+            written = _step_through(
+                con, times, windows, optional, feature_columns, created_at, next_file, progress, check
+            )
     hashes = {path: (rows, hashed) for path, rows, hashed in written}
     return {day: _merge_day(con, [(path, *hashes[path]) for path in paths]) for day, paths in files_per_day.items()}
 
@@ -290,7 +295,8 @@ def snapshot_rows(
         A pyarrow Table: customer_id, event_timestamp, created_timestamp, then the features.
     """
     if whole_cents(con):
-        return _folded_snapshot(con, as_of, windows, optional, feature_columns, created_at)
+        with retained_memory():
+            return _folded_snapshot(con, as_of, windows, optional, feature_columns, created_at)
     has_product, has_category = "product_id" in optional, "category" in optional
     literal = _literal(as_of)
     bits = has_category and _code_values(con, "category", literal) <= 64
@@ -362,22 +368,50 @@ def _orders_before(con: Any, literal: str, coded: dict[str, int], in_time_order:
         f" LEFT JOIN codes_{column} AS code_{column} ON code_{column}.value = o.{column}" for column in coded
     )
     order = " ORDER BY o.order_date" if in_time_order else ""
-    # through Arrow: 0.45 s for 10M orders here against 0.7-0.8 s for DuckDB's fetchnumpy
-    fetched = con.sql(
-        f"""SELECT CAST(c.rowid AS UINTEGER) AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount{codes}
+    query = f"""SELECT CAST(c.rowid AS UINTEGER) AS pos, epoch_us(o.order_date) AS at, o.total_amount AS amount{codes}
             FROM orders AS o JOIN customers AS c ON c.customer_id = o.customer_id{joined}
             WHERE o.order_date < {literal}{order}"""
-    ).to_arrow_table()
-    columns: dict[str, Any] = {}
-    for name in fetched.column_names:
-        column = fetched.column(name)
-        if column.null_count:
-            values = column.fill_null(0).to_numpy()
-            columns[name] = np.ma.masked_array(values, mask=column.is_null().to_numpy())
-        else:
-            columns[name] = column.to_numpy()
-        fetched = fetched.drop_columns([name])  # the Arrow copy goes column by column
-    return columns
+    return _streamed(con, query)
+
+
+def _streamed(con: Any, query: str) -> dict[str, Any]:
+    """The rows of a query over `orders` as numpy columns (masked where a value is missing),
+    streamed in Arrow batches of `PIECE` rows into arrays sized for every order.
+
+    Against fetching one Arrow table (0.45 s for 10M orders warm, 0.65-0.99 s in a fresh
+    process here), DuckDB then never holds the whole result twice (its own rows and their Arrow
+    copy), and each batch's buffers are freed for the next: about 0.1 s less in a fresh process
+    (median of eight whole snapshots each way). Only the pages the rows fill are touched.
+    """
+    ((capacity,),) = con.execute("SELECT COUNT(*) FROM orders").fetchall()
+    reader = con.sql(query).to_arrow_reader(PIECE)
+    columns = {field.name: np.empty(capacity, field.type.to_pandas_dtype()) for field in reader.schema}
+    masks: dict[str, np.ndarray] = {}
+    filled = 0
+    for batch in reader:
+        end = filled + batch.num_rows
+        if end > capacity:  # a join that repeats orders (customer ids the customers repeat)
+            capacity = max(end, 2 * capacity)
+            columns = {name: _grown(values, capacity) for name, values in columns.items()}
+            masks = {name: _grown(mask, capacity) for name, mask in masks.items()}
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if column.null_count:
+                if name not in masks:
+                    masks[name] = np.zeros(capacity, bool)
+                masks[name][filled:end] = column.is_null().to_numpy(zero_copy_only=False)
+                column = column.fill_null(0)
+            columns[name][filled:end] = column.to_numpy()
+        filled = end
+    return {
+        name: np.ma.masked_array(values[:filled], mask=masks[name][:filled]) if name in masks else values[:filled]
+        for name, values in columns.items()
+    }
+
+
+def _grown(values: np.ndarray, capacity: int) -> np.ndarray:
+    grown = np.zeros(capacity, values.dtype)
+    grown[: len(values)] = values
+    return grown
 
 
 def _code_type(values: int) -> str:
