@@ -334,13 +334,15 @@ def test_work_in_pieces_of_rows_gives_the_bits_of_one_piece(piece: int, monkeypa
 
 def test_amounts_not_in_whole_cents_take_the_sql_grouping_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Float sums of other amounts depend on the order of the rows: one snapshot and many take
-    the SQL paths, whose compensated sums do not, and never the numpy folds."""
+    the SQL paths, whose compensated sums do not, and never the numpy folds (one snapshot
+    fetches its orders, sees they are not whole cents, and folds nothing)."""
     from churnops.features import duckdb_engine
+    from churnops.features.running import RunningFeatures
 
     def refuse(*args: object, **kwargs: object) -> object:
         raise AssertionError("folded")
 
-    monkeypatch.setattr(duckdb_engine, "_folded_snapshot", refuse)
+    monkeypatch.setattr(RunningFeatures, "fold_all", refuse)
     monkeypatch.setattr(duckdb_engine, "_start_folding", refuse)
     orders, customers = random_shop(13)
     orders["total_amount"] = orders["total_amount"] + 0.001
@@ -424,6 +426,44 @@ def test_a_rerun_writes_the_same_bytes_in_customer_id_order(tmp_path: Path, cent
             ids = pq.read_table(path, columns=["customer_id"])["customer_id"].to_numpy()
             assert (np.diff(ids) > 0).all()
     assert written[0] == written[1]
+
+
+# cents, a half cent, float sums, signs, the limit and beyond, NaN, infinities, the tiniest float
+AMOUNTS = [0.29, 0.125, 0.1 + 0.2, 19.99, -3.07, 0.0, -0.0, 1e13 - 0.01, 1e13, 1e13 + 1, 1e15]
+AMOUNTS += [np.nan, np.inf, -np.inf, 5e-324]
+
+
+@pytest.mark.parametrize("amount", AMOUNTS)
+def test_the_fetched_amounts_are_judged_whole_cents_as_sql_judges_them(amount: float) -> None:
+    """A snapshot whose fetch holds every order judges whole cents from the fetched amounts in
+    numpy; the verdict is the SQL one over the orders, value by value (rounding of halves,
+    the limit, NaN, infinities). When the fetch misses orders (later ones, here a sub-cent one),
+    the SQL verdict over all of them stands, so a snapshot alone takes the path it takes among
+    many."""
+    from churnops.features.duckdb_engine import _fetched_in_cents, _orders_before, connect_features, whole_cents
+
+    customers = pd.DataFrame({"customer_id": [1, 2], "created_at": pd.to_datetime(["2024-01-01", "2024-01-01"])})
+    orders = pd.DataFrame(
+        {
+            "customer_id": [1, 2, 1],
+            "order_date": pd.to_datetime(["2024-02-01", "2024-02-03", "2024-02-05"]),
+            "total_amount": [12.5, amount, 7.25],
+        }
+    )
+    sql_con, _ = connect_features(orders, customers)
+    expected = whole_cents(sql_con)
+    con, _ = connect_features(orders, customers)
+    fetched = _orders_before(con, "TIMESTAMP '2024-03-01 00:00:00'", {})
+    assert len(fetched["amount"]) == 3
+    assert _fetched_in_cents(con, fetched["amount"]) is expected
+    assert whole_cents(con) is expected  # recorded for the connection
+    assert expected is bool(np.isfinite(amount) and abs(amount) < 1e13 and round(amount * 100) / 100 == amount)
+
+    later = pd.concat([orders, orders.iloc[[0]].assign(order_date=pd.Timestamp("2024-04-01"), total_amount=0.001)])
+    con, _ = connect_features(later, customers)
+    fetched = _orders_before(con, "TIMESTAMP '2024-03-01 00:00:00'", {})
+    assert len(fetched["amount"]) == 3
+    assert _fetched_in_cents(con, fetched["amount"]) is False
 
 
 def test_a_missing_amount_is_skipped_by_the_sums_not_read_as_zero() -> None:
