@@ -200,6 +200,7 @@ def test_run_over_real_data_never_simulates_and_defaults_to_the_day_after_the_la
 
 def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     import signal
+    import threading
     import time
     import urllib.error
     import urllib.request
@@ -222,6 +223,11 @@ def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Pa
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # the UI and its server write to this pipe until they end: read it all along (a full pipe
+    # would stop them mid-write), and show it when they do not behave
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(ui.stdout or ()), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300  # beside the suite: over 120 s with four workers, 64 s with one
         while True:
@@ -230,11 +236,16 @@ def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Pa
                     assert response.status == 200
                     break
             except OSError:
-                assert ui.poll() is None, ui.stdout.read() if ui.stdout else ""
-                assert time.monotonic() < deadline, "the MLflow UI did not come up"
+                assert ui.poll() is None, "".join(said)
+                assert time.monotonic() < deadline, f"the MLflow UI did not come up: {''.join(said)}"
                 time.sleep(0.5)
+        time.sleep(0.5)  # for the reader to catch up
+        assert "(Ctrl-C stops it)" in " ".join("".join(said).split()), "".join(said)  # ours answered, not another
         ui.send_signal(signal.SIGINT)
-        ui.wait(timeout=60)
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"churnops ui did not stop within 60 s of Ctrl-C; it said: {''.join(said)}")
     finally:
         if ui.poll() is None:
             ui.kill()
