@@ -222,6 +222,9 @@ def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # started with SIGINT ignored, as a script's background job starts it (and as this suite
+        # runs when started that way): Ctrl-C must stop it all the same
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     # the UI and its server write to this pipe until they end: read it all along (a full pipe
     # would stop them mid-write), and show it when they do not behave

@@ -77,7 +77,10 @@ def serve_mlflow_ui(settings: Settings, port: int, say: Callable[[str], None]) -
         say(f"nothing is tracked yet ({store} does not exist); run `churnops train` first")
         return
     process = subprocess.Popen(mlflow_ui_command(settings, port), start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops it even when started with SIGINT ignored (from a script's background job,
+    # which inherits that, and Python then leaves it ignored): it is the documented way to stop
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     say(f"MLflow UI on http://127.0.0.1:{port} for {settings.mlflow.tracking_uri} (Ctrl-C stops it)")
     try:
         process.wait()
@@ -85,4 +88,5 @@ def serve_mlflow_ui(settings: Settings, port: int, say: Callable[[str], None]) -
         say("stopping the MLflow UI and its workers")
     finally:
         stop_group(process)
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
