@@ -108,8 +108,10 @@ class FileSource(_SourceBase):
         "incremental",
         description="incremental: each file is ingested once; snapshot: every run reads all.",
     )
-    csv_delimiter: str = Field(
-        ",", description="One character, or `whitespace`: runs of spaces or tabs (leading spaces ignored)."
+    csv_delimiter: str | None = Field(
+        None,
+        description="One character, or `whitespace`: runs of spaces or tabs (leading spaces ignored). "
+        "Default: a tab for `.tsv` files, else a comma.",
     )
     csv_decimal: Literal[".", ","] = Field(
         ".",
@@ -125,8 +127,8 @@ class FileSource(_SourceBase):
 
     @field_validator("csv_delimiter")
     @classmethod
-    def _one_character(cls, delimiter: str) -> str:
-        if delimiter != "whitespace" and len(delimiter) != 1:
+    def _one_character(cls, delimiter: str | None) -> str | None:
+        if delimiter is not None and delimiter != "whitespace" and len(delimiter) != 1:
             raise ValueError("give one character, or `whitespace`")
         return delimiter
 

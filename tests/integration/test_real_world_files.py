@@ -161,6 +161,30 @@ def test_gzip_files_are_read_by_their_suffix(tmp_path: Path) -> None:
     assert report.rows_accepted == 4
 
 
+def test_tsv_files_are_read_with_a_tab_by_their_suffix(tmp_path: Path) -> None:
+    """No `format` and no `csv_delimiter`: `.tsv` (and `.tsv.gz`) files are CSV split at tabs,
+    a `.csv` file beside them at commas; a delimiter that is set wins over the suffix."""
+    columns = {"customer_id": "c", "order_date": "d", "total_amount": "a"}
+    settings = _settings(tmp_path, format=None, csv_delimiter=None, columns=columns)
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_bad_share": 0.5})})
+    assert settings.sources[0].csv_delimiter is None
+    _drop(tmp_path, "a.tsv", "c\td\ta\n1\t2024-01-03\t4,5\n2\t2024-01-04\t5\n")  # a comma in a value
+    _drop(tmp_path, "b.TSV.gz", gzip.compress(b"c\td\ta\n3\t2024-01-05\t6.25\n"))
+    _drop(tmp_path, "c.csv", "c,d,a\n4,2024-01-06,7\n")
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert (report.rows_accepted, report.rows_quarantined, report.files_quarantined) == (3, 1, 0)
+    assert report.reasons == {"unparseable total_amount": 1}  # 4,5 is one tab-separated value
+    orders = make_lake(settings).read("orders").sort_values("customer_id")
+    assert orders["customer_id"].tolist() == [2, 3, 4]
+    assert orders["total_amount"].tolist() == [5.0, 6.25, 7.0]
+
+    semicolons = _settings(tmp_path / "set", format=None, csv_delimiter=";", columns=columns)
+    (tmp_path / "set").mkdir()
+    _drop(tmp_path / "set", "a.tsv", "c;d;a\n5;2024-01-03;8\n")
+    (report,) = ingest(semicolons, date(2024, 1, 11))
+    assert report.rows_accepted == 1
+
+
 def test_a_day_without_a_new_file_is_no_new_data_not_a_volume_drop(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     _drop(tmp_path, "day1.txt", ALIGNED)

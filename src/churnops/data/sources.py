@@ -427,7 +427,7 @@ class FileRows:
                         batch_size=rows, columns=columns
                     )
                 else:
-                    batches = _csv_batches(handle, self.source.csv_delimiter, one.columns, columns)
+                    batches = _csv_batches(handle, _delimiter(self.source, one.path), one.columns, columns)
                 for record_batch in batches:
                     yield pa.Table.from_batches([record_batch])
         except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
@@ -467,6 +467,7 @@ def _text_types(arrow_type: pa.DataType) -> Any:
 def _open_file(fs: fsspec.AbstractFileSystem, path: str, name: str, source: FileSource) -> _SourceFile:
     """Check a file can be read as rows and learn its columns, without reading its rows."""
     fmt = source.format or _format_from_suffix(path)
+    delimiter = _delimiter(source, path)
     try:
         with fs.open(path, "rb", compression="infer") as handle:
             head = handle.read(8192)
@@ -481,14 +482,14 @@ def _open_file(fs: fsspec.AbstractFileSystem, path: str, name: str, source: File
             elif fmt == "jsonl":
                 whole = pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
                 columns = list(whole.columns)
-            elif source.csv_delimiter == "whitespace":
+            elif delimiter == "whitespace":
                 whole = pd.read_csv(
                     handle, sep=r"\s+", dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
                 )
                 columns = list(whole.columns)
             else:
                 first = handle.readline().decode("utf-8-sig")
-                columns = next(csv.reader(io.StringIO(first), delimiter=source.csv_delimiter), [])
+                columns = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
     except _BadFileError:
         raise
     except (OSError, ValueError, EOFError, zlib.error, pa.ArrowException) as exc:  # a broken file, not a bug
@@ -534,12 +535,26 @@ def _csv_batches(handle: Any, delimiter: str, names: list[str], columns: list[st
     yield from reader
 
 
+SUFFIXES = ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".tsv", "csv"))
+
+
 def _format_from_suffix(path: str) -> str:
-    lowered = path.lower()
-    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv")):
-        if lowered.endswith(suffix) or lowered.endswith(suffix + ".gz"):
+    for suffix, fmt in SUFFIXES:
+        if _has_suffix(path, suffix):
             return fmt
     raise SourceError(f"cannot tell the format of {path}; set `format` on the source")
+
+
+def _has_suffix(path: str, suffix: str) -> bool:
+    lowered = path.lower()
+    return lowered.endswith(suffix) or lowered.endswith(suffix + ".gz")
+
+
+def _delimiter(source: FileSource, path: str) -> str:
+    """The source's `csv_delimiter`; unset, a tab for a `.tsv` file and a comma for any other."""
+    if source.csv_delimiter is not None:
+        return source.csv_delimiter
+    return "\t" if _has_suffix(path, ".tsv") else ","
 
 
 # --- HTTP --------------------------------------------------------------------------------
