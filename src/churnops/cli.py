@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -31,9 +32,43 @@ err_console = Console(stderr=True)
 THIRD_PARTY_LOGGERS = ("mlflow", "alembic", "feast", "ibis", "sqlalchemy", "urllib3", "httpx", "py4j", "numexpr")
 
 
+def unwrapped_help(text: str) -> str:
+    """Help text whose paragraphs are each one line, for the terminal to wrap at its width.
+
+    Typer keeps a docstring's line breaks inside a paragraph and rich then wraps each line
+    again: at 80 columns every line broke in two. A paragraph with a list or indented lines
+    (or starting with click's no-rewrap marker) keeps its breaks.
+    """
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if _keeps_lines(paragraph) else " ".join(line.strip() for line in paragraph.splitlines())
+        for paragraph in paragraphs
+    )
+
+
+def _keeps_lines(paragraph: str) -> bool:
+    lines = paragraph.splitlines()
+    return paragraph.startswith("\b") or any(
+        line[:1].isspace() or line.lstrip().startswith(("- ", "* ", "|")) for line in lines
+    )
+
+
+def _unwrap_commands(command: Any) -> None:
+    """`unwrapped_help` on a command's help and, for a group, on its commands' too."""
+    if command.help:
+        command.help = unwrapped_help(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _unwrap_commands(sub)
+
+
 class _Group(TyperGroup):
-    """Accepts -v/--verbose after the command too, and turns the errors every command can meet
-    (bad configuration, a busy or unusable workspace) into one line and an exit status."""
+    """Accepts -v/--verbose after the command too, turns the errors every command can meet
+    (bad configuration, a busy or unusable workspace) into one line and an exit status, and
+    gives every help text paragraphs the terminal wraps (`unwrapped_help`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _unwrap_commands(self)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         flags = [a for a in args if a in ("-v", "--verbose")]

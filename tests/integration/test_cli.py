@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -31,6 +33,43 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("simulate", "ingest", "status", "run", "serve-orders-api"):
         assert command in result.output
+
+
+def _command_paths(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    for name, command in getattr(group, "commands", {}).items():
+        paths += _command_paths(command, (*path, name))
+    return paths
+
+
+def test_every_help_text_wraps_at_80_columns_only_where_a_word_does_not_fit() -> None:
+    """At 80 columns, the prose of every command's --help breaks a line only where the next
+    word would not fit (docstring line breaks inside a paragraph used to be kept, and every
+    line then wrapped again, leaving half-empty lines); lists keep their lines."""
+    import typer.main
+
+    from churnops.cli import unwrapped_help
+
+    assert (
+        unwrapped_help("One\n    two.\n\n    Three\n    four.\n\n    Items:\n    - a\n    - b")
+        == "One two.\n\nThree four.\n\nItems:\n- a\n- b"
+    )
+    paths = _command_paths(typer.main.get_command(app))
+    assert len(paths) > 15
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        lines = result.output.splitlines()
+        usage = next(i for i, line in enumerate(lines) if "Usage:" in line)
+        prose = []
+        for line in lines[usage + 1 :]:
+            if line.lstrip().startswith(("╭", "│", "╰")):
+                break
+            prose.append(line.strip())
+        assert any(prose), path
+        for line, following in itertools.pairwise(prose):
+            if line and following and not following.startswith(("- ", "* ")):
+                assert len(line) + 1 + len(following.split()[0]) > 78, (path, line, following)
 
 
 def test_python_dash_m_runs_the_cli() -> None:
