@@ -80,8 +80,13 @@ def test_the_real_glibc_takes_the_settings() -> None:
     libc = _memory._glibc()
     if libc is None:
         pytest.skip("not glibc")
-    assert libc.mallopt(-3, _memory.MMAP_THRESHOLD) == 1  # mallopt returns 0 for a value it refuses
-    assert libc.mallopt(-1, _memory.HELD_TRIM_THRESHOLD) == 1
+    try:
+        assert libc.mallopt(-3, _memory.MMAP_THRESHOLD) == 1  # mallopt returns 0 for a value it refuses
+        assert libc.mallopt(-1, _memory.HELD_TRIM_THRESHOLD) == 1
+        assert libc.mallopt(-2, _memory.HELD_TOP_PAD) == 1
+    finally:  # this test process goes on trimming as the block leaves it
+        libc.mallopt(-1, _memory.RELEASED_TRIM_THRESHOLD)
+        libc.mallopt(-2, _memory.RELEASED_TOP_PAD)
     with _memory.retained_memory():
         assert _memory._depth == 1
     assert _memory._depth == 0

@@ -122,11 +122,11 @@ def connect_features(
 # Whole cents everywhere (money usually is): sums are then exact sums of cents, so a snapshot
 # has the same bits whether computed alone or stepped to among many. A missing amount (the lake
 # refuses them; a frame may not) leaves it to SQL, whose sums skip it.
+CENTS_LIMIT = 10**13  # beyond it, cents squared lose exactness in the folds' float sums
 CENTS_SQL = (
-    "COALESCE(BOOL_AND(total_amount = ROUND(total_amount * 100) / 100 AND ABS(total_amount) < 1e13), true) "
+    f"COALESCE(BOOL_AND(total_amount = ROUND(total_amount * 100) / 100 AND ABS(total_amount) < {CENTS_LIMIT}), true) "
     "AND COUNT(*) = COUNT(total_amount)"
 )
-CENTS_LIMIT = 1e13  # beyond it, cents squared lose exactness in the folds' float sums
 
 
 def whole_cents(con: Any) -> bool:
