@@ -575,9 +575,14 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None, resume
     from churnops.pipelines.steps import StepsError, run_steps
 
     running: list[str] = []
+    days = [day]  # the date running now: later dates run again after it
 
     def on_step(step: Any, result: Any, seconds: float) -> None:
         _show_step(step, result, settings)
+
+    def on_replay(again: date) -> None:
+        days.append(again)
+        console.rule(f"churnops run {again} (again, after {day})")
 
     try:
         return run_steps(
@@ -588,12 +593,13 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None, resume
             on_step=on_step,
             on_start=lambda step: running.append(step.name),
             resume_from=resume_from,
+            on_replay=on_replay,
         )
     except StepsError as exc:
         raise _fail(str(exc), 2) from exc
     except _step_errors() as exc:
-        again = f"\n(once fixed, `churnops run --date {day} --from {running[-1]}` resumes there)" if running else ""
-        raise _fail(f"{exc}{again}") from exc
+        resume = f"`churnops run --date {days[-1]} --from {running[-1]}`"
+        raise _fail(f"{exc}\n(once fixed, {resume} resumes there)" if running else str(exc)) from exc
 
 
 @app.command()
@@ -717,6 +723,10 @@ def run(
     is built from. Training runs when there is no champion yet or monitoring triggered a retrain;
     the production step decides a running A/B test. The run stops at the first failing step; a
     failing gate stops before register.
+
+    When later dates have run already (a date run out of order, or an older one again), the
+    registry is first rewound to the day before this date, and after it the later dates run
+    again in date order: the end state is what running the dates in order leaves.
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.promotion import GateVerdict, existing_registry
@@ -899,6 +909,14 @@ def _show_lineage(chain: Any) -> None:
             f"probability {p['probability']:.4f}, label {p['label']}"
         )
         console.print(Text(f"  features: {served} ({len(p['features'])} values logged)"))
+        for removed in p.get("removed_versions", []):
+            console.print(
+                Text(
+                    f"  note: version {chain.version} was renumbered: a rewind (a date run before later ones) "
+                    f"removed the version {removed['version']} of run {removed['run_id']}, trained for "
+                    f"{removed['logical_date']}; a prediction served before it came from that run"
+                )
+            )
     aliases = ", ".join(chain.aliases) or "no alias now"
     console.print(f"{chain.model} version {chain.version} ({aliases}), trained for {chain.logical_date}")
     for move in chain.alias_moves:

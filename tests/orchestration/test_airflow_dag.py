@@ -206,6 +206,34 @@ def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: 
     }
 
 
+def test_an_older_date_triggered_after_a_newer_one_ends_as_in_order(tmp_path: Path, in_order: Settings) -> None:
+    """A DAG run of a newer date, then one of an older date (a manual trigger): the older run's
+    first task rewinds what the newer date decided and its last task runs the newer date again,
+    so version 1 is the older date's model, as in date order, and the newer date trains nothing."""
+    from churnops.pipelines.promotion import existing_registry
+
+    config = _config(tmp_path)
+    settings = load_settings(config)
+    env = _migrate(tmp_path / "airflow", config)
+    runs = _drive(env, tmp_path, "run", DAYS[2], DAYS[0])
+    assert [run["state"] for run in runs] == ["success", "success"]
+    assert _registry_state(settings) == _registry_state(in_order)
+    registry = existing_registry(settings)
+    assert registry is not None
+    assert registry.version_tags("1")["logical_date"] == DAYS[0]  # not DAYS[2], whose run came first
+    assert not _kept(settings, DAYS[2], "due")["result"]["due"]
+    assert _kept(settings, DAYS[2], "due")["result"] == _kept(in_order, DAYS[2], "due")["result"]
+    from churnops.pipelines.features import feature_table
+
+    ours = {k: v.content_hash for k, v in feature_table(settings).manifest().snapshots.items()}
+    theirs = {k: v.content_hash for k, v in feature_table(in_order).manifest().snapshots.items()}
+    assert {DAYS[0], DAYS[2]} <= set(ours)
+    assert ours == {k: theirs[k] for k in ours}
+    log = (tmp_path / "driver-run.log").read_text()
+    assert "registry rewound to before 2024-12-31" in log
+    assert f"running {DAYS[2]} again, after {DAYS[0]}" in log
+
+
 def test_a_failing_gate_takes_the_notify_branch_under_airflow_dags_test(tmp_path: Path) -> None:
     """`airflow dags test` from the CLI, with a gate nothing passes: the branch notifies the team
     once, registers nothing, and the day's later steps still run."""

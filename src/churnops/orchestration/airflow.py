@@ -10,7 +10,9 @@ Tasks hand each other their small results (counts, versions, run ids, the verdic
 everything else through the workspace and the configured stores. The churnops logical date of
 a run is the end of its data interval: the run for [D-1, D) is the day D, whose data is every
 order before D. Nothing here reads the wall clock, so a rerun or a backfill of a date computes
-what `churnops run --date D` computes.
+what `churnops run --date D` computes. A run of a date before dates that have run (a manual
+trigger, a cleared run) ends as in-order runs do: its first task rewinds what the later dates
+decided in the registry and its last task runs them again in this process (`pipelines.replay`).
 
 Importing this module imports no Airflow; `build_dag` does, when the DAG file calls it.
 """
@@ -59,16 +61,46 @@ def run_step_task(step_name: str, **context: Any) -> dict[str, Any]:
     """The callable of a step's task: run the step for the run's logical date, return its result."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from churnops.pipelines.steps import run_step, step_named
+    from churnops.pipelines.steps import run_step, step_named, steps
 
     step = step_named(step_name)
     settings = _settings(context)
     day = logical_day(context)
+    listed = [s.name for s in steps()]
+    if step_name == listed[0]:
+        _rewind_for_later_days(settings, day)
     result = run_step(settings, day, step, _results(context, step_name), log.info)
+    if step_name == listed[-1]:
+        _run_later_days_again(settings, day)
     if result is None:
         raise AirflowSkipException(f"{step.name} for {day}: its condition does not hold")
     body: dict[str, Any] = result.as_dict()  # type: ignore[attr-defined]
     return body
+
+
+def _rewind_for_later_days(settings: Any, day: date) -> None:
+    """A run of a date before dates that have run (triggered by hand, or cleared and run again):
+    its first task rewinds what they decided in the registry (`pipelines.replay`)."""
+    from churnops.pipelines.replay import finish_rewind, later_days, rewind
+
+    with settings.paths.lock("churnops airflow: rewind"):
+        finish_rewind(settings)
+        later = later_days(settings, day)
+        if later:
+            log.info("%d later date(s) have run (%s to %s): rewinding their decisions", len(later), later[0], later[-1])
+            rewind(settings, day, log.info)
+
+
+def _run_later_days_again(settings: Any, day: date) -> None:
+    """Its last task runs the later dates' steps again, in this process and in date order, so
+    the workspace ends as an in-order run leaves it (their Airflow runs keep their old states)."""
+    from churnops.pipelines.replay import later_days
+    from churnops.pipelines.steps import run_steps
+
+    with settings.paths.lock("churnops airflow: replay"):
+        for again in later_days(settings, day):
+            log.info("running %s again, after %s", again, day)
+            run_steps(settings, again, progress=log.info, replay=False)
 
 
 def choose_branch(after: str, **context: Any) -> list[str]:

@@ -132,6 +132,11 @@ def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
         "features": features,
         "served_snapshot": _matching_snapshot(settings, row["customer_id"], features, row["ts"]),
     }
+    from churnops.pipelines.promotion import existing_registry
+
+    registry = existing_registry(settings)
+    # a date run before later ones rebuilt the registry: the number may have named another model then
+    lineage.prediction["removed_versions"] = registry.removed_as(str(row["version"])) if registry else []
     return lineage
 
 

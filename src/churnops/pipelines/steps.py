@@ -496,11 +496,17 @@ def run_steps(
     on_step: Callable[[Step, object | None, float], None] | None = None,
     on_start: Callable[[Step], None] | None = None,
     resume_from: str | None = None,
+    replay: bool = True,
+    on_replay: Callable[[date], None] | None = None,
 ) -> Results:
     """Run the steps in order for one logical date, in this process, under the workspace lock.
 
     Each step's result is kept under `results_dir`, so a run that failed at a step can resume
     from it: the steps before it are not run again, their kept results stand in.
+
+    When later dates have run already, a whole day's run (or its resumption) is followed by
+    theirs again, in date order, and a whole day's run first rewinds what they decided in the
+    registry (`pipelines.replay`): the end state is what running the dates in order leaves.
 
     Args:
         settings: The loaded settings.
@@ -510,9 +516,12 @@ def run_steps(
         on_step: Called after each step with its result (None if skipped) and seconds.
         on_start: Called before each step that runs.
         resume_from: Start at this step, with the kept results of the steps before it.
+        replay: Run the later dates that have run already again after this one (a whole day's
+            run or a resumption only; `only` runs just what it names).
+        on_replay: Called with each later date before it runs again.
 
     Returns:
-        Every step's result.
+        Every step's result (of this date; the later dates' are kept under `results_dir`).
 
     Raises:
         StepsError: `resume_from` names no step, or a step before it never ran for this date.
@@ -523,6 +532,19 @@ def run_steps(
         step_named(resume_from)
     results = Results()
     with settings.paths.lock("churnops run"):
+        from churnops.pipelines.replay import finish_rewind, later_days, rewind
+
+        if finish_rewind(settings):
+            say("finished a registry rewind an earlier run began")
+        later = later_days(settings, day) if replay and chosen is None else []
+        if later:
+            say(
+                f"{len(later)} later date(s) have run ({later[0]}"
+                + (f" to {later[-1]}" if len(later) > 1 else "")
+                + f"): {day} runs first, then they run again in date order"
+            )
+            if resume_from is None:
+                rewind(settings, day, say)
         resuming = resume_from is not None
         for step in steps():
             if resuming and step.name != resume_from:
@@ -537,6 +559,12 @@ def run_steps(
             result = run_step(settings, day, step, results, say, on_start)
             if on_step:
                 on_step(step, result, time.perf_counter() - started)
+        for again in later:
+            if on_replay:
+                on_replay(again)
+            else:
+                say(f"running {again} again, after {day}")
+            run_steps(settings, again, progress=progress, on_step=on_step, on_start=on_start, replay=False)
     return results
 
 

@@ -8,11 +8,17 @@ its feature service; aliases move only to complete versions, and `remove_incompl
 what a killed run left half-recorded. Every move is written as tags on the version and as a line
 in an append-only audit log; `rollback` walks that log backwards and never returns to a version
 it just left.
+
+`rewind_plan` and `apply_rewind` undo what the pipeline's days from a date on did (the versions
+they registered, the moves they made), for a day run after later days (`pipelines.replay`).
+MLflow never reuses a version number, so the registered model is rebuilt: the versions kept are
+registered again under their own numbers, from their own runs and logged models.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -296,6 +302,159 @@ class ModelRegistry:
                 "(rolled-back versions are not returned to; promote one with `registry promote`)"
             )
         return self.move("champion", earlier[-1], f"rollback: {reason}", actor=actor, kind="rollback")
+
+    # --- rewinding -----------------------------------------------------------------------
+
+    def rewind_plan(self, since: str) -> dict[str, Any] | None:
+        """What undoing the pipeline's days from `since` (YYYY-MM-DD) on takes, as JSON-able data:
+        the versions registered for those dates go, and the audit log is cut at the first move
+        made for one of them (moves by hand after it are undone too: the days after them run
+        again). The aliases return to where the moves before the cut left them. None when those
+        days left nothing in the registry.
+        """
+        from mlflow.exceptions import MlflowException
+
+        moves = self.history()
+        cut = next((i for i, m in enumerate(moves) if m.logical_date and m.logical_date >= since), len(moves))
+        found = sorted(self.client.search_model_versions(f"name = '{self.model_name}'"), key=lambda v: int(v.version))
+        dropped = [int(v.version) for v in found if v.tags.get("logical_date", "") >= since]
+        if not dropped and cut == len(moves):
+            return None
+        aliases: dict[str, str] = {}
+        for move in moves[:cut]:
+            if move.kind == "release":
+                aliases.pop(move.alias, None)
+            else:
+                aliases[move.alias] = move.version
+        try:
+            model = self.client.get_registered_model(self.model_name)
+            description, model_tags = model.description, dict(model.tags)
+        except MlflowException:  # no model yet: nothing registered, only moves to undo
+            description, model_tags = None, {}
+        return {
+            "since": since,
+            "rebuild": bool(dropped),
+            "description": description,
+            "model_tags": model_tags,
+            "versions": [
+                {
+                    "version": int(v.version),
+                    "source": v.source,
+                    "run_id": v.run_id,
+                    "model_id": getattr(v, "model_id", None),
+                    "description": v.description,
+                    # the alias tags are written again from the moves kept
+                    "tags": {k: t for k, t in v.tags.items() if not k.startswith("alias.")},
+                }
+                for v in found
+                if int(v.version) not in dropped
+            ],
+            "dropped": dropped,
+            # what the numbers removed were, for what was served under them (`registry_audit.rewound.jsonl`)
+            "removed": [
+                {
+                    "version": str(v.version),
+                    "run_id": v.run_id,
+                    "logical_date": v.tags.get("logical_date"),
+                    "source": v.source,
+                }
+                for v in found
+                if int(v.version) in dropped
+            ],
+            "aliases": aliases,
+            "moves": [asdict(m) for m in moves[:cut]],
+            "undone": [asdict(m) for m in moves[cut:]],
+        }
+
+    def apply_rewind(self, plan: dict[str, Any]) -> None:
+        """Carry out a `rewind_plan`. Calling it again with the same plan (after a crash part-way)
+        ends in the same registry: a rebuild starts over from an empty registered model."""
+        from contextlib import suppress
+
+        from mlflow.exceptions import MlflowException
+
+        kept = plan["versions"]
+        if plan["rebuild"]:
+            with suppress(MlflowException):  # a crash part-way may have left none
+                self.client.delete_registered_model(self.model_name)
+            self.client.create_registered_model(
+                self.model_name, tags=plan["model_tags"], description=plan["description"]
+            )
+            by_number = {v["version"]: v for v in kept}
+            for number in range(1, max(by_number, default=0) + 1):
+                # a number deleted long ago (a half-recorded version) is taken and deleted again
+                v = by_number.get(number) or kept[-1]
+                created = self.client.create_model_version(
+                    self.model_name,
+                    v["source"],
+                    run_id=v["run_id"],
+                    tags=v["tags"] if number in by_number else {},
+                    description=v["description"] if number in by_number else None,
+                    model_id=v["model_id"],
+                )
+                if int(created.version) != number:
+                    raise RegistryError(
+                        f"rebuilding {self.model_name}: MLflow numbered a version {created.version}, not {number}"
+                    )
+                if number not in by_number:
+                    self.client.delete_model_version(self.model_name, str(number))
+        else:
+            for v in kept:
+                for key in self._version(str(v["version"])).tags:
+                    if key.startswith("alias."):
+                        self.client.delete_model_version_tag(self.model_name, str(v["version"]), key)
+        for alias in ALIASES:
+            holder, wanted = self.holder(alias), plan["aliases"].get(alias)
+            if wanted is None and holder is not None:
+                self.client.delete_registered_model_alias(self.model_name, alias)
+            elif wanted is not None and wanted != holder:
+                self.client.set_registered_model_alias(self.model_name, alias, wanted)
+        numbers = {str(v["version"]) for v in kept}
+        for record in plan["moves"]:  # the alias tags as the kept moves wrote them
+            move = AliasMove(**record)
+            if move.version not in numbers:
+                continue
+            if move.kind == "release":
+                self.tag(move.version, f"alias.{move.alias}.released", _json({"at": move.at, "reason": move.reason}))
+                continue
+            for key, value in (
+                ("at", move.at),
+                ("actor", move.actor),
+                ("reason", move.reason),
+                ("previous", move.previous or ""),
+                ("metrics", _json(move.metrics)),
+            ):
+                self.tag(move.version, f"alias.{move.alias}.{key}", value)
+        self._rewrite_audit(plan)
+
+    @property
+    def rewound_log(self) -> Path:
+        """Where a rewind keeps the moves it undid and the versions it removed."""
+        return self.audit_log.with_name(f"{self.audit_log.stem}.rewound.jsonl")
+
+    def removed_as(self, version: str) -> list[dict[str, Any]]:
+        """Versions a rewind removed that had this number (the number now names another model)."""
+        return [
+            r
+            for r in read_lines(self.rewound_log)
+            if r.get("model") == self.model_name and r.get("kind") == "removed" and r.get("version") == str(version)
+        ]
+
+    def _rewrite_audit(self, plan: dict[str, Any]) -> None:
+        """The audit log keeps the moves before the cut (and other models' lines); the moves
+        undone go to `<audit log>.rewound.jsonl`, so nothing is lost."""
+        from churnops.data.lake import write_local_atomic
+
+        others = [r for r in read_lines(self.audit_log) if r.get("model") != self.model_name]
+        rewound = self.rewound_log
+        present = {json.dumps(r, sort_keys=True) for r in read_lines(rewound)}
+        removed = [{"model": self.model_name, "kind": "removed", **v} for v in plan.get("removed", [])]
+        for record in [*plan["undone"], *removed]:
+            line = {**record, "rewound_since": plan["since"]}
+            if json.dumps(line, sort_keys=True) not in present:  # once, even if applied again
+                append_line(rewound, line)
+        lines = [json.dumps(r, default=str) + "\n" for r in [*others, *plan["moves"]]]
+        write_local_atomic(str(self.audit_log), "".join(lines).encode())
 
     def _version(self, version: str) -> Any:
         from mlflow.exceptions import MlflowException

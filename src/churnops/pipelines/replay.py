@@ -1,0 +1,110 @@
+"""A day run after later days: rewind what those days decided, run the day, run them again.
+
+A day builds on the days before it: the champion it keeps or replaces, the A/B test it decides,
+the retrain monitoring's history asks for. So when the daily steps run for a date D while later
+dates have already run (a first run out of order, or a rerun of an older date), their decisions
+were taken without D's. To end in the state an in-order run leaves:
+
+1. **rewind** the registry to the end of the day before D: the versions registered for D and
+   later dates go, the alias moves made for them are undone (the audit log keeps them in
+   `registry_audit.rewound.jsonl`), and because MLflow never reuses a version number the
+   registered model is rebuilt with the versions kept under their own numbers;
+2. run D's steps;
+3. run each later date's steps again, in date order.
+
+What needs no rewind: the feature snapshots of a date are a function of the orders before it, so
+running them again rewrites the same content; monitoring's decisions are derived from its history
+in day order (`monitoring.decide`), and a day run again replaces its own entry; training reuses
+the completed run of the same inputs, so a day that trained before trains no further. Prediction
+logs record what was served and are kept as they are. The raw lake is not rewound: a date whose
+orders a later date already ingested ingests nothing new, and its features are the same.
+
+The rewind is written to `<workspace>/registry_rewind.json` before it starts and removed when it
+has finished; a run that finds the file (a crash part-way) carries it out first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from churnops.settings import Settings
+
+
+def runs_root(settings: Settings) -> Path:
+    """Where each date's step results are kept (`runs/<date>/<step>.json`)."""
+    return settings.paths.root / "runs"
+
+
+def started_days(settings: Settings) -> list[date]:
+    """The dates any step has run for, in date order."""
+    root = runs_root(settings)
+    if not root.is_dir():
+        return []
+    days = []
+    for folder in root.iterdir():
+        try:
+            day = date.fromisoformat(folder.name)
+        except ValueError:
+            continue
+        if any(folder.glob("*.json")):
+            days.append(day)
+    return sorted(days)
+
+
+def later_days(settings: Settings, day: date) -> list[date]:
+    """The dates after `day` that have already run (they are run again after it)."""
+    return [d for d in started_days(settings) if d > day]
+
+
+def plan_path(settings: Settings) -> Path:
+    """A rewind under way."""
+    return settings.paths.root / "registry_rewind.json"
+
+
+def finish_rewind(settings: Settings) -> bool:
+    """Carry out a rewind a crash interrupted; whether there was one."""
+    from churnops.pipelines.promotion import existing_registry
+
+    path = plan_path(settings)
+    if not path.exists():
+        return False
+    registry = existing_registry(settings)
+    if registry is not None:
+        _use_tracking(settings)
+        registry.apply_rewind(json.loads(path.read_text()))
+    path.unlink()
+    return True
+
+
+def _use_tracking(settings: Settings) -> None:
+    """MLflow finds a version's logged model through its global tracking URI (and a moved
+    workspace's store is rebased first), as when the version was registered."""
+    from churnops.training.tracking import use_tracking
+
+    use_tracking(settings)
+
+
+def rewind(settings: Settings, day: date, say: Callable[[str], None]) -> None:
+    """Undo in the registry what the runs of `day` and later dates did (see the module)."""
+    from churnops.data.lake import write_local_atomic
+    from churnops.pipelines.promotion import existing_registry
+
+    finish_rewind(settings)
+    registry = existing_registry(settings)
+    plan = registry.rewind_plan(day.isoformat()) if registry is not None else None
+    if registry is None or plan is None:
+        return
+    _use_tracking(settings)
+    write_local_atomic(str(plan_path(settings)), json.dumps(plan, default=str).encode())
+    registry.apply_rewind(plan)
+    plan_path(settings).unlink()
+    dropped = ", ".join(str(v) for v in plan["dropped"])
+    kept = ", ".join(f"{alias} v{version}" for alias, version in sorted(plan["aliases"].items())) or "no aliases"
+    say(
+        f"registry rewound to before {day}: "
+        + (f"version(s) {dropped} removed, " if dropped else "")
+        + f"{len(plan['undone'])} alias move(s) undone; {kept}"
+    )
