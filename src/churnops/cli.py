@@ -571,7 +571,9 @@ def _step_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def _run_steps(settings: Settings, day: date, only: Sequence[str] | None, resume_from: str | None = None) -> Any:
+def _run_steps(
+    settings: Settings, day: date, only: Sequence[str] | None, resume_from: str | None = None, replay: bool = True
+) -> Any:
     from churnops.pipelines.steps import StepsError, run_steps
 
     running: list[str] = []
@@ -593,6 +595,7 @@ def _run_steps(settings: Settings, day: date, only: Sequence[str] | None, resume
             on_step=on_step,
             on_start=lambda step: running.append(step.name),
             resume_from=resume_from,
+            replay=replay,
             on_replay=on_replay,
         )
     except StepsError as exc:
@@ -714,6 +717,14 @@ def run(
             "they kept for the date stand in.",
         ),
     ] = None,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay/--no-replay",
+            help="When later dates have run already: rewind the registry and run them again after this date "
+            "(default), or run this date alone on top of what they decided.",
+        ),
+    ] = True,
 ) -> None:
     """Run the daily pipeline for one logical date: simulate (if the sources are the simulated shop),
     ingest, features, validate, training when due, gate, register, staging, integration tests,
@@ -726,7 +737,8 @@ def run(
 
     When later dates have run already (a date run out of order, or an older one again), the
     registry is first rewound to the day before this date, and after it the later dates run
-    again in date order: the end state is what running the dates in order leaves.
+    again in date order: the end state is what running the dates in order leaves
+    (`--no-replay` runs this date alone).
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.promotion import GateVerdict, existing_registry
@@ -738,7 +750,7 @@ def run(
     except IngestError as exc:
         raise _fail(str(exc)) from exc
     console.rule(f"churnops run {day}")
-    results = _run_steps(settings, day, None, resume_from)
+    results = _run_steps(settings, day, None, resume_from, replay)
     verdict = results.find(GateVerdict)
     if verdict is not None and not verdict.passed:
         raise _fail("the challenger failed the gate; nothing was registered (see the conditions above)")

@@ -145,3 +145,40 @@ def test_an_older_date_run_again_and_a_rewind_cut_short_change_nothing(
     assert said[0] == "finished a registry rewind an earlier run began"
     assert not plan_path(copy).exists()
     assert _state(copy) == in_order
+
+
+def test_the_cli_says_what_runs_again_and_no_replay_runs_the_date_alone(tmp_path: Path) -> None:
+    """`churnops run` names each later date it runs again under a rule of its own;
+    `--no-replay` runs the older date alone and leaves the later date's run as it was."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from churnops.cli import app
+    from churnops.pipelines.promotion import existing_registry
+
+    config = tmp_path / "churnops.yaml"
+    config.write_text(yaml.safe_dump({"workspace": str(tmp_path / "ws"), **CONFIG, **AGEING}))
+    settings = load_settings(config)
+    cli = CliRunner()
+    later = settings.paths.root / "runs" / DAYS[1].isoformat() / "due.json"
+
+    def run(*args: str) -> str:
+        result = cli.invoke(app, ["run", "-c", str(config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("--date", DAYS[1].isoformat())
+    before = later.read_text()
+    alone = run("--date", DAYS[0].isoformat(), "--no-replay")
+    assert "again" not in alone
+    assert later.read_text() == before
+    registry = existing_registry(settings)
+    assert registry is not None
+    assert registry.version_tags("1")["logical_date"] == DAYS[1].isoformat()  # left as the later date made it
+
+    out = run("--date", DAYS[0].isoformat())
+    assert f"1 later date(s) have run ({DAYS[1]}): {DAYS[0]} runs first" in out
+    assert f"churnops run {DAYS[1]} (again, after {DAYS[0]})" in out
+    assert "version(s) 1 removed" in out
+    assert registry.version_tags("1")["logical_date"] == DAYS[0].isoformat()
+    assert json.loads(later.read_text())["result"]["due"] is False  # version 1 is the champion, trained before it
