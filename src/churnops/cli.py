@@ -921,18 +921,11 @@ def _show_lineage(chain: Any) -> None:
             f"probability {p['probability']:.4f}, label {p['label']}"
         )
         console.print(Text(f"  features: {served} ({len(p['features'])} values logged)"))
-        for removed in p.get("removed_versions", []):
-            console.print(
-                Text(
-                    f"  note: version {chain.version} was renumbered: a rewind (a date run before later ones) "
-                    f"removed the version {removed['version']} of run {removed['run_id']}, trained for "
-                    f"{removed['logical_date']}; a prediction served before it came from that run"
-                )
-            )
     aliases = ", ".join(chain.aliases) or "no alias now"
     console.print(f"{chain.model} version {chain.version} ({aliases}), trained for {chain.logical_date}")
     for move in chain.alias_moves:
-        console.print(Text(f"  {move['at']}  {move['kind']} {move['alias']} by {move['actor']}: {move['reason']}"))
+        who = f" {move['alias']} by {move['actor']}" if move["alias"] else ""
+        console.print(Text(f"  {move['at']}  {move['kind']}{who}: {move['reason']}"))
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(chain.holdout.items()) if k in ("f1", "roc_auc"))
     console.print(f"MLflow run {chain.run_id} ({chain.candidate}; holdout {metrics or 'not recorded'})")
     console.print(Text(f"  model files sha256 {chain.model_sha256 or 'not recorded'}"))

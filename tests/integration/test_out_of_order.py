@@ -182,3 +182,42 @@ def test_the_cli_says_what_runs_again_and_no_replay_runs_the_date_alone(tmp_path
     assert "version(s) 1 removed" in out
     assert registry.version_tags("1")["logical_date"] == DAYS[0].isoformat()
     assert json.loads(later.read_text())["result"]["due"] is False  # version 1 is the champion, trained before it
+
+
+def test_a_prediction_served_by_a_removed_version_traces_to_that_version(tmp_path: Path) -> None:
+    """Version 1 serves, then a date run before its date removes it and registers another
+    version 1: a prediction logged before the rewind traces to the removed version's run and
+    date, one logged after it to the new version 1."""
+    from datetime import UTC, datetime
+
+    from churnops.pipelines.lineage import prediction_lineage
+    from churnops.pipelines.train import TrainResult
+    from churnops.serving.prediction_log import LogRecord, PredictionLog
+
+    settings = _settings(tmp_path / "ws")
+
+    def serve(request_id: str) -> None:
+        log = PredictionLog(settings.serving.prediction_log_url)
+        record = LogRecord(
+            request_id, datetime.now(UTC), 7, "churn_predictor", "1", "champion", ["x"], [1.0], 0.9, 1, 1.0
+        )
+        log.put([record])
+        log.close()
+
+    from churnops.pipelines.steps import run_steps
+
+    newer = run_steps(settings, DAYS[1]).get(TrainResult)
+    serve("before-the-rewind")
+    older = run_steps(settings, DAYS[0]).get(TrainResult)
+    serve("after-the-rewind")
+    assert newer.run_id != older.run_id
+
+    before = prediction_lineage(settings, "before-the-rewind")
+    assert (before.version, before.run_id, before.logical_date) == ("1 (removed)", newer.run_id, DAYS[1].isoformat())
+    assert before.aliases == []
+    assert [m["kind"] for m in before.alias_moves][-1] == "removed"
+    assert {m["alias"] for m in before.alias_moves if m["kind"] == "move"} == {"challenger", "champion"}
+    assert before.raw_partitions  # the removed run's own lineage.json, read back
+    after = prediction_lineage(settings, "after-the-rewind")
+    assert (after.version, after.run_id, after.logical_date) == ("1", older.run_id, DAYS[0].isoformat())
+    assert "champion" in after.aliases

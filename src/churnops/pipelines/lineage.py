@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from churnops.jsonl import read_lines
 from churnops.settings import Settings
 
 
@@ -63,7 +64,7 @@ def model_lineage(settings: Settings, version: str) -> Lineage:
     Raises:
         LineageError: No such version (or no registry yet).
     """
-    from churnops.pipelines.promotion import ARTIFACT_DIGEST, existing_registry
+    from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
     if registry is None:
@@ -73,19 +74,57 @@ def model_lineage(settings: Settings, version: str) -> Lineage:
         known = ", ".join(sorted(found, key=int)) or "none"
         raise LineageError(f"{registry.model_name} has no version {version}; its versions: {known}")
     row = found[version]
-    tags = row["tags"]
-    recorded = _run_lineage(registry, row["run_id"])
     moves = [
         {"at": m.at, "alias": m.alias, "kind": m.kind, "actor": m.actor, "reason": m.reason}
         for m in registry.history()
         if m.version == version
     ]
+    return _version_lineage(settings, registry, version, list(row["aliases"]), moves, row["run_id"], row["tags"])
+
+
+def _removed_lineage(settings: Settings, registry: Any, removed: dict[str, Any]) -> Lineage:
+    """The chain of a version a rewind removed (its number now names another model), from what
+    the rewind kept of it: its run, its tags and the moves undone with it."""
+    version = removed["version"]
+    moves = [
+        {"at": r["at"], "alias": r["alias"], "kind": r["kind"], "actor": r["actor"], "reason": r["reason"]}
+        for r in read_lines(registry.rewound_log)
+        if r.get("kind") != "removed"
+        and r.get("version") == version
+        and r.get("rewound_at") == removed.get("rewound_at")
+    ]
+    moves.append(
+        {
+            "at": removed.get("rewound_at", ""),
+            "alias": "",
+            "kind": "removed",
+            "actor": "",
+            "reason": f"removed by a rewind to before {removed['rewound_since']} (a date run before later ones)",
+        }
+    )
+    return _version_lineage(
+        settings, registry, f"{version} (removed)", [], moves, removed["run_id"], removed.get("tags", {})
+    )
+
+
+def _version_lineage(
+    settings: Settings,
+    registry: Any,
+    version: str,
+    aliases: list[str],
+    moves: list[dict[str, Any]],
+    run_id: str,
+    tags: dict[str, str],
+) -> Lineage:
+    from churnops.pipelines.promotion import ARTIFACT_DIGEST
+
+    recorded = _run_lineage(registry, run_id)
     return Lineage(
         model=registry.model_name,
         version=version,
-        aliases=list(row["aliases"]),
+        aliases=aliases,
         alias_moves=moves,
-        run_id=row["run_id"],
+        run_id=run_id,
         candidate=tags.get("candidate", ""),
         logical_date=tags.get("logical_date", recorded.get("logical_date", "")),
         holdout=json.loads(tags.get("holdout_metrics", "{}")),
@@ -120,7 +159,7 @@ def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
         raise LineageError(
             f"no logged prediction has request_id {request_id!r} (an item of a request is `<request>-<index>`)"
         )
-    lineage = model_lineage(settings, str(row["version"]))
+    lineage = _served_lineage(settings, str(row["version"]), row["ts"])
     features = row["features"]
     lineage.prediction = {
         "request_id": row["request_id"],
@@ -132,12 +171,24 @@ def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
         "features": features,
         "served_snapshot": _matching_snapshot(settings, row["customer_id"], features, row["ts"]),
     }
+    return lineage
+
+
+def _served_lineage(settings: Settings, version: str, ts: Any) -> Lineage:
+    """The chain of the version that served at `ts` under this number: a rewind (a date run
+    before later ones) may have removed it since, and the number now names another model."""
+    import pandas as pd
+
     from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
-    # a date run before later ones rebuilt the registry: the number may have named another model then
-    lineage.prediction["removed_versions"] = registry.removed_as(str(row["version"])) if registry else []
-    return lineage
+    if registry is not None:
+        served = pd.Timestamp(ts)
+        served = served.tz_localize("UTC") if served.tzinfo is None else served
+        for removed in sorted(registry.removed_as(version), key=lambda r: r.get("rewound_at", "")):
+            if "rewound_at" in removed and pd.Timestamp(removed["rewound_at"]) > served:
+                return _removed_lineage(settings, registry, removed)  # the first rewind after it removed it
+    return model_lineage(settings, version)
 
 
 def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:

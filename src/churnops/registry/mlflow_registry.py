@@ -333,6 +333,7 @@ class ModelRegistry:
             description, model_tags = None, {}
         return {
             "since": since,
+            "at": datetime.now(UTC).isoformat(),  # when it was planned: what was served before it, by what
             "rebuild": bool(dropped),
             "description": description,
             "model_tags": model_tags,
@@ -357,6 +358,7 @@ class ModelRegistry:
                     "run_id": v.run_id,
                     "logical_date": v.tags.get("logical_date"),
                     "source": v.source,
+                    "tags": dict(v.tags),
                 }
                 for v in found
                 if int(v.version) in dropped
@@ -450,7 +452,7 @@ class ModelRegistry:
         present = {json.dumps(r, sort_keys=True) for r in read_lines(rewound)}
         removed = [{"model": self.model_name, "kind": "removed", **v} for v in plan.get("removed", [])]
         for record in [*plan["undone"], *removed]:
-            line = {**record, "rewound_since": plan["since"]}
+            line = {**record, "rewound_since": plan["since"], "rewound_at": plan["at"]}
             if json.dumps(line, sort_keys=True) not in present:  # once, even if applied again
                 append_line(rewound, line)
         lines = [json.dumps(r, default=str) + "\n" for r in [*others, *plan["moves"]]]
