@@ -553,12 +553,14 @@ def _step_errors() -> tuple[type[Exception], ...]:
     from churnops.monitoring.drift import MonitoringError
     from churnops.pipelines.features import FeatureBuildError
     from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.replay import ReplayPendingError
     from churnops.pipelines.simulate import SimulationError
     from churnops.pipelines.train import TrainingError
     from churnops.registry.mlflow_registry import RegistryError
     from churnops.serving.deploy import DeployError
 
     return (
+        ReplayPendingError,
         SimulationError,
         IngestError,
         BatchRejectedError,
@@ -1205,6 +1207,7 @@ def deploy_staging_command(config: ConfigOption = None, date_: DateOption = None
     A/B-tests that version.
     """
     from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.replay import ReplayPendingError, settle
     from churnops.pipelines.steps import default_run_date
     from churnops.serving.deploy import DeployError, deploy_staging
 
@@ -1212,8 +1215,9 @@ def deploy_staging_command(config: ConfigOption = None, date_: DateOption = None
     try:
         day = _parse_day(date_, "--date") or default_run_date(settings)
         with settings.paths.lock("churnops deploy staging"):
+            settle(settings, day)
             result = deploy_staging(settings, day, _progress_line)
-    except (DeployError, IngestError) as exc:
+    except (DeployError, IngestError, ReplayPendingError) as exc:
         raise _fail(str(exc)) from exc
     _show_staged(result)
     if result.version and not result.skipped and not result.passed:
@@ -1234,6 +1238,7 @@ def deploy_production_command(
     goes back.
     """
     from churnops.pipelines.ingest import IngestError
+    from churnops.pipelines.replay import ReplayPendingError, settle
     from churnops.pipelines.steps import default_run_date
     from churnops.serving.deploy import DeployError, deploy_production
 
@@ -1241,8 +1246,9 @@ def deploy_production_command(
     try:
         day = _parse_day(date_, "--date") or default_run_date(settings)
         with settings.paths.lock("churnops deploy production"):
+            settle(settings, day)
             result = deploy_production(settings, day, reason, _progress_line)
-    except (DeployError, IngestError) as exc:
+    except (DeployError, IngestError, ReplayPendingError) as exc:
         raise _fail(str(exc)) from exc
     _show_production(result)
 

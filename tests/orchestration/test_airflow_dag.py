@@ -111,7 +111,7 @@ def test_the_dag_file_parses_with_the_designed_shape_and_touches_nothing(tmp_pat
     assert {"churnops", "mlops"} <= set(dag["tags"])
     assert dag["params"] == ["config"]
     tasks = dag["tasks"]
-    assert set(tasks) == {*STEP_TASKS, "gate_branch"}
+    assert set(tasks) == {*STEP_TASKS, "gate_branch", "replay"}
     upstream = {task_id: task["upstream"] for task_id, task in tasks.items()}
     assert upstream == {
         "simulate": [],
@@ -129,12 +129,13 @@ def test_the_dag_file_parses_with_the_designed_shape_and_touches_nothing(tmp_pat
         "production": ["integration", "notify"],
         "monitor": ["production"],
         "trigger": ["monitor"],
+        "replay": ["trigger"],  # the later dates a run of an older date rewound for, run again
     }
     assert tasks["gate_branch"]["operator"] == "BranchPythonOperator"
     for task_id, task in tasks.items():
         assert task["retries"] == 2, task_id
         assert task["retry_delay_s"] == 600, task_id
-        assert task["execution_timeout_s"] == 7200, task_id
+        assert task["execution_timeout_s"] == (86400 if task_id == "replay" else 7200), task_id
         assert task["owner"] == "churnops", task_id
         assert task["depends_on_past"] is True, task_id  # days run in date order
         # a skipped step (nothing due, nothing registered) must not stop the day's later steps
@@ -167,7 +168,7 @@ def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: 
     assert [run["interval"][1][:10] for run in runs] == DAYS  # the churnops date is the end of the data interval
     # the first model becomes champion at once: nothing to stage, so the integration tests skip
     not_run = {k: v for k, v in first["tasks"].items() if v != "success"}
-    assert not_run == {"notify": "skipped", "integration": "skipped"}
+    assert not_run == {"notify": "skipped", "integration": "skipped", "replay": "skipped"}  # no later date
     assert _kept(settings, DAYS[0], "staging")["result"]["skipped"].endswith("is the champion already")
     for day in DAYS:
         checked = _kept(settings, day, "validate")["result"]
@@ -176,7 +177,7 @@ def test_dag_runs_and_a_rerun_leave_what_the_in_process_runner_leaves(tmp_path: 
     # the later days: no training due, so the training branch skips itself and production and monitoring still run
     for day, run in zip(DAYS[1:], later, strict=True):
         assert run["tasks"]["due"] == "success", day
-        assert {t for t, state in run["tasks"].items() if state == "skipped"} == TRAINING_BRANCH, day
+        assert {t for t, state in run["tasks"].items() if state == "skipped"} == TRAINING_BRANCH | {"replay"}, day
         assert run["tasks"]["production"] == run["tasks"]["monitor"] == run["tasks"]["trigger"] == "success", day
         assert not _kept(settings, day, "due")["result"]["due"], day
 
@@ -217,6 +218,7 @@ def test_an_older_date_triggered_after_a_newer_one_ends_as_in_order(tmp_path: Pa
     env = _migrate(tmp_path / "airflow", config)
     runs = _drive(env, tmp_path, "run", DAYS[2], DAYS[0])
     assert [run["state"] for run in runs] == ["success", "success"]
+    assert [run["tasks"]["replay"] for run in runs] == ["skipped", "success"]
     assert _registry_state(settings) == _registry_state(in_order)
     registry = existing_registry(settings)
     assert registry is not None

@@ -12,7 +12,8 @@ a run is the end of its data interval: the run for [D-1, D) is the day D, whose 
 order before D. Nothing here reads the wall clock, so a rerun or a backfill of a date computes
 what `churnops run --date D` computes. A run of a date before dates that have run (a manual
 trigger, a cleared run) ends as in-order runs do: its first task rewinds what the later dates
-decided in the registry and its last task runs them again in this process (`pipelines.replay`).
+decided in the registry, and its `replay` task, after the last step, runs them again in this
+process (`pipelines.replay`).
 
 Importing this module imports no Airflow; `build_dag` does, when the DAG file calls it.
 """
@@ -66,12 +67,9 @@ def run_step_task(step_name: str, **context: Any) -> dict[str, Any]:
     step = step_named(step_name)
     settings = _settings(context)
     day = logical_day(context)
-    listed = [s.name for s in steps()]
-    if step_name == listed[0]:
+    if step_name == steps()[0].name:
         _rewind_for_later_days(settings, day)
     result = run_step(settings, day, step, _results(context, step_name), log.info)
-    if step_name == listed[-1]:
-        _run_later_days_again(settings, day)
     if result is None:
         raise AirflowSkipException(f"{step.name} for {day}: its condition does not hold")
     body: dict[str, Any] = result.as_dict()  # type: ignore[attr-defined]
@@ -80,27 +78,42 @@ def run_step_task(step_name: str, **context: Any) -> dict[str, Any]:
 
 def _rewind_for_later_days(settings: Any, day: date) -> None:
     """A run of a date before dates that have run (triggered by hand, or cleared and run again):
-    its first task rewinds what they decided in the registry (`pipelines.replay`)."""
-    from churnops.pipelines.replay import finish_rewind, later_days, rewind
+    its first task records the later dates as owed and rewinds what they decided in the
+    registry (`pipelines.replay`); the `replay` task runs them again."""
+    from churnops.pipelines.replay import later_days, owe, rewind, settle
 
     with settings.paths.lock("churnops airflow: rewind"):
-        finish_rewind(settings)
+        settle(settings, day)  # refuses while an earlier date's replay is owed
         later = later_days(settings, day)
         if later:
             log.info("%d later date(s) have run (%s to %s): rewinding their decisions", len(later), later[0], later[-1])
+            owe(settings, day, later)
             rewind(settings, day, log.info)
 
 
-def _run_later_days_again(settings: Any, day: date) -> None:
-    """Its last task runs the later dates' steps again, in this process and in date order, so
-    the workspace ends as an in-order run leaves it (their Airflow runs keep their old states)."""
-    from churnops.pipelines.replay import later_days
+def replay_task(**context: Any) -> list[str]:
+    """The callable of the `replay` task: run again, in date order and in this process, the
+    later dates this run's first task rewound for, so the workspace ends as an in-order run
+    leaves it (their own Airflow runs keep their states). Each date done is recorded, so a
+    retry carries on with the next."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from churnops.pipelines.replay import paid, pending
     from churnops.pipelines.steps import run_steps
 
+    settings = _settings(context)
+    day = logical_day(context)
+    done = []
     with settings.paths.lock("churnops airflow: replay"):
-        for again in later_days(settings, day):
+        owed = pending(settings)
+        if owed is None or owed["after"] != day.isoformat():
+            raise AirflowSkipException(f"no later date to run again after {day}")
+        for again in owed["dates"]:
             log.info("running %s again, after %s", again, day)
-            run_steps(settings, again, progress=log.info, replay=False)
+            run_steps(settings, date.fromisoformat(again), progress=log.info, replay=False)
+            paid(settings, date.fromisoformat(again))
+            done.append(again)
+    return done
 
 
 def choose_branch(after: str, **context: Any) -> list[str]:
@@ -182,4 +195,13 @@ def build_dag(
                 else:
                     tasks[name] >> task
             tasks[step.name] = task
+        replay = PythonOperator(
+            task_id="replay",
+            python_callable=replay_task,
+            trigger_rule=TriggerRule.NONE_FAILED,
+            # one run of each later date, each up to a day's run: not the 2-hour limit of a step
+            execution_timeout=timedelta(hours=24),
+            doc_md="run again the later dates this run's first task rewound for (skipped when none)",
+        )
+        tasks[listed[-1].name] >> replay
     return dag

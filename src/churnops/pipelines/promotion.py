@@ -75,9 +75,12 @@ class Registered:
 
 
 def model_registry(settings: Settings) -> ModelRegistry:
-    """The registry for the configured model (creates the embedded store if needed)."""
+    """The registry for the configured model (creates the embedded store if needed), for a
+    writer holding the workspace lock: a registry rewind a crash cut short is finished first."""
+    from churnops.pipelines.replay import finish_rewind
     from churnops.training.tracking import use_tracking
 
+    finish_rewind(settings)
     use_tracking(settings)
     return ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.model_name, settings.paths.registry_audit)
 

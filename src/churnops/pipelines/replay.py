@@ -5,12 +5,17 @@ the retrain monitoring's history asks for. So when the daily steps run for a dat
 dates have already run (a first run out of order, or a rerun of an older date), their decisions
 were taken without D's. To end in the state an in-order run leaves:
 
-1. **rewind** the registry to the end of the day before D: the versions registered for D and
-   later dates go, the alias moves made for them are undone (the audit log keeps them in
+1. record the later dates as owed (`<workspace>/replay_pending.json`), then **rewind** the
+   registry to the end of the day before D: the versions registered for D and later dates go,
+   the alias moves made for them are undone (the audit log keeps them in
    `registry_audit.rewound.jsonl`), and because MLflow never reuses a version number the
    registered model is rebuilt with the versions kept under their own numbers;
 2. run D's steps;
-3. run each later date's steps again, in date order.
+3. run each later date's steps again, in date order, crossing it off the owed list.
+
+While dates are owed, a run of a date after D is refused (`check_pending`): it would build on
+the rewound registry. Resuming D (`--from`) rewinds what later dates decided since D began, then
+runs them again.
 
 What needs no rewind: the feature snapshots of a date are a function of the orders before it, so
 running them again rewrites the same content; monitoring's decisions are derived from its history
@@ -20,7 +25,8 @@ logs record what was served and are kept as they are. The raw lake is not rewoun
 orders a later date already ingested ingests nothing new, and its features are the same.
 
 The rewind is written to `<workspace>/registry_rewind.json` before it starts and removed when it
-has finished; a run that finds the file (a crash part-way) carries it out first.
+has finished; a run, or any command that writes to the registry, that finds the file (a crash
+part-way) carries it out first.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from churnops.settings import Settings
 
@@ -64,6 +71,70 @@ def plan_path(settings: Settings) -> Path:
     return settings.paths.root / "registry_rewind.json"
 
 
+def pending_path(settings: Settings) -> Path:
+    """The later dates a run rewound for and has still to run again."""
+    return settings.paths.root / "replay_pending.json"
+
+
+class ReplayPendingError(RuntimeError):
+    """A date's run rewound the registry and has not run the later dates again yet: a run of
+    a date after it would build on the rewound registry."""
+
+
+def pending(settings: Settings) -> dict[str, Any] | None:
+    """{"after": the date that rewound, "dates": the later dates still to run again}, if any."""
+    path = pending_path(settings)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def owe(settings: Settings, day: date, later: list[date]) -> None:
+    """Record, before the rewind, that `later` run again after `day`."""
+    from churnops.data.lake import write_local_atomic
+
+    body = {"after": day.isoformat(), "dates": [d.isoformat() for d in later]}
+    write_local_atomic(str(pending_path(settings)), json.dumps(body).encode())
+
+
+def paid(settings: Settings, again: date) -> None:
+    """A later date has run again (the record goes with the last one)."""
+    from churnops.data.lake import write_local_atomic
+
+    body = pending(settings)
+    if body is None:
+        return
+    body["dates"] = [d for d in body["dates"] if d != again.isoformat()]
+    if body["dates"]:
+        write_local_atomic(str(pending_path(settings)), json.dumps(body).encode())
+    else:
+        pending_path(settings).unlink()
+
+
+def check_pending(settings: Settings, day: date) -> None:
+    """Refuse a run of a date after one whose run rewound the registry and stopped before
+    running the later dates again (their decisions are undone until they do).
+
+    Raises:
+        ReplayPendingError: Such a run is owed.
+    """
+    body = pending(settings)
+    if body is None or day.isoformat() <= body["after"]:
+        return
+    dates = body["dates"]
+    raise ReplayPendingError(
+        f"the run of {body['after']} rewound the registry and stopped before running "
+        f"{len(dates)} later date(s) again ({dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "); "
+        f"finish it first: `churnops run --date {body['after']} --from STEP` (the step that failed), or the "
+        "whole date again (under Airflow: clear its failed tasks)"
+    )
+
+
+def settle(settings: Settings, day: date) -> None:
+    """Before a command moves aliases for a date (under the workspace lock): finish a rewind a
+    crash cut short, and refuse while an earlier date's replay is owed (`check_pending`)."""
+    finish_rewind(settings)
+    check_pending(settings, day)
+
+
 def finish_rewind(settings: Settings) -> bool:
     """Carry out a rewind a crash interrupted; whether there was one."""
     from churnops.pipelines.promotion import existing_registry
@@ -74,7 +145,7 @@ def finish_rewind(settings: Settings) -> bool:
     registry = existing_registry(settings)
     if registry is not None:
         _use_tracking(settings)
-        registry.apply_rewind(json.loads(path.read_text()))
+        _apply(registry, json.loads(path.read_text()))
     path.unlink()
     return True
 
@@ -87,24 +158,43 @@ def _use_tracking(settings: Settings) -> None:
     use_tracking(settings)
 
 
-def rewind(settings: Settings, day: date, say: Callable[[str], None]) -> None:
-    """Undo in the registry what the runs of `day` and later dates did (see the module)."""
+def _apply(registry: Any, plan: dict[str, Any]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from churnops.registry.mlflow_registry import RegistryError
+
+    try:
+        registry.apply_rewind(plan)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"rewinding the registry to before {plan['since']} failed part-way: {exc.message}; the plan is kept "
+            "in registry_rewind.json and the next run carries it out once the cause is fixed"
+        ) from exc
+
+
+def rewind(settings: Settings, since: date, say: Callable[[str], None]) -> None:
+    """Undo in the registry what the runs of `since` and later dates did (see the module)."""
     from churnops.data.lake import write_local_atomic
     from churnops.pipelines.promotion import existing_registry
 
     finish_rewind(settings)
     registry = existing_registry(settings)
-    plan = registry.rewind_plan(day.isoformat()) if registry is not None else None
+    plan = registry.rewind_plan(since.isoformat()) if registry is not None else None
     if registry is None or plan is None:
         return
     _use_tracking(settings)
     write_local_atomic(str(plan_path(settings)), json.dumps(plan, default=str).encode())
-    registry.apply_rewind(plan)
+    _apply(registry, plan)
     plan_path(settings).unlink()
     dropped = ", ".join(str(v) for v in plan["dropped"])
     kept = ", ".join(f"{alias} v{version}" for alias, version in sorted(plan["aliases"].items())) or "no aliases"
+    by_hand = (
+        f" ({plan['hand_moves']} of them made by hand with `churnops registry`: they are not made again)"
+        if plan["hand_moves"]
+        else ""
+    )
     say(
-        f"registry rewound to before {day}: "
+        f"registry rewound to before {since}: "
         + (f"version(s) {dropped} removed, " if dropped else "")
-        + f"{len(plan['undone'])} alias move(s) undone; {kept}"
+        + f"{len(plan['undone'])} alias move(s) undone{by_hand}; {kept}"
     )

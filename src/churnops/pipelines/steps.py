@@ -525,6 +525,8 @@ def run_steps(
 
     Raises:
         StepsError: `resume_from` names no step, or a step before it never ran for this date.
+        ReplayPendingError: An earlier date's run rewound the registry and has not run the
+            later dates again yet (see `pipelines.replay`).
     """
     say = progress or (lambda _: None)
     chosen = set(only) if only is not None else None
@@ -532,19 +534,22 @@ def run_steps(
         step_named(resume_from)
     results = Results()
     with settings.paths.lock("churnops run"):
-        from churnops.pipelines.replay import finish_rewind, later_days, rewind
+        from churnops.pipelines import replay as replays
 
-        if finish_rewind(settings):
+        if replays.finish_rewind(settings):
             say("finished a registry rewind an earlier run began")
-        later = later_days(settings, day) if replay and chosen is None else []
+        if replay:
+            replays.check_pending(settings, day)
+        later = replays.later_days(settings, day) if replay and chosen is None else []
         if later:
             say(
                 f"{len(later)} later date(s) have run ({later[0]}"
                 + (f" to {later[-1]}" if len(later) > 1 else "")
                 + f"): {day} runs first, then they run again in date order"
             )
-            if resume_from is None:
-                rewind(settings, day, say)
+            replays.owe(settings, day, later)
+            # a resumed date keeps what its own steps did; the later dates' decisions go either way
+            replays.rewind(settings, day if resume_from is None else day + timedelta(days=1), say)
         resuming = resume_from is not None
         for step in steps():
             if resuming and step.name != resume_from:
@@ -565,6 +570,7 @@ def run_steps(
             else:
                 say(f"running {again} again, after {day}")
             run_steps(settings, again, progress=progress, on_step=on_step, on_start=on_start, replay=False)
+            replays.paid(settings, again)
     return results
 
 

@@ -326,6 +326,8 @@ class ModelRegistry:
                 aliases.pop(move.alias, None)
             else:
                 aliases[move.alias] = move.version
+        from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
         try:
             model = self.client.get_registered_model(self.model_name)
             description, model_tags = model.description, dict(model.tags)
@@ -342,10 +344,10 @@ class ModelRegistry:
                     "version": int(v.version),
                     "source": v.source,
                     "run_id": v.run_id,
-                    "model_id": getattr(v, "model_id", None),
+                    # search results of the SQL store leave it out; a tracking server requires it
+                    "model_id": getattr(v, "model_id", None) or _parse_model_id_if_present(v.source or ""),
                     "description": v.description,
-                    # the alias tags are written again from the moves kept
-                    "tags": {k: t for k, t in v.tags.items() if not k.startswith("alias.")},
+                    "tags": _tags_kept(str(v.version), dict(v.tags), moves[cut:]),
                 }
                 for v in found
                 if int(v.version) not in dropped
@@ -364,6 +366,7 @@ class ModelRegistry:
                 if int(v.version) in dropped
             ],
             "aliases": aliases,
+            "hand_moves": sum(1 for m in moves[cut:] if not m.logical_date),
             "moves": [asdict(m) for m in moves[:cut]],
             "undone": [asdict(m) for m in moves[cut:]],
         }
@@ -403,7 +406,7 @@ class ModelRegistry:
         else:
             for v in kept:
                 for key in self._version(str(v["version"])).tags:
-                    if key.startswith("alias."):
+                    if key not in v["tags"]:
                         self.client.delete_model_version_tag(self.model_name, str(v["version"]), key)
         for alias in ALIASES:
             holder, wanted = self.holder(alias), plan["aliases"].get(alias)
@@ -443,20 +446,33 @@ class ModelRegistry:
         ]
 
     def _rewrite_audit(self, plan: dict[str, Any]) -> None:
-        """The audit log keeps the moves before the cut (and other models' lines); the moves
-        undone go to `<audit log>.rewound.jsonl`, so nothing is lost."""
+        """The audit log keeps the moves before the cut and other models' lines, in their order;
+        every other line of this model (the moves undone, and any written since the plan was
+        made) goes to `<audit log>.rewound.jsonl`, with the versions removed: nothing is lost."""
+        from collections import Counter
+
         from churnops.data.lake import write_local_atomic
 
-        others = [r for r in read_lines(self.audit_log) if r.get("model") != self.model_name]
-        rewound = self.rewound_log
-        present = {json.dumps(r, sort_keys=True) for r in read_lines(rewound)}
+        def key(record: dict[str, Any]) -> str:
+            return json.dumps(record, sort_keys=True, default=str)
+
+        kept_moves = Counter(key(m) for m in plan["moves"])
+        kept, cut = [], []
+        for record in read_lines(self.audit_log):
+            if record.get("model") != self.model_name:
+                kept.append(record)
+            elif kept_moves[key(record)] > 0:
+                kept_moves[key(record)] -= 1
+                kept.append(record)
+            else:
+                cut.append(record)
         removed = [{"model": self.model_name, "kind": "removed", **v} for v in plan.get("removed", [])]
-        for record in [*plan["undone"], *removed]:
+        present = {key(r) for r in read_lines(self.rewound_log)}
+        for record in [*cut, *removed]:
             line = {**record, "rewound_since": plan["since"], "rewound_at": plan["at"]}
-            if json.dumps(line, sort_keys=True) not in present:  # once, even if applied again
-                append_line(rewound, line)
-        lines = [json.dumps(r, default=str) + "\n" for r in [*others, *plan["moves"]]]
-        write_local_atomic(str(self.audit_log), "".join(lines).encode())
+            if key(line) not in present:  # once, even if the plan is applied again
+                append_line(self.rewound_log, line)
+        write_local_atomic(str(self.audit_log), "".join(key(r) + "\n" for r in kept).encode())
 
     def _version(self, version: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -465,6 +481,26 @@ class ModelRegistry:
             return self.client.get_model_version(self.model_name, str(version))
         except MlflowException as exc:
             raise RegistryError(f"{self.model_name} has no version {version}") from exc
+
+
+def _tags_kept(version: str, tags: dict[str, str], undone: list[AliasMove]) -> dict[str, str]:
+    """A kept version's tags once the moves undone are undone: without the alias tags (written
+    again from the moves kept), and without the verdicts written beside an undone move: the
+    A/B outcome of an undone A/B decision, the integration tests of an undone staging."""
+    mine = [m for m in undone if m.version == version]
+    decided = any(
+        (m.alias == "champion" and m.kind == "move" and m.reason.startswith("A/B test"))
+        or (m.alias == "challenger" and m.kind == "release")
+        for m in mine
+    )
+    staged = any(m.alias == "staging" for m in mine)
+    return {
+        k: t
+        for k, t in tags.items()
+        if not k.startswith("alias.")
+        and not (decided and k.startswith("ab."))
+        and not (staged and k.startswith("integration."))
+    }
 
 
 def _json(value: Any) -> str:
