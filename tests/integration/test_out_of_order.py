@@ -242,7 +242,8 @@ def test_failed_runs_resume_to_the_in_order_state_and_a_replay_owed_blocks_newer
     oldest resumes `--from register`: the newer date's decisions are rewound and it runs again.
     2. The oldest date runs again and fails after its rewind: until it is resumed, a run of a
     newer date is refused (it would build on the rewound registry); resumed, the newer dates run
-    again and the refusal ends. Both end as the dates run in order."""
+    again and the refusal ends. 3. A later date's run again fails: it is the one to resume.
+    Each ends as the dates run in order."""
     from churnops.pipelines import promotion
     from churnops.pipelines.replay import ReplayPendingError, pending
     from churnops.pipelines.steps import run_steps
@@ -270,12 +271,37 @@ def test_failed_runs_resume_to_the_in_order_state_and_a_replay_owed_blocks_newer
     with pytest.raises(RegistryError):
         run_steps(settings, DAYS[0])  # rewinds, retrains (reused), fails at register
     monkeypatch.setattr(promotion, "register", register)
-    assert pending(settings) == {"after": DAYS[0].isoformat(), "dates": [DAYS[1].isoformat(), DAYS[2].isoformat()]}
+    owed_dates = [DAYS[1].isoformat(), DAYS[2].isoformat()]
+    assert pending(settings) == {"after": DAYS[0].isoformat(), "after_done": False, "dates": owed_dates}
     with pytest.raises(ReplayPendingError, match=f"churnops run --date {DAYS[0]} --from STEP"):
         run_steps(settings, DAYS[2])
     _run(settings, [DAYS[0]], resume_from="register")
     assert pending(settings) is None
     assert _registry_dates(settings) == _registry_dates(expected)
+
+    # 3. the oldest date runs again and a later date's run again fails: that date is the one
+    # to resume (and the only later one allowed to run), and resuming it finishes the rest
+    from churnops.monitoring.drift import MonitoringError
+    from churnops.pipelines import steps
+
+    trigger = steps.trigger_step
+
+    def failing_on_the_middle_date(settings: Settings, day: date, results: Any, say: Any) -> Any:
+        if day == DAYS[1]:
+            raise MonitoringError("the alert webhook is down")
+        return trigger(settings, day, results, say)
+
+    monkeypatch.setattr(steps, "trigger_step", failing_on_the_middle_date)
+    with pytest.raises(MonitoringError):
+        run_steps(settings, DAYS[0])
+    monkeypatch.setattr(steps, "trigger_step", trigger)
+    assert pending(settings) == {"after": DAYS[0].isoformat(), "after_done": True, "dates": owed_dates}
+    with pytest.raises(ReplayPendingError, match=f"churnops run --date {DAYS[1]} --from STEP"):
+        run_steps(settings, DAYS[2])
+    _run(settings, [DAYS[1]], resume_from="trigger")
+    assert pending(settings) is None
+    assert _registry_dates(settings) == _registry_dates(expected)
+    assert json.loads((settings.paths.root / "runs" / DAYS[2].isoformat() / "trigger.json").read_text())["result"]
 
 
 def test_a_move_written_between_a_cut_short_rewind_and_its_end_is_kept_aside(tmp_path: Path) -> None:

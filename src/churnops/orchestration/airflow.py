@@ -98,22 +98,23 @@ def replay_task(**context: Any) -> list[str]:
     retry carries on with the next."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from churnops.pipelines.replay import paid, pending
+    from churnops.pipelines import replay
     from churnops.pipelines.steps import run_steps
 
     settings = _settings(context)
     day = logical_day(context)
-    done = []
+    ran = []
     with settings.paths.lock("churnops airflow: replay"):
-        owed = pending(settings)
+        owed = replay.pending(settings)
         if owed is None or owed["after"] != day.isoformat():
             raise AirflowSkipException(f"no later date to run again after {day}")
+        replay.done(settings, day)  # this date's steps are done: their tasks succeeded or skipped
         for again in owed["dates"]:
             log.info("running %s again, after %s", again, day)
             run_steps(settings, date.fromisoformat(again), progress=log.info, replay=False)
-            paid(settings, date.fromisoformat(again))
-            done.append(again)
-    return done
+            replay.paid(settings, date.fromisoformat(again))
+            ran.append(again)
+    return ran
 
 
 def choose_branch(after: str, **context: Any) -> list[str]:

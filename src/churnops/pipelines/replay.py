@@ -91,8 +91,23 @@ def owe(settings: Settings, day: date, later: list[date]) -> None:
     """Record, before the rewind, that `later` run again after `day`."""
     from churnops.data.lake import write_local_atomic
 
-    body = {"after": day.isoformat(), "dates": [d.isoformat() for d in later]}
+    body = {"after": day.isoformat(), "after_done": False, "dates": [d.isoformat() for d in later]}
     write_local_atomic(str(pending_path(settings)), json.dumps(body).encode())
+
+
+def done(settings: Settings, day: date) -> None:
+    """A date's own steps are done: what is owed now is running the later dates again (or, for
+    an owed date run on its own, as when resumed after its replay failed, it is crossed off)."""
+    from churnops.data.lake import write_local_atomic
+
+    body = pending(settings)
+    if body is None:
+        return
+    if body["after"] == day.isoformat():
+        body["after_done"] = True
+        write_local_atomic(str(pending_path(settings)), json.dumps(body).encode())
+    else:
+        paid(settings, day)
 
 
 def paid(settings: Settings, again: date) -> None:
@@ -120,11 +135,15 @@ def check_pending(settings: Settings, day: date) -> None:
     if body is None or day.isoformat() <= body["after"]:
         return
     dates = body["dates"]
+    # the date its run stopped at: itself, or the first later date whose run again failed
+    stopped = dates[0] if body.get("after_done") else body["after"]
+    if day.isoformat() == stopped:
+        return
     raise ReplayPendingError(
         f"the run of {body['after']} rewound the registry and stopped before running "
         f"{len(dates)} later date(s) again ({dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "); "
-        f"finish it first: `churnops run --date {body['after']} --from STEP` (the step that failed), or the "
-        "whole date again (under Airflow: clear its failed tasks)"
+        f"finish it first: `churnops run --date {stopped} --from STEP` (the step that failed), or run "
+        f"{stopped} again (under Airflow: clear the failed tasks)"
     )
 
 

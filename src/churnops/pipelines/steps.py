@@ -564,6 +564,8 @@ def run_steps(
             result = run_step(settings, day, step, results, say, on_start)
             if on_step:
                 on_step(step, result, time.perf_counter() - started)
+        if replay and chosen is None:
+            replays.done(settings, day)
         for again in later:
             if on_replay:
                 on_replay(again)
