@@ -752,6 +752,13 @@ def run(
     except IngestError as exc:
         raise _fail(str(exc)) from exc
     console.rule(f"churnops run {day}")
+    if not replay:  # alone, but not on a registry rewound for dates still owed
+        from churnops.pipelines.replay import ReplayPendingError, check_pending
+
+        try:
+            check_pending(settings, day)
+        except ReplayPendingError as exc:
+            raise _fail(str(exc)) from exc
     results = _run_steps(settings, day, None, resume_from, replay)
     verdict = results.find(GateVerdict)
     if verdict is not None and not verdict.passed:
@@ -923,6 +930,14 @@ def _show_lineage(chain: Any) -> None:
             f"probability {p['probability']:.4f}, label {p['label']}"
         )
         console.print(Text(f"  features: {served} ({len(p['features'])} values logged)"))
+        for other in p.get("may_have_been", []):
+            console.print(
+                Text(
+                    f"  note: a rewind on {other['rewound_at'][:19]} removed an earlier version {other['version']} "
+                    f"(run {other['run_id']}, trained for {other['logical_date']}); the servers' clock is the "
+                    "logical date's, so the log cannot tell which of the two served this prediction"
+                )
+            )
     aliases = ", ".join(chain.aliases) or "no alias now"
     console.print(f"{chain.model} version {chain.version} ({aliases}), trained for {chain.logical_date}")
     for move in chain.alias_moves:

@@ -169,6 +169,12 @@ def test_the_cli_says_what_runs_again_and_no_replay_runs_the_date_alone(tmp_path
 
     run("--date", DAYS[1].isoformat())
     before = later.read_text()
+    # a resumption that cannot start (the date never ran) fails before it rewinds anything
+    wrong = cli.invoke(app, ["run", "-c", str(config), "--date", DAYS[0].isoformat(), "--from", "train"])
+    assert wrong.exit_code == 2, wrong.output
+    assert "has not run for" in wrong.output
+    assert not (settings.paths.root / "replay_pending.json").exists()
+    assert {v["version"] for v in existing_registry(settings).versions()} == {"1"}  # type: ignore[union-attr]
     alone = run("--date", DAYS[0].isoformat(), "--no-replay")
     assert "again" not in alone
     assert later.read_text() == before
@@ -184,13 +190,17 @@ def test_the_cli_says_what_runs_again_and_no_replay_runs_the_date_alone(tmp_path
     assert json.loads(later.read_text())["result"]["due"] is False  # version 1 is the champion, trained before it
 
 
-def test_a_prediction_served_by_a_removed_version_traces_to_that_version(tmp_path: Path) -> None:
+def test_a_prediction_served_by_a_removed_version_traces_to_that_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Version 1 serves, then a date run before its date removes it and registers another
-    version 1: a prediction logged before the rewind traces to the removed version's run and
-    date, one logged after it to the new version 1."""
+    version 1. Servers on the wall clock: a prediction logged before the rewind traces to the
+    removed version's run and date, one logged after it to the new version 1. Servers on the
+    simulated shop's calendar (this workspace): the time cannot tell, so the lineage names both."""
     from datetime import UTC, datetime
 
-    from churnops.pipelines.lineage import prediction_lineage
+    from churnops.pipelines import lineage
+    from churnops.pipelines.steps import run_steps
     from churnops.pipelines.train import TrainResult
     from churnops.serving.prediction_log import LogRecord, PredictionLog
 
@@ -198,13 +208,9 @@ def test_a_prediction_served_by_a_removed_version_traces_to_that_version(tmp_pat
 
     def serve(request_id: str) -> None:
         log = PredictionLog(settings.serving.prediction_log_url)
-        record = LogRecord(
-            request_id, datetime.now(UTC), 7, "churn_predictor", "1", "champion", ["x"], [1.0], 0.9, 1, 1.0
-        )
-        log.put([record])
+        now = datetime.now(UTC)
+        log.put([LogRecord(request_id, now, 7, "churn_predictor", "1", "champion", ["x"], [1.0], 0.9, 1, 1.0)])
         log.close()
-
-    from churnops.pipelines.steps import run_steps
 
     newer = run_steps(settings, DAYS[1]).get(TrainResult)
     serve("before-the-rewind")
@@ -212,15 +218,25 @@ def test_a_prediction_served_by_a_removed_version_traces_to_that_version(tmp_pat
     serve("after-the-rewind")
     assert newer.run_id != older.run_id
 
-    before = prediction_lineage(settings, "before-the-rewind")
+    assert not lineage.served_on_the_wall_clock(settings)
+    for request_id in ("before-the-rewind", "after-the-rewind"):
+        chain = lineage.prediction_lineage(settings, request_id)
+        assert (chain.version, chain.run_id) == ("1", older.run_id)
+        assert [(m["run_id"], m["logical_date"]) for m in chain.prediction["may_have_been"]] == [
+            (newer.run_id, DAYS[1].isoformat())
+        ]
+
+    monkeypatch.setattr(lineage, "served_on_the_wall_clock", lambda settings: True)
+    before = lineage.prediction_lineage(settings, "before-the-rewind")
     assert (before.version, before.run_id, before.logical_date) == ("1 (removed)", newer.run_id, DAYS[1].isoformat())
     assert before.aliases == []
     assert [m["kind"] for m in before.alias_moves][-1] == "removed"
     assert {m["alias"] for m in before.alias_moves if m["kind"] == "move"} == {"challenger", "champion"}
     assert before.raw_partitions  # the removed run's own lineage.json, read back
-    after = prediction_lineage(settings, "after-the-rewind")
+    after = lineage.prediction_lineage(settings, "after-the-rewind")
     assert (after.version, after.run_id, after.logical_date) == ("1", older.run_id, DAYS[0].isoformat())
     assert "champion" in after.aliases
+    assert "may_have_been" not in after.prediction
 
 
 def _registry_dates(settings: Settings) -> dict[str, Any]:

@@ -69,6 +69,8 @@ def run_step_task(step_name: str, **context: Any) -> dict[str, Any]:
     day = logical_day(context)
     if step_name == steps()[0].name:
         _rewind_for_later_days(settings, day)
+    else:
+        _refuse_a_partial_rerun(settings, day)
     result = run_step(settings, day, step, _results(context, step_name), log.info)
     if result is None:
         raise AirflowSkipException(f"{step.name} for {day}: its condition does not hold")
@@ -91,6 +93,26 @@ def _rewind_for_later_days(settings: Any, day: date) -> None:
             rewind(settings, day, log.info)
 
 
+def _refuse_a_partial_rerun(settings: Any, day: date) -> None:
+    """A task of an older date run again on its own (a partial clear) after later dates ran:
+    it would act on their decisions. Only a run whose first task rewound for them may go on.
+
+    Raises:
+        churnops.pipelines.replay.ReplayPendingError: Later dates have run and this date's run
+            did not rewind for them.
+    """
+    from churnops.pipelines.replay import ReplayPendingError, later_days, pending
+
+    later = later_days(settings, day)
+    owed = pending(settings)
+    if later and (owed is None or owed["after"] != day.isoformat()):
+        raise ReplayPendingError(
+            f"later dates have run since this run of {day} began ({later[0]}"
+            + (f" to {later[-1]}" if len(later) > 1 else "")
+            + "); clear the whole run, from its first task, so their decisions are rewound and they run again"
+        )
+
+
 def replay_task(**context: Any) -> list[str]:
     """The callable of the `replay` task: run again, in date order and in this process, the
     later dates this run's first task rewound for, so the workspace ends as an in-order run
@@ -107,6 +129,9 @@ def replay_task(**context: Any) -> list[str]:
     with settings.paths.lock("churnops airflow: replay"):
         owed = replay.pending(settings)
         if owed is None or owed["after"] != day.isoformat():
+            _refuse_a_partial_rerun(settings, day)
+            # the date a failed run again stopped at, run again on its own: crossed off
+            replay.done(settings, day)
             raise AirflowSkipException(f"no later date to run again after {day}")
         replay.done(settings, day)  # this date's steps are done: their tasks succeeded or skipped
         for again in owed["dates"]:
@@ -202,6 +227,9 @@ def build_dag(
             trigger_rule=TriggerRule.NONE_FAILED,
             # one run of each later date, each up to a day's run: not the 2-hour limit of a step
             execution_timeout=timedelta(hours=24),
+            # a DAG without this task before (an upgrade) must not wait for its past run; the
+            # owed-dates record and one active run keep the dates in order
+            depends_on_past=False,
             doc_md="run again the later dates this run's first task rewound for (skipped when none)",
         )
         tasks[listed[-1].name] >> replay

@@ -162,6 +162,7 @@ def prediction_lineage(settings: Settings, request_id: str) -> Lineage:
     lineage = _served_lineage(settings, str(row["version"]), row["ts"])
     features = row["features"]
     lineage.prediction = {
+        **lineage.prediction,
         "request_id": row["request_id"],
         "ts": str(row["ts"]),
         "customer_id": None if row["customer_id"] is None else int(row["customer_id"]),
@@ -182,13 +183,29 @@ def _served_lineage(settings: Settings, version: str, ts: Any) -> Lineage:
     from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
-    if registry is not None:
+    removed_as = registry.removed_as(version) if registry is not None else []
+    if registry is not None and removed_as and served_on_the_wall_clock(settings):
         served = pd.Timestamp(ts)
         served = served.tz_localize("UTC") if served.tzinfo is None else served
-        for removed in sorted(registry.removed_as(version), key=lambda r: r.get("rewound_at", "")):
+        for removed in sorted(removed_as, key=lambda r: r.get("rewound_at", "")):
             if "rewound_at" in removed and pd.Timestamp(removed["rewound_at"]) > served:
                 return _removed_lineage(settings, registry, removed)  # the first rewind after it removed it
-    return model_lineage(settings, version)
+    lineage = model_lineage(settings, version)
+    if removed_as and not served_on_the_wall_clock(settings):
+        # the servers' clock is the logical date's: the log cannot tell which version served
+        lineage.prediction["may_have_been"] = [
+            {k: r.get(k) for k in ("version", "run_id", "logical_date", "rewound_since", "rewound_at")}
+            for r in removed_as
+        ]
+    return lineage
+
+
+def served_on_the_wall_clock(settings: Settings) -> bool:
+    """Whether the servers stamp predictions with the wall clock (so a prediction's time tells
+    whether it came before a rewind): not with `serving.as_of` or the simulated shop's calendar."""
+    from churnops.pipelines.steps import simulated_sources
+
+    return settings.serving.as_of is None and not simulated_sources(settings)
 
 
 def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:

@@ -540,6 +540,11 @@ def run_steps(
             say("finished a registry rewind an earlier run began")
         if replay:
             replays.check_pending(settings, day)
+        if resume_from is not None:  # a resumption that cannot start fails before anything is rewound
+            for step in steps():
+                if step.name == resume_from:
+                    break
+                _kept(settings, day, step)
         later = replays.later_days(settings, day) if replay and chosen is None else []
         if later:
             say(
