@@ -82,7 +82,8 @@ class ReplayPendingError(RuntimeError):
 
 
 def pending(settings: Settings) -> dict[str, Any] | None:
-    """{"after": the date that rewound, "dates": the later dates still to run again}, if any."""
+    """{"after": the date that rewound, "after_done": whether its own steps are done, "dates":
+    the later dates still to run again}, if any."""
     path = pending_path(settings)
     return json.loads(path.read_text()) if path.exists() else None
 
