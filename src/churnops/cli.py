@@ -1379,6 +1379,7 @@ def status(config: ConfigOption = None) -> None:
         console.print(f"model {settings.mlflow.model_name}: {len(versions)} version(s); {aliases or 'no aliases'}")
     else:
         console.print(f"model {settings.mlflow.model_name}: no versions yet (run `churnops train`)")
+    _show_replay_state(settings)
     if state.runs:
         rows = [
             [
@@ -1392,6 +1393,24 @@ def status(config: ConfigOption = None) -> None:
         console.print(_table("last runs", ["ran at (UTC)", "step", "logical date", "status"], rows, [False] * 4))
     else:
         console.print("no runs yet")
+
+
+def _show_replay_state(settings: Settings) -> None:
+    """A rewind cut short, and later dates still to run again (`pipelines.replay`), if any."""
+    from churnops.pipelines.replay import ReplayPendingError, check_pending, pending, plan_path
+
+    if plan_path(settings).exists():
+        console.print("registry: a rewind was cut short; the next run or registry command finishes it")
+    owed = pending(settings)
+    if owed is None:
+        return
+    dates = owed["dates"]
+    span = dates[0] + (f" to {dates[-1]}" if len(dates) > 1 else "")
+    console.print(Text(f"dates owed: {len(dates)} later date(s) ({span}) to run again after {owed['after']}"))
+    try:  # a date after every other: what a newer run is told
+        check_pending(settings, date.max)
+    except ReplayPendingError as exc:
+        console.print(Text(f"  {exc}"))
 
 
 @app.command()

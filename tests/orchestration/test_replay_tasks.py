@@ -60,3 +60,25 @@ def test_the_date_a_failed_replay_stopped_at_is_crossed_off_by_its_own_run(tmp_p
         adapter.replay_task(**_at(context, "2025-01-03"))
     assert replay.pending(settings) is None
     replay.check_pending(settings, datetime(2025, 1, 4).date())
+
+
+def test_status_shows_the_dates_owed_and_a_rewind_cut_short(tmp_path: Path) -> None:
+    """`churnops status` names the dates still to run again, the date to finish first, and a
+    rewind a crash cut short."""
+    from typer.testing import CliRunner
+
+    from churnops.cli import app
+
+    context, settings = _workspace(tmp_path, ["2025-01-01", "2025-01-03"])
+    config = str(context["params"]["config"])  # type: ignore[index]
+    quiet = CliRunner().invoke(app, ["status", "-c", config], env={"COLUMNS": "200"})
+    assert quiet.exit_code == 0, quiet.output
+    assert "dates owed" not in quiet.output
+    replay.owe(settings, datetime(2025, 1, 1).date(), [datetime(2025, 1, 3).date()])
+    replay.done(settings, datetime(2025, 1, 1).date())
+    replay.plan_path(settings).write_text("{}")
+    shown = CliRunner().invoke(app, ["status", "-c", config], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "dates owed: 1 later date(s) (2025-01-03) to run again after 2025-01-01" in shown.output
+    assert "churnops run --date 2025-01-03 --from STEP" in shown.output
+    assert "a rewind was cut short" in shown.output
