@@ -1397,7 +1397,7 @@ def status(config: ConfigOption = None) -> None:
 
 def _show_replay_state(settings: Settings) -> None:
     """A rewind cut short, and later dates still to run again (`pipelines.replay`), if any."""
-    from churnops.pipelines.replay import ReplayPendingError, check_pending, pending, plan_path
+    from churnops.pipelines.replay import ReplayPendingError, check_pending, pending, plan_path, span
 
     if plan_path(settings).exists():
         console.print("registry: a rewind was cut short; the next run or registry command finishes it")
@@ -1405,8 +1405,7 @@ def _show_replay_state(settings: Settings) -> None:
     if owed is None:
         return
     dates = owed["dates"]
-    span = dates[0] + (f" to {dates[-1]}" if len(dates) > 1 else "")
-    console.print(Text(f"dates owed: {len(dates)} later date(s) ({span}) to run again after {owed['after']}"))
+    console.print(Text(f"dates owed: {len(dates)} later date(s) ({span(dates)}) to run again after {owed['after']}"))
     try:  # a date after every other: what a newer run is told
         check_pending(settings, date.max)
     except ReplayPendingError as exc:

@@ -82,13 +82,13 @@ def _rewind_for_later_days(settings: Any, day: date) -> None:
     """A run of a date before dates that have run (triggered by hand, or cleared and run again):
     its first task records the later dates as owed and rewinds what they decided in the
     registry (`pipelines.replay`); the `replay` task runs them again."""
-    from churnops.pipelines.replay import later_days, owe, rewind, settle
+    from churnops.pipelines.replay import later_days, owe, rewind, settle, span
 
     with settings.paths.lock("churnops airflow: rewind"):
         settle(settings, day)  # refuses while an earlier date's replay is owed
         later = later_days(settings, day)
         if later:
-            log.info("%d later date(s) have run (%s to %s): rewinding their decisions", len(later), later[0], later[-1])
+            log.info("%d later date(s) have run (%s): rewinding their decisions", len(later), span(later))
             owe(settings, day, later)
             rewind(settings, day, log.info)
 
@@ -101,15 +101,14 @@ def _refuse_a_partial_rerun(settings: Any, day: date) -> None:
         churnops.pipelines.replay.ReplayPendingError: Later dates have run and this date's run
             did not rewind for them.
     """
-    from churnops.pipelines.replay import ReplayPendingError, later_days, pending
+    from churnops.pipelines.replay import ReplayPendingError, later_days, pending, span
 
     later = later_days(settings, day)
     owed = pending(settings)
     if later and (owed is None or owed["after"] != day.isoformat()):
         raise ReplayPendingError(
-            f"later dates have run since this run of {day} began ({later[0]}"
-            + (f" to {later[-1]}" if len(later) > 1 else "")
-            + "); clear the whole run, from its first task, so their decisions are rewound and they run again"
+            f"later dates have run since this run of {day} began ({span(later)}); clear the whole run, "
+            "from its first task, so their decisions are rewound and they run again"
         )
 
 

@@ -184,14 +184,15 @@ def _served_lineage(settings: Settings, version: str, ts: Any) -> Lineage:
 
     registry = existing_registry(settings)
     removed_as = registry.removed_as(version) if registry is not None else []
-    if registry is not None and removed_as and served_on_the_wall_clock(settings):
+    wall_clock = served_on_the_wall_clock(settings)
+    if registry is not None and removed_as and wall_clock:
         served = pd.Timestamp(ts)
         served = served.tz_localize("UTC") if served.tzinfo is None else served
         for removed in sorted(removed_as, key=lambda r: r.get("rewound_at", "")):
             if "rewound_at" in removed and pd.Timestamp(removed["rewound_at"]) > served:
                 return _removed_lineage(settings, registry, removed)  # the first rewind after it removed it
     lineage = model_lineage(settings, version)
-    if removed_as and not served_on_the_wall_clock(settings):
+    if removed_as and not wall_clock:
         # the servers' clock is the logical date's: the log cannot tell which version served
         lineage.prediction["may_have_been"] = [
             {k: r.get(k) for k in ("version", "run_id", "logical_date", "rewound_since", "rewound_at")}
@@ -203,9 +204,11 @@ def _served_lineage(settings: Settings, version: str, ts: Any) -> Lineage:
 def served_on_the_wall_clock(settings: Settings) -> bool:
     """Whether the servers stamp predictions with the wall clock (so a prediction's time tells
     whether it came before a rewind): not with `serving.as_of` or the simulated shop's calendar."""
-    from churnops.pipelines.steps import simulated_sources
+    from datetime import date
 
-    return settings.serving.as_of is None and not simulated_sources(settings)
+    from churnops.serving.deploy import serving_as_of
+
+    return serving_as_of(settings, date.min) is None  # the servers' clock, for any day
 
 
 def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:

@@ -66,6 +66,11 @@ def later_days(settings: Settings, day: date) -> list[date]:
     return [d for d in started_days(settings) if d > day]
 
 
+def span(dates: list[Any]) -> str:
+    """`first` or `first to last`, for messages."""
+    return f"{dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")
+
+
 def plan_path(settings: Settings) -> Path:
     """A rewind under way."""
     return settings.paths.root / "registry_rewind.json"
@@ -142,7 +147,7 @@ def check_pending(settings: Settings, day: date) -> None:
         return
     raise ReplayPendingError(
         f"the run of {body['after']} rewound the registry and stopped before running "
-        f"{len(dates)} later date(s) again ({dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "); "
+        f"{len(dates)} later date(s) again ({span(dates)}); "
         f"finish it first: `churnops run --date {stopped} --from STEP` (the step that failed), or run "
         f"{stopped} again (under Airflow: clear the failed tasks)"
     )

@@ -196,14 +196,7 @@ class ModelRegistry:
             logical_date=logical_date,
         )
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
-        for key, value in (
-            ("at", move.at),
-            ("actor", move.actor),
-            ("reason", reason),
-            ("previous", move.previous or ""),
-            ("metrics", _json(move.metrics)),
-        ):
-            self.tag(str(version), f"alias.{alias}.{key}", value)
+        self._tag_move(move)
         append_line(self.audit_log, asdict(move))
         return move
 
@@ -251,7 +244,7 @@ class ModelRegistry:
             logical_date=logical_date,
         )
         self.client.delete_registered_model_alias(self.model_name, alias)
-        self.tag(holder, f"alias.{alias}.released", _json({"at": move.at, "reason": reason}))
+        self._tag_move(move)
         append_line(self.audit_log, asdict(move))
         return move
 
@@ -417,20 +410,23 @@ class ModelRegistry:
         numbers = {str(v["version"]) for v in kept}
         for record in plan["moves"]:  # the alias tags as the kept moves wrote them
             move = AliasMove(**record)
-            if move.version not in numbers:
-                continue
-            if move.kind == "release":
-                self.tag(move.version, f"alias.{move.alias}.released", _json({"at": move.at, "reason": move.reason}))
-                continue
-            for key, value in (
-                ("at", move.at),
-                ("actor", move.actor),
-                ("reason", move.reason),
-                ("previous", move.previous or ""),
-                ("metrics", _json(move.metrics)),
-            ):
-                self.tag(move.version, f"alias.{move.alias}.{key}", value)
+            if move.version in numbers:
+                self._tag_move(move)
         self._rewrite_audit(plan)
+
+    def _tag_move(self, move: AliasMove) -> None:
+        """Record a move on its version's tags (a release: when and why the alias came off)."""
+        if move.kind == "release":
+            self.tag(move.version, f"alias.{move.alias}.released", _json({"at": move.at, "reason": move.reason}))
+            return
+        for key, value in (
+            ("at", move.at),
+            ("actor", move.actor),
+            ("reason", move.reason),
+            ("previous", move.previous or ""),
+            ("metrics", _json(move.metrics)),
+        ):
+            self.tag(move.version, f"alias.{move.alias}.{key}", value)
 
     @property
     def rewound_log(self) -> Path:
