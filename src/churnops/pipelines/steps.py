@@ -547,7 +547,10 @@ def run_steps(
                 _kept(settings, day, step)
         later = replays.later_days(settings, day) if replay and chosen is None else []
         if later:
-            say(f"{len(later)} later date(s) have run ({replays.span(later)}): {day} runs first, then they run again")
+            say(
+                f"{len(later)} later date(s) have run ({replays.span(later)}): "
+                f"{day} runs first, then they run again in date order"
+            )
             replays.owe(settings, day, later)
             # a resumed date keeps what its own steps did; the later dates' decisions go either way
             replays.rewind(settings, day if resume_from is None else day + timedelta(days=1), say)
