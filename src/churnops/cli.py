@@ -314,6 +314,9 @@ def _show_ingest(result: Any) -> None:
         if r["reasons"]:
             reasons = ", ".join(f"{k}: {v:,}" for k, v in r["reasons"].items())
             console.print(Text(f"  quarantined from {r['source']}: {reasons}"))
+        if r.get("rows_later"):
+            later = f"  {r['rows_later']:,} row(s) of {r['source']} are from {result.date} on: a later date reads them"
+            console.print(Text(later))
 
 
 def _show_features(report: Any) -> None:

@@ -31,7 +31,7 @@ def shop(tmp_path: Path) -> Settings:
         simulation={"customers": 1200, "start": "2024-01-01", "end": "2024-06-30", "products": 300, "seed": 5},
     )
     simulate(settings, date(2024, 6, 30))
-    ingest(settings, date(2024, 6, 30))
+    ingest(settings, date(2024, 7, 1))  # the day after the last published one
     return settings
 
 
@@ -344,7 +344,7 @@ def test_a_corrected_source_row_shows_up_after_rematerializing(shop: Settings) -
     before = _online(shop, [customer])["monetary"].iloc[0]
     orders.loc[0, "amount"] = str(float(orders.loc[0, "amount"]) + 1000.0)
     orders.to_csv(path, index=False)
-    ingest(shop, date(2024, 6, 30))  # the correction replaces the partition
+    ingest(shop, date(2024, 7, 1))  # the correction replaces the partition
     build_features(shop)
     after = _online(shop, [customer])["monetary"].iloc[0]
     assert after == pytest.approx(before + 1000.0)

@@ -21,7 +21,7 @@ from churnops.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DAY = "2024-12-31"
+DAY = "2025-01-01"  # after the last published day
 
 
 def _config(tmp_path: Path) -> tuple[Path, Settings]:

@@ -15,7 +15,7 @@ from churnops.pipelines.ingest import IngestError, ingest, make_lake
 from churnops.pipelines.simulate import SimulationPaths, load_world, simulate
 from churnops.settings import Settings, load_settings
 
-DAY = date(2024, 4, 30)
+DAY = date(2024, 5, 1)  # the run after the last published day: its data interval ends then
 
 
 def _order_files(settings: Settings) -> pd.DataFrame:
@@ -83,20 +83,20 @@ def test_rerun_of_the_same_date_replaces_and_never_duplicates(simulated: Setting
 
 def test_day_by_day_reads_only_what_is_new_and_reruns_keep_their_range(settings: Settings) -> None:
     simulate(settings, date(2024, 3, 1))
-    ingest(settings, date(2024, 3, 1))
+    ingest(settings, date(2024, 3, 2))
     simulate(settings, date(2024, 3, 2))
-    reports = {r.source: r for r in ingest(settings, date(2024, 3, 2))}
+    reports = {r.source: r for r in ingest(settings, date(2024, 3, 3))}
     simulate(settings, date(2024, 3, 3))
-    ingest(settings, date(2024, 3, 3))
+    ingest(settings, date(2024, 3, 4))
     lake = make_lake(settings)
-    day2 = lake.manifest("orders", date(2024, 3, 2))
+    day2 = lake.manifest("orders", date(2024, 3, 3))
     assert day2 is not None
     assert day2.parts[0].watermark["files"][0].endswith("orders-2024-03-02.csv")
     assert len(day2.parts[0].watermark["files"]) == 1
     folder = settings.workspace / "sources" / "orders"
     assert reports["order_files"].rows_read == len(pd.read_csv(folder / "orders-2024-03-02.csv"))
     before = {t: [m.sha256 for m in lake.manifests(t)] for t in ("orders", "customers")}
-    ingest(settings, date(2024, 3, 2))  # a rerun of a middle day
+    ingest(settings, date(2024, 3, 3))  # a rerun of a middle day
     after = {t: [m.sha256 for m in lake.manifests(t)] for t in ("orders", "customers")}
     assert after == before
     orders = lake.read("orders")
@@ -213,23 +213,23 @@ def test_missing_required_column_rejects_with_the_column_name(simulated: Setting
 
 def test_volume_drop_rejects_and_a_null_limit_allows(settings: Settings) -> None:
     simulate(settings, date(2024, 3, 1))
-    ingest(settings, date(2024, 3, 1))
+    ingest(settings, date(2024, 3, 2))
     simulate(settings, date(2024, 3, 2))
     folder = settings.workspace / "sources" / "orders"
     day2 = pd.read_csv(folder / "orders-2024-03-02.csv", dtype=str)
     day2.head(1).to_csv(folder / "orders-2024-03-02.csv", index=False)
     with pytest.raises(IngestError, match=r"volume fell \d+% .*rows per day of data"):
-        ingest(settings, date(2024, 3, 2))
-    assert make_lake(settings).manifest("orders", date(2024, 3, 2)) is None
+        ingest(settings, date(2024, 3, 3))
+    assert make_lake(settings).manifest("orders", date(2024, 3, 3)) is None
     relaxed = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_volume_drop": None})})
-    assert {r.source: r.rows_read for r in ingest(relaxed, date(2024, 3, 2))}["order_files"] == 1
+    assert {r.source: r.rows_read for r in ingest(relaxed, date(2024, 3, 3))}["order_files"] == 1
 
 
 def test_unchanged_snapshot_is_not_published_again(settings: Settings) -> None:
     simulate(settings, date(2024, 3, 1))
-    ingest(settings, date(2024, 3, 1))
+    ingest(settings, date(2024, 3, 2))
     simulate(settings, date(2024, 3, 2))
-    reports = {r.source: r for r in ingest(settings, date(2024, 3, 2))}
+    reports = {r.source: r for r in ingest(settings, date(2024, 3, 3))}
     assert reports["catalog"].status == "unchanged"
     assert len(make_lake(settings).read("products")) == 200
 
@@ -243,7 +243,7 @@ def test_without_a_customers_source_customers_come_from_orders(tmp_path: Path) -
     )
     simulate(base, date(2024, 2, 29))
     only_orders = base.model_copy(update={"sources": [s for s in base.sources if s.table == "orders"]})
-    report = ingest(only_orders, date(2024, 2, 29))[0]
+    report = ingest(only_orders, date(2024, 3, 1))[0]
     assert report.rows_quarantined == 0
     lake = make_lake(only_orders)
     customers = read_customers(lake)

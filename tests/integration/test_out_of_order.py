@@ -41,6 +41,7 @@ def _state(settings: Settings) -> dict[str, Any]:
     holdout metrics), aliases, the audited moves, monitoring's history, each date's training
     decision, and the content of every feature snapshot."""
     from churnops.pipelines.features import feature_table
+    from churnops.pipelines.ingest import make_lake
     from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
@@ -59,6 +60,12 @@ def _state(settings: Settings) -> dict[str, Any]:
             for day in DAYS
         },
         "snapshots": {k: v.content_hash for k, v in feature_table(settings).manifest().snapshots.items()},
+        # the raw partitions of the orders and the catalog (customers are a table updated in
+        # place: a date run late reads them as they are now, not as they were)
+        "lake": {
+            table: {m.ingest_date: m.sha256 for m in make_lake(settings).manifests(table) if m.parts}
+            for table in ("orders", "products")
+        },
     }
 
 
@@ -77,6 +84,7 @@ def in_order(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert state["aliases"] == {"challenger": "4", "staging": "4", "champion": "1"}
     trained = [d for d, due in state["due"].items() if due["due"]]
     assert trained == ["2024-12-25", "2024-12-29", "2024-12-30", "2024-12-31"]
+    assert list(state["lake"]["orders"]) == [d.isoformat() for d in DAYS]  # one partition a date
     return state
 
 

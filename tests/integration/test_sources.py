@@ -60,10 +60,10 @@ def test_postgres_customers_incremental_by_watermark(settings: Settings, postgre
     world = _world(settings)
     paths = SimulationPaths.from_settings(pg)
     publish_until(world, paths.sources_dir, postgres_url, date(2024, 3, 1), None, start=date(2024, 1, 1))
-    first = ingest(pg, date(2024, 3, 1))[0]
+    first = ingest(pg, date(2024, 3, 2))[0]
     publish_until(world, paths.sources_dir, postgres_url, date(2024, 4, 30), date(2024, 3, 1), start=date(2024, 1, 1))
-    second = ingest(pg, date(2024, 4, 30))[0]
-    again = ingest(pg, date(2024, 4, 30))[0]
+    second = ingest(pg, date(2024, 5, 1))[0]
+    again = ingest(pg, date(2024, 5, 1))[0]
     cut1 = pd.Timestamp("2024-03-02")
     known1 = world.customers[world.customers["created_at"] < cut1]
     assert first.rows_read == len(known1)
@@ -94,13 +94,13 @@ def test_http_source_pages_through_the_api_incrementally(simulated: Settings) ->
             "columns": ORDER_MAPPING,
         }
         cfg = load_settings(None, workspace=str(simulated.workspace), sources=[simulated.sources[0], source])
-        reports = {r.source: r for r in ingest(cfg, date(2024, 2, 29))}
+        reports = {r.source: r for r in ingest(cfg, date(2024, 3, 1))}
         assert reports["orders_api"].rows_read == len(world.orders[world.orders["order_date"] < cut])
         api.records = OrdersApi(world.orders).records
         api.stamps = [r["ordered_at"] for r in api.records]
-        later = {r.source: r for r in ingest(cfg, date(2024, 4, 30))}
+        later = {r.source: r for r in ingest(cfg, date(2024, 5, 1))}
         assert later["orders_api"].rows_read == int((world.orders["order_date"] >= cut).sum())
-        rerun = {r.source: r for r in ingest(cfg, date(2024, 2, 29))}
+        rerun = {r.source: r for r in ingest(cfg, date(2024, 3, 1))}
         assert rerun["orders_api"].rows_read == reports["orders_api"].rows_read
         orders = make_lake(cfg).read("orders")
         assert len(orders) == len(world.orders)
@@ -278,13 +278,13 @@ def test_file_source_and_lake_on_s3(settings: Settings, s3_options: dict[str, An
         lake_storage_options=s3_options,
         sources=[settings.sources[0], source],
     )
-    reports = {r.source: r for r in ingest(cfg, date(2024, 2, 29))}
+    reports = {r.source: r for r in ingest(cfg, date(2024, 3, 1))}
     expected = sum(len(pd.read_csv(p)) for p in local.glob("orders-*.csv"))
     assert reports["s3_orders"].rows_read == expected
     assert reports["s3_orders"].rows_quarantined == 0
-    ingest(cfg, date(2024, 2, 29))  # rerun replaces
+    ingest(cfg, date(2024, 3, 1))  # rerun replaces
     lake = make_lake(cfg)
     assert lake.uri.startswith("s3://")
     assert len(lake.read("orders")) == expected
-    assert fs.exists(f"{bucket}/lake/raw/orders/ingest_date=2024-02-29/_manifest.json")
-    assert len(fs.glob(f"{bucket}/lake/raw/orders/ingest_date=2024-02-29/*.parquet")) == 1
+    assert fs.exists(f"{bucket}/lake/raw/orders/ingest_date=2024-03-01/_manifest.json")
+    assert len(fs.glob(f"{bucket}/lake/raw/orders/ingest_date=2024-03-01/*.parquet")) == 1

@@ -64,13 +64,27 @@ class Part:
 
 
 @dataclass(frozen=True)
+class SetAside:
+    """A part taken out of its partition, kept with why and when (see `RawLake.set_aside`)."""
+
+    part: Part
+    reason: str
+    at: str
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """The committed content of one (table, ingest date) partition."""
+    """The committed content of one (table, ingest date) partition.
+
+    `set_aside` holds parts taken out of the partition that are kept, not read: an older date
+    run after this one reads their rows again, and this date then ingests again after it.
+    """
 
     table: str
     ingest_date: str
     parts: list[Part]
     committed_at: str
+    set_aside: list[SetAside] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -96,18 +110,20 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         """Parse a stored manifest."""
         body = json.loads(text)
-        parts = [
-            Part(
-                source=p["source"],
-                data=PartFile(**p["data"]),
-                quarantine=PartFile(**p["quarantine"]) if p["quarantine"] else None,
-                rows_read=p["rows_read"],
-                watermark=p.get("watermark", {}),
-                written_at=p.get("written_at", ""),
-            )
-            for p in body["parts"]
-        ]
-        return cls(body["table"], body["ingest_date"], parts, body["committed_at"])
+        parts = [_part(p) for p in body["parts"]]
+        aside = [SetAside(_part(a["part"]), a["reason"], a["at"]) for a in body.get("set_aside", [])]
+        return cls(body["table"], body["ingest_date"], parts, body["committed_at"], aside)
+
+
+def _part(body: dict[str, Any]) -> Part:
+    return Part(
+        source=body["source"],
+        data=PartFile(**body["data"]),
+        quarantine=PartFile(**body["quarantine"]) if body["quarantine"] else None,
+        rows_read=body["rows_read"],
+        watermark=body.get("watermark", {}),
+        written_at=body.get("written_at", ""),
+    )
 
 
 class LakeError(RuntimeError):
@@ -222,15 +238,36 @@ class RawLake:
         """
         current = self.manifest(table, ingest_date)
         kept = [p for p in (current.parts if current else []) if p.source != replace_source]
-        manifest = Manifest(
-            table=table,
-            ingest_date=ingest_date.isoformat(),
-            parts=kept + parts,
-            committed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        path = f"{self.partition_dir(table, ingest_date)}/{MANIFEST}"
+        held = {(p.source, p.data.sha256) for p in kept + parts}
+        # a part set aside whose content the partition holds again is not kept twice
+        aside = [a for a in (current.set_aside if current else []) if (a.part.source, a.part.data.sha256) not in held]
+        return self._publish(Manifest(table, ingest_date.isoformat(), kept + parts, _now(), aside))
+
+    def set_aside(self, table: str, ingest_date: date, sources: Iterable[str], reason: str) -> list[Part]:
+        """Take the parts of `sources` out of a partition in one atomic step, keeping their files.
+
+        Readers no longer see their rows, and the sources' next ingest of the date starts as if
+        they had never been read; the files stay, listed under the manifest's `set_aside`.
+
+        Returns:
+            The parts set aside (none when the partition holds none of those sources).
+        """
+        current = self.manifest(table, ingest_date)
+        names = set(sources)
+        moved = [p for p in (current.parts if current else []) if p.source in names]
+        if current is None or not moved:
+            return []
+        at = _now()
+        aside = current.set_aside + [SetAside(p, reason, at) for p in moved]
+        kept = [p for p in current.parts if p.source not in names]
+        self._publish(Manifest(table, current.ingest_date, kept, at, aside))
+        return moved
+
+    def _publish(self, manifest: Manifest) -> Manifest:
+        day = date.fromisoformat(manifest.ingest_date)
+        path = f"{self.partition_dir(manifest.table, day)}/{MANIFEST}"
         self._write_bytes(path, manifest.to_json().encode())
-        self._remove_unreferenced(table, ingest_date, manifest)
+        self._remove_unreferenced(manifest.table, day, manifest)
         return manifest
 
     def data_files(self, table: str) -> list[str]:
@@ -307,8 +344,9 @@ class RawLake:
 
     def _remove_unreferenced(self, table: str, ingest_date: date, manifest: Manifest) -> None:
         folder = self.partition_dir(table, ingest_date)
-        referenced = {self.locate(p.data.path) for p in manifest.parts}
-        referenced |= {self.locate(p.quarantine.path) for p in manifest.parts if p.quarantine}
+        parts = manifest.parts + [a.part for a in manifest.set_aside]
+        referenced = {self.locate(p.data.path) for p in parts}
+        referenced |= {self.locate(p.quarantine.path) for p in parts if p.quarantine}
         for path in self.fs.find(folder):
             name = path.rsplit("/", 1)[-1]
             if (name.endswith(".parquet") and path not in referenced) or ".tmp-" in name:
@@ -368,6 +406,10 @@ def encode_parquet(frame: pd.DataFrame) -> EncodedFile:
     payload = buffer.getvalue()
     schema = [[f.name, str(f.type)] for f in table_arrow.schema]
     return EncodedFile(payload, len(frame), hashlib.sha256(payload).hexdigest(), schema)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

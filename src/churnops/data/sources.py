@@ -13,7 +13,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from churnops.data.mapping import TEXT
+from churnops.data.mapping import TEXT, parse_timestamps
 from churnops.settings import FileSource, HttpSource, Source, SqlSource, StreamSource
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,30 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class EventWindow:
+    """The rows of an event table that belong to one ingest date: those whose event time is
+    before the end of its data interval, and not read by an earlier date.
+
+    Attributes:
+        column: The source's event-time column.
+        fmt: Its date format (`Source.date_formats`), or None for ISO 8601.
+        until: End of the data interval (the ingest date's midnight, UTC): later rows wait.
+        file_from: Files earlier dates read part of -> the time their rows start from here.
+        file_cap: Files a later date read part of -> the time it read from (rows before it only).
+    """
+
+    column: str
+    fmt: str | None
+    until: datetime
+    file_from: Mapping[str, datetime] = field(default_factory=dict)
+    file_cap: Mapping[str, datetime] = field(default_factory=dict)
+
+    def times(self, values: pd.Series) -> pd.Series:
+        """The event times of a column's raw values (NaT where unparseable)."""
+        return parse_timestamps(values.reset_index(drop=True), self.fmt)
+
+
+@dataclass(frozen=True)
 class ReadState:
     """What earlier runs read from a source, as recorded in the lake's manifests.
 
@@ -56,12 +80,14 @@ class ReadState:
             rerun of an earlier date reads exactly its own range again.
         files_elsewhere: Files already ingested under other ingest dates.
         stream_last_id: Highest stream entry id already in the lake.
+        events: For an event table (orders): the rows of this date's data interval.
     """
 
     low: Any = None
     cap: Any = None
     files_elsewhere: frozenset[str] = frozenset()
     stream_last_id: str | None = None
+    events: EventWindow | None = None
 
 
 @dataclass
@@ -168,7 +194,7 @@ def read_sql(source: SqlSource, state: ReadState) -> Batch:
         with engine.connect() as conn:
             if source.watermark is None:
                 frame = _read_sql_chunks(conn, sa.text(base), {}, source.chunk_size)
-                return Batch(frame, {"mode": "snapshot"})
+                return Batch(*within_interval(frame, {"mode": "snapshot"}, None, state))
             wm = _quote_ident(source.watermark)
             high = conn.execute(sa.text(f"SELECT MAX({wm}) FROM ({base}) AS q")).scalar()
             if high is None:
@@ -189,7 +215,36 @@ def read_sql(source: SqlSource, state: ReadState) -> Batch:
         raise SourceError(f"source {source.name!r}: SQL read failed: {exc}") from exc
     mark = {"mode": "incremental", "column": source.watermark}
     mark |= {"low": encode_mark(state.low), "high": encode_mark(high)}
-    return Batch(frame, mark)
+    return Batch(*within_interval(frame, mark, source.watermark, state))
+
+
+def within_interval(
+    frame: pd.DataFrame, mark: dict[str, Any], watermark: str | None, state: ReadState
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of a read that belong to its date's data interval (`ReadState.events`).
+
+    Rows are taken in watermark order up to the first row of a later interval, and the high
+    mark stops before it, so the next date reads that row and everything after it: nothing is
+    skipped even when the watermark is not the event time (an id, an update time). A row
+    whose event time cannot be parsed stays (validation quarantines it). Without a watermark
+    (a snapshot) the rows of later intervals are left out.
+
+    Returns:
+        The rows kept and the watermark, with `held_back` rows counted when any wait.
+    """
+    events = state.events
+    if events is None or frame.empty or events.column not in frame.columns:
+        return frame, mark
+    later = (events.times(frame[events.column]) >= events.until).to_numpy()
+    if not later.any():
+        return frame, mark
+    if watermark is None or watermark not in frame.columns:
+        return frame[~later].reset_index(drop=True), mark | {"held_back": int(later.sum())}
+    marks = frame[watermark].reset_index(drop=True)
+    keep = (marks < marks[later].min()).to_numpy()
+    kept = frame[keep].reset_index(drop=True)
+    high = kept[watermark].max() if len(kept) else state.low
+    return kept, mark | {"high": encode_mark(high), "held_back": int((~keep).sum())}
 
 
 def _read_sql_chunks(conn: Any, sql: Any, params: dict[str, Any], chunk_size: int) -> pd.DataFrame:
@@ -296,7 +351,10 @@ def read_files(source: FileSource, state: ReadState, required: Mapping[str, str]
             f"source {source.name!r}: no file has the required columns: {bad[0].reason}; nothing published"
         )
     mark = {"mode": source.mode, "files": [name for _, name in named]}
-    return Batch(watermark=mark, bad_files=bad, files=FileRows(fs, opened, source))
+    events = state.events
+    if events is not None and source.mode == "snapshot":  # the files as of the date, whole each time
+        events = replace(events, file_from={}, file_cap={})
+    return Batch(watermark=mark, bad_files=bad, files=FileRows(fs, opened, source, events))
 
 
 @dataclass
@@ -310,17 +368,68 @@ class _SourceFile:
     whole: pd.DataFrame | None = None  # formats read whole (JSONL, whitespace-aligned text)
 
 
-class FileRows:
-    """The rows of a file source's readable files, read chunk by chunk in file order."""
+@dataclass
+class _FileWindow:
+    """The event-time range of one file this date reads, and what its first read found."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, files: list[_SourceFile], source: FileSource) -> None:
+    start: datetime | None
+    end: datetime
+    masks: list[Any] | None = None  # per piece, from the first read; later reads reuse them
+    taken: int = 0
+    later: int = 0
+
+
+class FileRows:
+    """The rows of a file source's readable files, read chunk by chunk in file order.
+
+    With an `EventWindow`, only the rows of the date's data interval are read: each file's
+    rows from where an earlier date stopped reading it (`file_from`) to the interval's end, or
+    to where a later date started (`file_cap`). What a file holds past the end waits for a
+    later date, which reads the file again from there (`marks`).
+    """
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        files: list[_SourceFile],
+        source: FileSource,
+        events: EventWindow | None = None,
+    ) -> None:
         self.fs = fs
         self.files = files
         self.source = source
+        self.events = events
+        self.windows: dict[str, _FileWindow] = {}
+        if events is not None:
+            for one in files:
+                start = events.file_from.get(one.name)
+                end = min(events.until, events.file_cap.get(one.name, events.until))
+                if start is not None or not _all_before(fs, one, events.column, end):
+                    self.windows[one.name] = _FileWindow(start, end)
 
     def drop(self, name: str) -> None:
         """Stop reading the file `name`."""
         self.files = [f for f in self.files if f.name != name]
+
+    def marks(self, named: list[str]) -> dict[str, Any]:
+        """The watermark of the files read (`named`, every file listed, set aside or not): those
+        read to their end (`files`), those with rows left for later dates (`partial`: where
+        they stop), those read from where an earlier date stopped (`resumed`); a file that
+        gave this date no row and has rows for a later one is not listed (it waits)."""
+        waiting = {n for n, w in self.windows.items() if w.taken == 0 and w.later}
+        partial = {n: w.end.isoformat() for n, w in self.windows.items() if w.taken and w.later}
+        resumed = {n: w.start.isoformat() for n, w in self.windows.items() if w.start is not None and w.taken}
+        mark: dict[str, Any] = {"files": [n for n in named if n not in waiting and n not in partial]}
+        if partial:
+            mark["partial"] = partial
+        if resumed:
+            mark["resumed"] = resumed
+        if waiting:
+            mark["waiting"] = len(waiting)
+        later = sum(w.later for w in self.windows.values())
+        if later:
+            mark["held_back"] = later
+        return mark
 
     def scan(self, rows: int, columns: Sequence[str], each: Callable[[pd.DataFrame], T], bad: list[BadFile]) -> list[T]:
         """See `Batch.scan`. Files smaller than `rows` are joined once read whole (a failing one
@@ -353,7 +462,9 @@ class FileRows:
                 continue
             if count == 0:
                 self.drop(one.name)
-                bad.append(BadFile(one.name, "no rows (header only)"))
+                window = self.windows.get(one.name)
+                if window is None or not window.later:  # else its rows are a later date's
+                    bad.append(BadFile(one.name, "no rows (header only)"))
                 continue
             if mine:
                 flush()
@@ -397,8 +508,13 @@ class FileRows:
     def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[_Piece]:
         wanted = None if columns is None else [c for c in columns if c in one.columns]
         derive = self.source.derive_order_id and (columns is None or DERIVED_ORDER_ID in columns)
+        window = self.windows.get(one.name)
+        masks: list[Any] = []  # of this first read, when the window has none yet
+        event = self.events.column if self.events is not None else ""
+        extra = window is not None and window.masks is None and wanted is not None and event not in wanted
+        read = [*wanted, event] if extra and wanted is not None else wanted
         numbered = 0
-        for piece in self._pieces(one, rows, wanted):
+        for index, piece in enumerate(self._pieces(one, rows, read)):
             if derive:
                 ids = [f"{one.name}#{i}" for i in range(numbered + 1, numbered + len(piece) + 1)]
                 if isinstance(piece, pa.Table):
@@ -406,7 +522,25 @@ class FileRows:
                 else:
                     piece[DERIVED_ORDER_ID] = pd.array(ids, dtype=TEXT)
             numbered += len(piece)
+            if window is not None:
+                if window.masks is None:
+                    masks.append(self._keep(window, piece, event))
+                piece = _filtered(piece, (window.masks or masks)[index], event if extra else None)
             yield piece
+        if window is not None and window.masks is None:
+            window.masks = masks
+            window.taken = sum(int(m.sum()) for m in masks)
+
+    def _keep(self, window: _FileWindow, piece: _Piece, event: str) -> Any:
+        """Which rows of a piece the date reads; counts those a later date reads."""
+        assert self.events is not None
+        values = piece.column(event).to_pandas() if isinstance(piece, pa.Table) else piece[event]
+        times = self.events.times(values)
+        window.later += int((times >= window.end).sum())
+        keep = (times < window.end) | times.isna()
+        if window.start is not None:  # an earlier date read the rows before, and those without a time
+            keep &= times >= window.start
+        return keep.to_numpy()
 
     def _pieces(self, one: _SourceFile, rows: int, columns: list[str] | None) -> Iterator[_Piece]:
         """A file's rows, at most `rows` at a time: Arrow tables for Parquet and CSV (joined in
@@ -435,6 +569,41 @@ class FileRows:
 
 
 _Piece: TypeAlias = pd.DataFrame | pa.Table
+
+
+def _filtered(piece: _Piece, keep: Any, drop: str | None) -> _Piece:
+    """The rows of a piece to keep, without the column `drop` (read only to choose them)."""
+    if isinstance(piece, pa.Table):
+        table = piece.filter(pa.array(keep))
+        return table.drop_columns([drop]) if drop else table
+    frame = piece[keep].reset_index(drop=True)
+    return frame.drop(columns=[drop]) if drop else frame
+
+
+def _all_before(fs: fsspec.AbstractFileSystem, one: _SourceFile, column: str, end: datetime) -> bool:
+    """A Parquet file whose statistics show every event time before `end` (no row needs a
+    look); False when they cannot tell (other formats, text times, missing statistics)."""
+    if one.fmt != "parquet" or column not in one.columns:
+        return False
+    try:
+        with fs.open(one.path, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+            field_type = meta.schema.to_arrow_schema().field(column).type
+            if not pa.types.is_timestamp(field_type):
+                return False
+            position = meta.schema.to_arrow_schema().get_field_index(column)
+            for group in range(meta.num_row_groups):
+                stats = meta.row_group(group).column(position).statistics
+                if stats is None or not stats.has_min_max:
+                    return False
+                newest = pd.Timestamp(stats.max)
+                if newest.tzinfo is not None:
+                    newest = newest.tz_convert("UTC").tz_localize(None)
+                if newest >= pd.Timestamp(end):
+                    return False
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return True
 
 
 def _joined(pieces: Sequence[_Piece]) -> pd.DataFrame:
@@ -598,7 +767,7 @@ def read_http(source: HttpSource, state: ReadState) -> Batch:
             frame = frame[frame[source.watermark] <= state.cap].reset_index(drop=True)
         high = frame[source.watermark].max() if not frame.empty and source.watermark in frame.columns else state.low
         mark.update({"column": source.watermark, "low": state.low, "high": encode_mark(high)})
-    return Batch(frame, mark)
+    return Batch(*within_interval(frame, mark, source.watermark, state))
 
 
 def _get_json(client: httpx.Client, source: HttpSource, params: dict[str, Any]) -> Any:

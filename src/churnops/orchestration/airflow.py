@@ -82,7 +82,7 @@ def _rewind_for_later_days(settings: Any, day: date) -> None:
     """A run of a date before dates that have run (triggered by hand, or cleared and run again):
     its first task records the later dates as owed and rewinds what they decided in the
     registry (`pipelines.replay`); the `replay` task runs them again."""
-    from churnops.pipelines.replay import later_days, owe, rewind, settle, span
+    from churnops.pipelines.replay import later_days, owe, rewind, set_aside_later, settle, span
 
     with settings.paths.lock("churnops airflow: rewind"):
         settle(settings, day)  # refuses while an earlier date's replay is owed
@@ -91,6 +91,7 @@ def _rewind_for_later_days(settings: Any, day: date) -> None:
             log.info("%d later date(s) have run (%s): rewinding their decisions", len(later), span(later))
             owe(settings, day, later)
             rewind(settings, day, log.info)
+            set_aside_later(settings, later, log.info)
 
 
 def _refuse_a_partial_rerun(settings: Any, day: date) -> None:

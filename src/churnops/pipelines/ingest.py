@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from churnops.data.sources import (
     DERIVED_ORDER_ID,
     BadFile,
     Batch,
+    EventWindow,
     FileFailedError,
     ReadState,
     SourceError,
@@ -63,6 +64,7 @@ class SourceReport:
     rows_accepted: int = 0
     rows_quarantined: int = 0
     files_quarantined: int = 0
+    rows_later: int = 0  # rows of later dates' data intervals, left for them
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
@@ -179,31 +181,57 @@ def _log_run(settings: Settings, ingest_date: date, reports: list[SourceReport],
 
 
 def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
-    """Where this source's read starts and stops, from the parts other dates hold."""
+    """Where this source's read starts and stops, from the parts other dates hold.
+
+    Rows of an event table (orders) belong to the date whose data interval holds their event
+    time: a date reads those before its midnight that no earlier date read, and leaves later
+    ones for later dates, so the partitions do not depend on when or in which order the dates
+    ran (see `EventWindow`).
+    """
     day = ingest_date.isoformat()
     before: list[Part] = []
     after: list[Part] = []
     files_elsewhere: set[str] = set()
+    file_from: dict[str, datetime] = {}
+    file_cap: dict[str, datetime] = {}
+    capped: set[str] = set()
     stream_ids: list[str] = []
     for manifest in lake.manifests(source.table):
         for part in manifest.parts:
             if part.source != source.name:
                 continue
+            mark = part.watermark
             if manifest.ingest_date < day:
                 before.append(part)
+                files_elsewhere.update(mark.get("files", []))
+                for name, end in mark.get("partial", {}).items():
+                    file_from[name] = max(file_from.get(name, datetime.min), datetime.fromisoformat(end))
             elif manifest.ingest_date > day:
                 after.append(part)
-            if manifest.ingest_date != day:
-                files_elsewhere.update(part.watermark.get("files", []))
-            if part.watermark.get("last_id"):
-                stream_ids.append(part.watermark["last_id"])
+                for name in [*mark.get("files", []), *mark.get("partial", {})]:
+                    if name in capped:
+                        continue  # the nearest later date that read the file decides
+                    capped.add(name)
+                    if name in mark.get("resumed", {}):
+                        file_cap[name] = datetime.fromisoformat(mark["resumed"][name])
+                    else:
+                        files_elsewhere.add(name)  # a later date read it from its start
+            if mark.get("last_id"):
+                stream_ids.append(mark["last_id"])
     low = decode_mark(before[-1].watermark.get("high")) if before else None
     cap = decode_mark(after[0].watermark.get("low")) if after else None
     if after and cap is None and not isinstance(source, FileSource | StreamSource):
         # a later date started from nothing: this earlier date has nothing of its own left
         cap = low
     last_id = max(stream_ids, key=stream_id_key) if stream_ids else None
-    return ReadState(low=low, cap=cap, files_elsewhere=frozenset(files_elsewhere), stream_last_id=last_id)
+    events = None
+    event_time = CONTRACTS[source.table].event_time
+    if event_time and not isinstance(source, StreamSource):
+        until = datetime.combine(ingest_date, datetime.min.time())
+        column = source_columns(source).get(event_time, event_time)
+        fmt = source.date_formats.get(event_time)
+        events = EventWindow(column, fmt, until, file_from, file_cap)
+    return ReadState(low, cap, frozenset(files_elsewhere), last_id, events)
 
 
 def ingest_source(
@@ -307,6 +335,8 @@ def _ingest_batch(
     if batch.files is None and len(batch.frame.columns):
         _mapped(batch.frame.iloc[:0], source, contract, ingest_date)  # a missing column fails before any work
     keys = _scan_keys(batch, source, contract, limits.chunk_rows)
+    if batch.files is not None and batch.files.events is not None:
+        batch.watermark.update(batch.files.marks(batch.watermark["files"]))
     if (
         len(keys) == 0
         and not batch.bad_files
@@ -315,7 +345,7 @@ def _ingest_batch(
         # nothing arrived: no volume check, nothing published (a rerun of this date reads the same)
         if batch.on_committed:
             batch.on_committed()
-        return SourceReport(source.name, source.table, NO_NEW_DATA)
+        return SourceReport(source.name, source.table, NO_NEW_DATA, rows_later=batch.watermark.get("held_back", 0))
     known = None
     existing = None
     if contract.name == "orders":
@@ -339,6 +369,7 @@ def _ingest_batch(
             rows_accepted=tally.rows_accepted,
             rows_quarantined=len(quarantined),
             files_quarantined=len(batch.bad_files),
+            rows_later=batch.watermark.get("held_back", 0),
             reasons={**reason_counts(quarantined), **_file_reasons(batch.bad_files)},
         )
         if batch.bad_files:

@@ -21,8 +21,13 @@ What needs no rewind: the feature snapshots of a date are a function of the orde
 running them again rewrites the same content; monitoring's decisions are derived from its history
 in day order (`monitoring.decide`), and a day run again replaces its own entry; training reuses
 the completed run of the same inputs, so a day that trained before trains no further. Prediction
-logs record what was served and are kept as they are. The raw lake is not rewound: a date whose
-orders a later date already ingested ingests nothing new, and its features are the same.
+logs record what was served and are kept as they are.
+
+The raw lake: a date's orders are those of its data interval (`pipelines.ingest.read_state`), so
+the later dates' partitions are set aside (kept, not read; `set_aside_later`), the date ingests
+the orders before its midnight, and each later date ingests its own again. A table updated in
+place (customers) holds only its current rows, so the date reads them as they are now; stream
+entries are consumed once and stay in the partitions that read them.
 
 The rewind is written to `<workspace>/registry_rewind.json` before it starts and removed when it
 has finished; a run, or any command that writes to the registry, that finds the file (a crash
@@ -195,6 +200,26 @@ def _apply(registry: Any, plan: dict[str, Any]) -> None:
             f"rewinding the registry to before {plan['since']} failed part-way: {exc.message}; the plan is kept "
             "in registry_rewind.json and the next run carries it out once the cause is fixed"
         ) from exc
+
+
+def set_aside_later(settings: Settings, later: list[date], say: Callable[[str], None]) -> None:
+    """Take the later dates' raw partitions out of the lake's view before the date runs.
+
+    The parts of every source that can read them again (all but streams, whose entries are
+    consumed) are set aside, files kept (`RawLake.set_aside`): the date then reads the rows of
+    its own data interval, as it would have run before them, and each later date ingests its
+    own again when it runs again. A stream's parts stay where they are.
+    """
+    from churnops.pipelines.ingest import make_lake
+
+    lake = make_lake(settings)
+    sources = [s.name for s in settings.enabled_sources() if s.kind != "stream"]
+    moved = 0
+    for table in lake.tables():
+        for day in later:
+            moved += len(lake.set_aside(table, day, sources, f"an earlier date ran after {day}: ingested again"))
+    if moved:
+        say(f"raw lake: {moved} part(s) of {span(later)} set aside; those dates ingest again when they run again")
 
 
 def rewind(settings: Settings, since: date, say: Callable[[str], None]) -> None:

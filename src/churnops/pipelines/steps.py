@@ -554,6 +554,7 @@ def run_steps(
             replays.owe(settings, day, later)
             # a resumed date keeps what its own steps did; the later dates' decisions go either way
             replays.rewind(settings, day if resume_from is None else day + timedelta(days=1), say)
+            replays.set_aside_later(settings, later, say)
         resuming = resume_from is not None
         for step in steps():
             if resuming and step.name != resume_from:
