@@ -1364,6 +1364,10 @@ def status(config: ConfigOption = None) -> None:
                 whole=[False, False, False, False, True, True],
             )
         )
+        aside = {t.table: t.set_aside for t in state.tables if t.set_aside}
+        if aside:
+            kept = ", ".join(f"{table} {count}" for table, count in aside.items())
+            console.print(f"raw lake parts set aside (kept, not read; an older date ran after theirs): {kept}")
     else:
         console.print("raw lake: empty (run `churnops ingest`)")
     if state.features:

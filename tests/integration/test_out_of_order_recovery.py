@@ -57,7 +57,10 @@ def test_the_cli_says_what_runs_again_and_no_replay_runs_the_date_alone(tmp_path
     assert f"1 later date(s) have run ({DAYS[1]}): {DAYS[0]} runs first" in out
     assert f"churnops run {DAYS[1]} (again, after {DAYS[0]})" in out
     assert "version(s) 1 removed" in out
+    assert f"raw lake: 3 part(s) of {DAYS[1]} set aside" in out  # orders, customers, the catalog
     assert registry.version_tags("1")["logical_date"] == DAYS[0].isoformat()
+    status = cli.invoke(app, ["status", "-c", str(config)])
+    assert "raw lake parts set aside (kept, not read; an older date ran after theirs): " in status.output
     assert json.loads(later.read_text())["result"]["due"] is False  # version 1 is the champion, trained before it
 
 

@@ -12,8 +12,8 @@ a run is the end of its data interval: the run for [D-1, D) is the day D, whose 
 order before D. Nothing here reads the wall clock, so a rerun or a backfill of a date computes
 what `churnops run --date D` computes. A run of a date before dates that have run (a manual
 trigger, a cleared run) ends as in-order runs do: its first task rewinds what the later dates
-decided in the registry, and its `replay` task, after the last step, runs them again in this
-process (`pipelines.replay`).
+decided in the registry and sets their raw partitions aside, and its `replay` task, after the
+last step, runs them again in this process (`pipelines.replay`).
 
 Importing this module imports no Airflow; `build_dag` does, when the DAG file calls it.
 """
@@ -80,8 +80,8 @@ def run_step_task(step_name: str, **context: Any) -> dict[str, Any]:
 
 def _rewind_for_later_days(settings: Any, day: date) -> None:
     """A run of a date before dates that have run (triggered by hand, or cleared and run again):
-    its first task records the later dates as owed and rewinds what they decided in the
-    registry (`pipelines.replay`); the `replay` task runs them again."""
+    its first task records the later dates as owed, rewinds what they decided in the registry
+    and sets their raw partitions aside (`pipelines.replay`); the `replay` task runs them again."""
     from churnops.pipelines.replay import later_days, owe, rewind, set_aside_later, settle, span
 
     with settings.paths.lock("churnops airflow: rewind"):

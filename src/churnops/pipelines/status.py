@@ -25,6 +25,7 @@ class TableStatus:
     sources: list[str] = field(default_factory=list)
     first_event: str | None = None
     last_event: str | None = None
+    set_aside: int = 0  # parts kept but not read (an older date ran after their date)
 
 
 @dataclass
@@ -61,6 +62,7 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
                 sources=sorted({p.source for m in manifests for p in m.parts}),
                 first_event=min(firsts)[:10] if firsts else None,
                 last_event=max(lasts)[:10] if lasts else None,
+                set_aside=sum(len(m.set_aside) for m in manifests),
             )
         )
     _, until = published_until(SimulationPaths.from_settings(settings).sources_dir)
