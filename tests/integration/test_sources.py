@@ -14,7 +14,7 @@ import pytest
 
 from churnops.data.publish import OrdersApi, publish_stream
 from churnops.data.sources import ReadState, SourceError, read_http
-from churnops.pipelines.ingest import ingest, ingest_source, make_lake
+from churnops.pipelines.ingest import SourceReport, ingest, ingest_source, make_lake
 from churnops.pipelines.simulate import SimulationPaths, load_world, simulate
 from churnops.settings import HttpSource, Settings, load_settings
 
@@ -192,13 +192,7 @@ def test_http_client_error_is_not_retried() -> None:
         api.stop()
 
 
-def test_stream_source_acks_only_after_commit_and_never_duplicates(simulated: Settings, redis_url: str) -> None:
-    import redis
-
-    stream = f"orders-{time.time_ns()}"
-    world = _world(simulated)
-    first, rest = world.orders.iloc[:400], world.orders.iloc[400:600]
-    publish_stream(first, redis_url, stream)
+def _stream_settings(simulated: Settings, redis_url: str, stream: str) -> Settings:
     source = {
         "kind": "stream",
         "name": "order_events",
@@ -210,43 +204,94 @@ def test_stream_source_acks_only_after_commit_and_never_duplicates(simulated: Se
         "columns": ORDER_MAPPING,
     }
     cfg = load_settings(None, workspace=str(simulated.workspace), sources=[simulated.sources[0], source])
-    ingest(cfg, date(2024, 4, 30), only=["shop_customers"])
-    stream_source = cfg.source("order_events")
-    lake = make_lake(cfg)
+    ingest(cfg, date(2024, 5, 1), only=["shop_customers"])
+    return cfg
 
-    # A run that dies after its commit but before its ack: the entries stay pending.
+
+def _ingest_dying_before_the_ack(cfg: Settings, day: date, monkeypatch: pytest.MonkeyPatch) -> SourceReport:
+    """A run that dies after its commit but before its ack: the entries it read stay pending."""
+    import churnops.pipelines.ingest as ingest_module
     from churnops.data import sources as source_module
 
-    real_read = source_module.read_stream
-
-    def read_without_ack(src, state):  # type: ignore[no-untyped-def]
-        batch = real_read(src, state)
+    def read_without_ack(src, state, *_):  # type: ignore[no-untyped-def]
+        batch = source_module.read_stream(src, state)
         batch.on_committed = None
         return batch
 
-    source_module_read = source_module.read_source
-    try:
-        source_module.read_source = lambda src, state, *_: read_without_ack(src, state)  # type: ignore[assignment]
-        import churnops.pipelines.ingest as ingest_module
+    with monkeypatch.context() as patched:
+        patched.setattr(ingest_module, "read_source", read_without_ack)
+        return ingest_source(cfg.source("order_events"), make_lake(cfg), day, cfg.ingest)
 
-        ingest_module.read_source = source_module.read_source  # type: ignore[attr-defined]
-        report = ingest_source(stream_source, lake, date(2024, 4, 30), cfg.ingest)
-    finally:
-        source_module.read_source = source_module_read  # type: ignore[assignment]
-        ingest_module.read_source = source_module_read  # type: ignore[attr-defined]
+
+def _pending(redis_url: str, stream: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(redis_url).xpending(stream, "churnops-ingest")["pending"])
+
+
+def test_stream_source_acks_only_after_commit_and_never_duplicates(
+    simulated: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = f"orders-{time.time_ns()}"
+    world = _world(simulated)
+    first, rest = world.orders.iloc[:400], world.orders.iloc[400:600]
+    publish_stream(first, redis_url, stream)
+    cfg = _stream_settings(simulated, redis_url, stream)
+    stream_source = cfg.source("order_events")
+    lake = make_lake(cfg)
+    report = _ingest_dying_before_the_ack(cfg, date(2024, 5, 1), monkeypatch)
     assert report.rows_read == 400
-    client = redis.Redis.from_url(redis_url)
-    assert client.xpending(stream, "churnops-ingest")["pending"] == 400
+    assert _pending(redis_url, stream) == 400
 
     publish_stream(rest, redis_url, stream)
-    report = ingest_source(stream_source, lake, date(2024, 4, 30), cfg.ingest)
+    report = ingest_source(stream_source, lake, date(2024, 5, 1), cfg.ingest)
     assert report.rows_read == 200  # the 400 redelivered entries were already in the lake
-    assert client.xpending(stream, "churnops-ingest")["pending"] == 0
-    again = ingest_source(stream_source, lake, date(2024, 4, 30), cfg.ingest)
+    assert _pending(redis_url, stream) == 0
+    again = ingest_source(stream_source, lake, date(2024, 5, 1), cfg.ingest)
     assert again.status == "no new data"
     orders = lake.read("orders")
     assert len(orders) == 600
     assert orders["order_id"].is_unique
+
+
+def test_stream_entries_of_a_later_interval_stay_pending_for_their_date(
+    simulated: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries arrive out of time order. A date reads those before its midnight and leaves the
+    later ones pending; a run that died before its ack is read again without its own entries
+    twice and without dropping the ones it left pending; the last date reads the rest."""
+    stream = f"orders-{time.time_ns()}"
+    orders = _world(simulated).orders
+    march = orders[orders["order_date"].between("2024-03-01", "2024-03-06", inclusive="left")]
+    publish_stream(march.sample(frac=1.0, random_state=7), redis_url, stream)
+    cfg = _stream_settings(simulated, redis_url, stream)
+    lake = make_lake(cfg)
+    days = [date(2024, 3, 3), date(2024, 3, 5), date(2024, 3, 6)]
+
+    def before(day: date) -> int:
+        return int((march["order_date"] < pd.Timestamp(day)).sum())
+
+    first = ingest_source(cfg.source("order_events"), lake, days[0], cfg.ingest)
+    assert first.rows_read == before(days[0])
+    assert first.rows_later == _pending(redis_url, stream) == len(march) - before(days[0])
+
+    died = _ingest_dying_before_the_ack(cfg, days[1], monkeypatch)
+    assert died.rows_read == before(days[1]) - before(days[0])
+    again = ingest_source(cfg.source("order_events"), lake, days[1], cfg.ingest)
+    assert again.status == "no new data"  # what the run that died read is in the lake
+    assert _pending(redis_url, stream) == len(march) - before(days[1])
+
+    last = ingest_source(cfg.source("order_events"), lake, days[2], cfg.ingest)
+    assert last.rows_read == len(march) - before(days[1])
+    assert _pending(redis_url, stream) == 0
+    read = lake.read("orders")
+    assert read["order_id"].is_unique
+    assert len(read) == len(march)
+    for day in days:
+        manifest = lake.manifest("orders", day)
+        assert manifest is not None
+        held = pd.read_parquet(lake.locate(manifest.parts[0].data.path), columns=["order_date"])["order_date"]
+        assert held.max() < pd.Timestamp(day)
 
 
 def test_file_source_and_lake_on_s3(settings: Settings, s3_options: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import fsspec
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,14 +80,16 @@ class ReadState:
         cap: Watermark this run must not pass (the low mark of a later ingest date), so a
             rerun of an earlier date reads exactly its own range again.
         files_elsewhere: Files already ingested under other ingest dates.
-        stream_last_id: Highest stream entry id already in the lake.
+        stream_parts: The stream entries parts in the lake hold: the first and last entry id
+            of each (as `stream_id_key`s) and the end of its date's data interval (None for a
+            part that did not leave later entries pending).
         events: For an event table (orders): the rows of this date's data interval.
     """
 
     low: Any = None
     cap: Any = None
     files_elsewhere: frozenset[str] = frozenset()
-    stream_last_id: str | None = None
+    stream_parts: tuple[tuple[tuple[int, int], tuple[int, int], datetime | None], ...] = ()
     events: EventWindow | None = None
 
 
@@ -820,26 +823,25 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
 def read_stream(source: StreamSource, state: ReadState) -> Batch:
     """Read pending then new entries through a consumer group; ack only once committed.
 
-    Entries at or below the highest id already in the lake were committed by an earlier run
-    that died before acknowledging them: they are acknowledged and not read again.
+    An entry of a later date's data interval (`ReadState.events`) is neither read nor
+    acknowledged: it stays pending for the date it belongs to. An entry a part in the lake
+    already holds (`ReadState.stream_parts`) was committed by an earlier run that died before
+    acknowledging it: it is acknowledged and not read again.
     """
     import redis
 
     client = redis.Redis.from_url(source.url, decode_responses=True)
+    read: list[tuple[str, dict[str, str]]] = []
     try:
         try:
             client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        records: list[dict[str, str]] = []
-        fresh_ids: list[str] = []
-        stale_ids: list[str] = []
-        last_key = stream_id_key(state.stream_last_id) if state.stream_last_id else None
         for phase in ("pending", "new"):
             cursor = "0" if phase == "pending" else ">"
-            while len(fresh_ids) < source.max_messages:
-                count = min(source.batch_size, source.max_messages - len(fresh_ids))
+            while len(read) < source.max_messages:
+                count = min(source.batch_size, source.max_messages - len(read))
                 reply: Any = client.xreadgroup(
                     source.group,
                     source.consumer,
@@ -850,12 +852,7 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
                 entries = [(i, f) for i, f in (reply[0][1] if reply else []) if f is not None]
                 if not entries:
                     break
-                for entry_id, fields in entries:
-                    if last_key is not None and stream_id_key(entry_id) <= last_key:
-                        stale_ids.append(entry_id)
-                    else:
-                        fresh_ids.append(entry_id)
-                        records.append(fields)
+                read.extend(entries)
                 if phase == "pending":
                     # pending entries are re-read from after the last one returned
                     cursor = entries[-1][0]
@@ -863,14 +860,23 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
     finally:
         client.close()
+    stale, later = _stream_entries(read, state)
+    fresh = ~stale & ~later
+    fresh_ids = [entry_id for (entry_id, _), take in zip(read, fresh, strict=True) if take]
+    stale_ids = [entry_id for (entry_id, _), old in zip(read, stale, strict=True) if old]
+    records = [fields for (_, fields), take in zip(read, fresh, strict=True) if take]
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    mark = {
+    mark: dict[str, Any] = {
         "stream": source.stream,
         "group": source.group,
         "first_id": fresh_ids[0] if fresh_ids else None,
         "last_id": fresh_ids[-1] if fresh_ids else None,
         "entries": len(fresh_ids),
     }
+    if state.events is not None:
+        mark["interval"] = True  # entries of later intervals were left pending (see `_stream_entries`)
+        if later.any():
+            mark["held_back"] = int(later.sum())
 
     def acknowledge() -> None:
         ids = stale_ids + fresh_ids
@@ -882,3 +888,29 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
             ack.close()
 
     return Batch(frame, mark, on_committed=acknowledge if (fresh_ids or stale_ids) else None)
+
+
+def _stream_entries(read: list[tuple[str, dict[str, str]]], state: ReadState) -> tuple[Any, Any]:
+    """Which entries a part in the lake holds already, and which belong to a later interval.
+
+    A part read every entry between its first and last id that was not acknowledged before; it
+    committed those of its own interval (event time before its date's midnight, or none that
+    parses) and left the later ones pending. A part written before intervals held everything in
+    its range.
+    """
+    ms = np.array([stream_id_key(i)[0] for i, _ in read], dtype=np.int64)
+    seq = np.array([stream_id_key(i)[1] for i, _ in read], dtype=np.int64)
+    events = state.events
+    times = None
+    if events is not None and read:
+        times = events.times(pd.Series([fields.get(events.column) for _, fields in read], dtype=object))
+    stale = np.zeros(len(read), dtype=bool)
+    for first, last, until in state.stream_parts:
+        inside = ((ms > first[0]) | ((ms == first[0]) & (seq >= first[1]))) & (
+            (ms < last[0]) | ((ms == last[0]) & (seq <= last[1]))
+        )
+        if until is not None and times is not None:
+            inside &= ((times < until) | times.isna()).to_numpy()
+        stale |= inside
+    later = np.zeros(len(read), dtype=bool) if times is None else (times >= events.until).to_numpy() & ~stale  # type: ignore[union-attr]
+    return stale, later

@@ -195,7 +195,7 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
     file_from: dict[str, datetime] = {}
     file_cap: dict[str, datetime] = {}
     capped: set[str] = set()
-    stream_ids: list[str] = []
+    stream_parts: list[tuple[tuple[int, int], tuple[int, int], datetime | None]] = []
     for manifest in lake.manifests(source.table):
         for part in manifest.parts:
             if part.source != source.name:
@@ -217,21 +217,21 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
                     else:
                         files_elsewhere.add(name)  # a later date read it from its start
             if mark.get("last_id"):
-                stream_ids.append(mark["last_id"])
+                end = datetime.fromisoformat(manifest.ingest_date) if mark.get("interval") else None
+                stream_parts.append((stream_id_key(mark["first_id"]), stream_id_key(mark["last_id"]), end))
     low = decode_mark(before[-1].watermark.get("high")) if before else None
     cap = decode_mark(after[0].watermark.get("low")) if after else None
     if after and cap is None and not isinstance(source, FileSource | StreamSource):
         # a later date started from nothing: this earlier date has nothing of its own left
         cap = low
-    last_id = max(stream_ids, key=stream_id_key) if stream_ids else None
     events = None
     event_time = CONTRACTS[source.table].event_time
-    if event_time and not isinstance(source, StreamSource):
+    if event_time:
         until = datetime.combine(ingest_date, datetime.min.time())
         column = source_columns(source).get(event_time, event_time)
         fmt = source.date_formats.get(event_time)
         events = EventWindow(column, fmt, until, file_from, file_cap)
-    return ReadState(low, cap, frozenset(files_elsewhere), last_id, events)
+    return ReadState(low, cap, frozenset(files_elsewhere), tuple(stream_parts), events)
 
 
 def ingest_source(
