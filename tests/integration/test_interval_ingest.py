@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops.data.lake import RawLake
 from churnops.data.sources import EventWindow, ReadState, within_interval
 from churnops.pipelines.ingest import ingest, make_lake
 from churnops.settings import Settings, load_settings
@@ -65,6 +66,17 @@ def _shop(tmp_path: Path, name: str, fmt: str) -> Settings:
     return load_settings(None, workspace=str(tmp_path / name), sources=[source], ingest=ingest_limits)
 
 
+def _ingested(settings: Settings, days: list[date]) -> RawLake:
+    """The lake after ingesting `days` in that order; every order is in it once."""
+    for day in days:
+        ingest(settings, day)
+    lake = make_lake(settings)
+    orders = lake.read("orders")
+    assert orders["order_id"].is_unique
+    assert len(orders) == 4 * 60 + 40 - 1  # all but the row without a time, quarantined
+    return lake
+
+
 def _partitions(settings: Settings) -> dict[str, tuple[str, int]]:
     lake = make_lake(settings)
     return {m.ingest_date: (m.sha256, m.rows) for m in lake.manifests("orders")}
@@ -75,13 +87,7 @@ def test_each_date_holds_the_orders_of_its_interval(tmp_path: Path, fmt: str) ->
     """Dates in order: each partition holds the orders before its midnight that no earlier date
     read, a file spanning days is read a day at a time, and a row without a time is quarantined
     once, by the first date that reads its file."""
-    settings = _shop(tmp_path, "in-order", fmt)
-    for day in DAYS:
-        ingest(settings, day)
-    lake = make_lake(settings)
-    orders = lake.read("orders")
-    assert orders["order_id"].is_unique
-    assert len(orders) == 4 * 60 + 40 - 1
+    lake = _ingested(_shop(tmp_path, "in-order", fmt), DAYS)
     for manifest in lake.manifests("orders"):
         end = pd.Timestamp(manifest.ingest_date)
         dates = pd.concat([pd.read_parquet(lake.locate(p.data.path), columns=["order_date"]) for p in manifest.parts])[
@@ -138,13 +144,7 @@ def test_without_the_set_aside_an_older_date_takes_nothing_twice(tmp_path: Path)
     for order in ([DAYS[-1], DAYS[0]], [DAYS[0], DAYS[-1], DAYS[1]]):
         # the second: the newest date read the history file on from where the oldest stopped,
         # so the middle date has nothing of it left
-        settings = _shop(tmp_path, "-".join(d.isoformat() for d in order), "csv")
-        for day in order:
-            ingest(settings, day)
-        lake = make_lake(settings)
-        orders = lake.read("orders")
-        assert orders["order_id"].is_unique
-        assert len(orders) == 4 * 60 + 40 - 1
+        lake = _ingested(_shop(tmp_path, "-".join(d.isoformat() for d in order), "csv"), order)
         assert len(lake.read("orders", quarantine=True)) == 1  # the row without a time, nothing twice
 
 

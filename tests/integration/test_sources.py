@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -192,7 +193,8 @@ def test_http_client_error_is_not_retried() -> None:
         api.stop()
 
 
-def _stream_settings(simulated: Settings, redis_url: str, stream: str) -> Settings:
+def _stream_settings(simulated: Settings, redis_url: str, stream: str, workspace: Path | None = None) -> Settings:
+    """The shop's customers and a stream of orders, in the shop's workspace or `workspace`."""
     source = {
         "kind": "stream",
         "name": "order_events",
@@ -203,7 +205,8 @@ def _stream_settings(simulated: Settings, redis_url: str, stream: str) -> Settin
         "block_ms": 10,
         "columns": ORDER_MAPPING,
     }
-    cfg = load_settings(None, workspace=str(simulated.workspace), sources=[simulated.sources[0], source])
+    where = str(workspace or simulated.workspace)
+    cfg = load_settings(None, workspace=where, sources=[simulated.sources[0], source])
     ingest(cfg, date(2024, 5, 1), only=["shop_customers"])
     return cfg
 
@@ -333,3 +336,49 @@ def test_file_source_and_lake_on_s3(settings: Settings, s3_options: dict[str, An
     assert len(lake.read("orders")) == expected
     assert fs.exists(f"{bucket}/lake/raw/orders/ingest_date=2024-03-01/_manifest.json")
     assert len(fs.glob(f"{bucket}/lake/raw/orders/ingest_date=2024-03-01/*.parquet")) == 1
+
+
+def test_stream_dates_out_of_order_with_a_replay_end_as_in_order(
+    simulated: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """The newest date read first, then an older one with the later dates owed (as a run of it
+    does: `pipelines.replay`): the later date's parts are set aside, the older date and then the
+    later one read their entries again by id range, and each partition holds the orders of its
+    own interval, as in order; the parts set aside stay with their files."""
+    from churnops.pipelines import replay
+
+    orders = _world(simulated).orders
+    march = orders[orders["order_date"].between("2024-03-01", "2024-03-06", inclusive="left")]
+    shuffled = march.sample(frac=1.0, random_state=11)
+    days = [date(2024, 3, 3), date(2024, 3, 6)]
+
+    def stream_partitions(cfg: Settings) -> dict[str, str]:
+        return {m.ingest_date: m.sha256 for m in make_lake(cfg).manifests("orders") if m.parts}
+
+    in_order = _stream_settings(simulated, redis_url, f"a-{time.time_ns()}", tmp_path / "in-order")
+    publish_stream(shuffled, redis_url, in_order.source("order_events").stream)  # type: ignore[union-attr]
+    for day in days:
+        ingest(in_order, day, only=["order_events"])
+
+    late = _stream_settings(simulated, redis_url, f"b-{time.time_ns()}", tmp_path / "late")
+    publish_stream(shuffled, redis_url, late.source("order_events").stream)  # type: ignore[union-attr]
+    ingest(late, days[1], only=["order_events"])
+    assert make_lake(late).manifest("orders", days[1]).rows == int((march["order_date"] < pd.Timestamp(days[1])).sum())  # type: ignore[union-attr]
+    replay.owe(late, days[0], [days[1]])
+    replay.set_aside_later(late, [days[1]], lambda _: None)
+    ingest(late, days[0], only=["order_events"])
+    replay.done(late, days[0])
+    ingest(late, days[1], only=["order_events"])
+    replay.paid(late, days[1])
+
+    assert stream_partitions(late) == stream_partitions(in_order)
+    assert len(stream_partitions(in_order)) == 2
+    lake = make_lake(late)
+    assert lake.read("orders")["order_id"].is_unique
+    assert len(lake.read("orders")) == len(march)
+    assert _pending(redis_url, late.source("order_events").stream) == 0  # type: ignore[union-attr]
+    (aside,) = lake.manifest("orders", days[1]).set_aside  # type: ignore[union-attr]
+    assert aside.part.source == "order_events"
+    assert Path(lake.locate(aside.part.data.path)).exists()
+    # without dates owed, a set-aside part is not read again
+    assert ingest(late, days[1], only=["order_events"])[0].status == "no new data"

@@ -84,6 +84,8 @@ class ReadState:
             of each (as `stream_id_key`s) and the end of its date's data interval (None for a
             part that did not leave later entries pending).
         events: For an event table (orders): the rows of this date's data interval.
+        stream_reread: First and last ids of stream parts set aside (their entries were
+            acknowledged): read again, by id range, while the dates after an older one run again.
     """
 
     low: Any = None
@@ -91,6 +93,7 @@ class ReadState:
     files_elsewhere: frozenset[str] = frozenset()
     stream_parts: tuple[tuple[tuple[int, int], tuple[int, int], datetime | None], ...] = ()
     events: EventWindow | None = None
+    stream_reread: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -856,10 +859,20 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
                 if phase == "pending":
                     # pending entries are re-read from after the last one returned
                     cursor = entries[-1][0]
+        seen = {entry_id for entry_id, _ in read}
+        for first, last in state.stream_reread:
+            while True:
+                ranged: Any = client.xrange(source.stream, min=first, max=last, count=source.batch_size)
+                read.extend((i, f) for i, f in ranged if f is not None and i not in seen)
+                seen.update(i for i, _ in ranged)
+                if len(ranged) < source.batch_size:
+                    break
+                first = "(" + ranged[-1][0]  # exclusive: after the last one returned
     except redis.RedisError as exc:
         raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
     finally:
         client.close()
+    read.sort(key=lambda entry: stream_id_key(entry[0]))  # entries read again by range are among the oldest
     stale, later = _stream_entries(read, state)
     fresh = ~stale & ~later
     fresh_ids = [entry_id for (entry_id, _), take in zip(read, fresh, strict=True) if take]

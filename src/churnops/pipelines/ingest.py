@@ -109,13 +109,21 @@ def ingest(
         if unknown:
             raise IngestError(f"unknown source(s): {', '.join(sorted(unknown))}")
         sources = [s for s in sources if s.name in wanted]
+    from churnops.pipelines.replay import pending
+
     lake = make_lake(settings)
     reports: list[SourceReport] = []
     has_customer_source = any(s.table == "customers" for s in settings.enabled_sources())
+    owed = pending(settings)
+    # while an older date and the dates after it run again, streams read the entries of the
+    # later dates' parts set aside once more (`read_state`)
+    reread_since = date.fromisoformat(owed["after"]) if owed else None
     with settings.paths.lock("churnops ingest"):
         for source in sources:
             try:
-                report = ingest_source(source, lake, ingest_date, settings.ingest, check_customers=has_customer_source)
+                report = ingest_source(
+                    source, lake, ingest_date, settings.ingest, has_customer_source, reread_since=reread_since
+                )
             except (IngestError, SourceError, BatchRejectedError) as exc:
                 report = SourceReport(source.name, source.table, "failed", message=str(exc))
                 reports.append(report)
@@ -180,13 +188,14 @@ def _log_run(settings: Settings, ingest_date: date, reports: list[SourceReport],
     )
 
 
-def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
+def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: date | None = None) -> ReadState:
     """Where this source's read starts and stops, from the parts other dates hold.
 
     Rows of an event table (orders) belong to the date whose data interval holds their event
     time: a date reads those before its midnight that no earlier date read, and leaves later
     ones for later dates, so the partitions do not depend on when or in which order the dates
-    ran (see `EventWindow`).
+    ran (see `EventWindow`). A stream's entries are consumed once: with `reread_since`, the
+    entries of its parts set aside in partitions from that date on are read again.
     """
     day = ingest_date.isoformat()
     before: list[Part] = []
@@ -196,7 +205,13 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
     file_cap: dict[str, datetime] = {}
     capped: set[str] = set()
     stream_parts: list[tuple[tuple[int, int], tuple[int, int], datetime | None]] = []
+    reread: list[tuple[str, str]] = []
     for manifest in lake.manifests(source.table):
+        if reread_since is not None and manifest.ingest_date >= reread_since.isoformat():
+            for aside in manifest.set_aside:
+                mark = aside.part.watermark
+                if aside.part.source == source.name and mark.get("last_id"):
+                    reread.append((mark["first_id"], mark["last_id"]))
         for part in manifest.parts:
             if part.source != source.name:
                 continue
@@ -231,7 +246,7 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
         column = source_columns(source).get(event_time, event_time)
         fmt = source.date_formats.get(event_time)
         events = EventWindow(column, fmt, until, file_from, file_cap)
-    return ReadState(low, cap, frozenset(files_elsewhere), tuple(stream_parts), events)
+    return ReadState(low, cap, frozenset(files_elsewhere), tuple(stream_parts), events, tuple(reread))
 
 
 def ingest_source(
@@ -240,6 +255,7 @@ def ingest_source(
     ingest_date: date,
     limits: IngestSettings,
     check_customers: bool = True,
+    reread_since: date | None = None,
 ) -> SourceReport:
     """Read, validate and publish one source's batch for one ingest date.
 
@@ -254,6 +270,8 @@ def ingest_source(
         ingest_date: The partition to write (a rerun replaces this source's part of it).
         limits: Bad-share and volume-drop limits, and the chunk size.
         check_customers: Quarantine orders whose customer is not in the lake.
+        reread_since: While dates run again after this one: a stream reads again the entries
+            of its parts set aside from it on (see `read_state`).
 
     Returns:
         The report; status is `published`, `unchanged` (a snapshot equal to the last one),
@@ -264,7 +282,7 @@ def ingest_source(
     """
     started = time.perf_counter()
     contract = CONTRACTS[source.table]
-    state = read_state(lake, source, ingest_date)
+    state = read_state(lake, source, ingest_date, reread_since)
     columns = source_columns(source)
     batch = read_source(source, state, {c: columns.get(c, c) for c in contract.required})
     while True:

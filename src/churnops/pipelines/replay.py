@@ -26,8 +26,9 @@ logs record what was served and are kept as they are.
 The raw lake: a date's orders are those of its data interval (`pipelines.ingest.read_state`), so
 the later dates' partitions are set aside (kept, not read; `set_aside_later`), the date ingests
 the orders before its midnight, and each later date ingests its own again. A table updated in
-place (customers) holds only its current rows, so the date reads them as they are now; stream
-entries are consumed once and stay in the partitions that read them.
+place (customers) holds only its current rows, so the date reads them as they are now. A
+stream's entries were acknowledged once: while dates are owed, its reads take the entries of its
+parts set aside again, by their id ranges.
 
 The rewind is written to `<workspace>/registry_rewind.json` before it starts and removed when it
 has finished; a run, or any command that writes to the registry, that finds the file (a crash
@@ -205,15 +206,15 @@ def _apply(registry: Any, plan: dict[str, Any]) -> None:
 def set_aside_later(settings: Settings, later: list[date], say: Callable[[str], None]) -> None:
     """Take the later dates' raw partitions out of the lake's view before the date runs.
 
-    The parts of every source that can read them again (all but streams, whose entries are
-    consumed) are set aside, files kept (`RawLake.set_aside`): the date then reads the rows of
-    its own data interval, as it would have run before them, and each later date ingests its
-    own again when it runs again. A stream's parts stay where they are.
+    The parts of every enabled source are set aside, files kept (`RawLake.set_aside`): the date
+    then reads the rows of its own data interval, as it would have run before them, and each
+    later date ingests its own again when it runs again. A stream's entries, acknowledged once,
+    are read again by the id ranges of its parts set aside while dates are owed.
     """
     from churnops.pipelines.ingest import make_lake
 
     lake = make_lake(settings)
-    sources = [s.name for s in settings.enabled_sources() if s.kind != "stream"]
+    sources = [s.name for s in settings.enabled_sources()]
     moved = 0
     for table in lake.tables():
         for day in later:
