@@ -382,3 +382,24 @@ def test_stream_dates_out_of_order_with_a_replay_end_as_in_order(
     assert Path(lake.locate(aside.part.data.path)).exists()
     # without dates owed, a set-aside part is not read again
     assert ingest(late, days[1], only=["order_events"])[0].status == "no new data"
+
+
+def test_a_stream_trimmed_since_its_part_was_set_aside_is_named(
+    simulated: Settings, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries of a part set aside that the stream no longer holds cannot be read again: the read
+    says so and where they are kept."""
+    import redis
+
+    from churnops.pipelines import replay
+
+    stream = f"c-{time.time_ns()}"
+    publish_stream(_world(simulated).orders.iloc[:50], redis_url, stream)
+    cfg = _stream_settings(simulated, redis_url, stream, tmp_path / "ws")
+    ingest(cfg, date(2024, 5, 1), only=["order_events"])
+    replay.owe(cfg, date(2024, 4, 1), [date(2024, 5, 1)])
+    replay.set_aside_later(cfg, [date(2024, 5, 1)], lambda _: None)
+    redis.Redis.from_url(redis_url).xtrim(stream, maxlen=0)
+    with caplog.at_level("WARNING"):
+        ingest(cfg, date(2024, 4, 1), only=["order_events"])
+    assert "no longer holds every entry of a part set aside" in caplog.text

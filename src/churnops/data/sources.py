@@ -84,8 +84,9 @@ class ReadState:
             of each (as `stream_id_key`s) and the end of its date's data interval (None for a
             part that did not leave later entries pending).
         events: For an event table (orders): the rows of this date's data interval.
-        stream_reread: First and last ids of stream parts set aside (their entries were
-            acknowledged): read again, by id range, while the dates after an older one run again.
+        stream_reread: First and last ids, and entry count, of stream parts set aside (their
+            entries were acknowledged): read again, by id range, while the dates after an older
+            one run again.
     """
 
     low: Any = None
@@ -93,7 +94,7 @@ class ReadState:
     files_elsewhere: frozenset[str] = frozenset()
     stream_parts: tuple[tuple[tuple[int, int], tuple[int, int], datetime | None], ...] = ()
     events: EventWindow | None = None
-    stream_reread: tuple[tuple[str, str], ...] = ()
+    stream_reread: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass
@@ -860,14 +861,23 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
                     # pending entries are re-read from after the last one returned
                     cursor = entries[-1][0]
         seen = {entry_id for entry_id, _ in read}
-        for first, last in state.stream_reread:
+        for first, last, entries_held in state.stream_reread:
+            before, start = len(seen), first
             while True:
-                ranged: Any = client.xrange(source.stream, min=first, max=last, count=source.batch_size)
+                ranged: Any = client.xrange(source.stream, min=start, max=last, count=source.batch_size)
                 read.extend((i, f) for i, f in ranged if f is not None and i not in seen)
                 seen.update(i for i, _ in ranged)
                 if len(ranged) < source.batch_size:
                     break
-                first = "(" + ranged[-1][0]  # exclusive: after the last one returned
+                start = "(" + ranged[-1][0]  # exclusive: after the last one returned
+            if len(seen) - before < entries_held:
+                log.warning(
+                    "source %r: the stream no longer holds every entry of a part set aside (%s to %s, trimmed?): "
+                    "what is missing stays only in that part, under the lake manifest's set_aside",
+                    source.name,
+                    first,
+                    last,
+                )
     except redis.RedisError as exc:
         raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
     finally:

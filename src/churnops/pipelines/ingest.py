@@ -205,13 +205,13 @@ def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: d
     file_cap: dict[str, datetime] = {}
     capped: set[str] = set()
     stream_parts: list[tuple[tuple[int, int], tuple[int, int], datetime | None]] = []
-    reread: list[tuple[str, str]] = []
+    reread: list[tuple[str, str, int]] = []
     for manifest in lake.manifests(source.table):
         if reread_since is not None and manifest.ingest_date >= reread_since.isoformat():
             for aside in manifest.set_aside:
                 mark = aside.part.watermark
                 if aside.part.source == source.name and mark.get("last_id"):
-                    reread.append((mark["first_id"], mark["last_id"]))
+                    reread.append((mark["first_id"], mark["last_id"], mark.get("entries", 0)))
         for part in manifest.parts:
             if part.source != source.name:
                 continue
