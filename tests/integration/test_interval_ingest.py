@@ -19,6 +19,8 @@ from churnops.settings import Settings, load_settings
 pytestmark = pytest.mark.integration
 
 DAYS = [date(2024, 3, d) for d in (2, 3, 4, 5)]  # each reads the orders before its midnight
+PER_DAY, DAILY = 600, 400  # a history file of four days' orders, a daily file of one day's
+ORDERS = 4 * PER_DAY + DAILY - 1  # all but the row without a time, quarantined
 
 
 def _orders(first: int, days: int, per_day: int, seed: int) -> pd.DataFrame:
@@ -35,13 +37,13 @@ def _orders(first: int, days: int, per_day: int, seed: int) -> pd.DataFrame:
     )
 
 
-def _shop(tmp_path: Path, name: str, fmt: str) -> Settings:
+def _shop(tmp_path: Path, name: str, fmt: str, chunk_rows: int | None = None) -> Settings:
     """One file of four days of orders (2024-03-01 to 03-04) and a daily file of 03-03, in `fmt`."""
     folder = tmp_path / f"drop-{fmt}"
     if not folder.exists():
         folder.mkdir()
-        whole = _orders(0, 4, 60, seed=1)
-        daily = _orders(10_000, 1, 40, seed=2)
+        whole = _orders(0, 4, PER_DAY, seed=1)
+        daily = _orders(10_000, 1, DAILY, seed=2)
         daily["ordered_at"] = daily["ordered_at"].str.replace("2024-03-01", "2024-03-03")
         daily.loc[3, "ordered_at"] = "sometime"  # quarantined by the date that reads the file first
         for frame, stem in ((whole, "a-history"), (daily, "b-day")):
@@ -62,7 +64,9 @@ def _shop(tmp_path: Path, name: str, fmt: str) -> Settings:
             "total_amount": "amount",
         },
     }
-    ingest_limits = {"max_volume_drop": None, "max_bad_share": 0.5}
+    ingest_limits: dict[str, Any] = {"max_volume_drop": None, "max_bad_share": 0.5}
+    if chunk_rows:
+        ingest_limits["chunk_rows"] = chunk_rows
     return load_settings(None, workspace=str(tmp_path / name), sources=[source], ingest=ingest_limits)
 
 
@@ -73,7 +77,7 @@ def _ingested(settings: Settings, days: list[date]) -> RawLake:
     lake = make_lake(settings)
     orders = lake.read("orders")
     assert orders["order_id"].is_unique
-    assert len(orders) == 4 * 60 + 40 - 1  # all but the row without a time, quarantined
+    assert len(orders) == ORDERS
     return lake
 
 
@@ -82,12 +86,12 @@ def _partitions(settings: Settings) -> dict[str, tuple[str, int]]:
     return {m.ingest_date: (m.sha256, m.rows) for m in lake.manifests("orders")}
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_each_date_holds_the_orders_of_its_interval(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize(("fmt", "chunk_rows"), [("csv", None), ("parquet", None), ("parquet", 1000)])
+def test_each_date_holds_the_orders_of_its_interval(tmp_path: Path, fmt: str, chunk_rows: int | None) -> None:
     """Dates in order: each partition holds the orders before its midnight that no earlier date
-    read, a file spanning days is read a day at a time, and a row without a time is quarantined
-    once, by the first date that reads its file."""
-    lake = _ingested(_shop(tmp_path, "in-order", fmt), DAYS)
+    read, a file spanning days is read a day at a time (in one piece or many), and a row without
+    a time is quarantined once, by the first date that reads its file."""
+    lake = _ingested(_shop(tmp_path, "in-order", fmt, chunk_rows), DAYS)
     for manifest in lake.manifests("orders"):
         end = pd.Timestamp(manifest.ingest_date)
         dates = pd.concat([pd.read_parquet(lake.locate(p.data.path), columns=["order_date"]) for p in manifest.parts])[

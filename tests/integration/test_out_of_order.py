@@ -40,6 +40,7 @@ def _state(settings: Settings) -> dict[str, Any]:
     """What the dates decided and computed: registry versions (their dates, candidates and
     holdout metrics), aliases, the audited moves, monitoring's history, each date's training
     decision, and the content of every feature snapshot."""
+    from churnops.data.tables import read_customers
     from churnops.pipelines.features import feature_table
     from churnops.pipelines.ingest import make_lake
     from churnops.pipelines.promotion import existing_registry
@@ -60,12 +61,14 @@ def _state(settings: Settings) -> dict[str, Any]:
             for day in DAYS
         },
         "snapshots": {k: v.content_hash for k, v in feature_table(settings).manifest().snapshots.items()},
-        # the raw partitions of the orders and the catalog (customers are a table updated in
-        # place: a date run late reads them as they are now, not as they were)
+        # the raw partitions of the orders and the catalog; customers are a table updated in
+        # place, so a date run late reads them as they are now, not as they were: their
+        # partitions differ, the latest version of each customer (what every stage reads) not
         "lake": {
             table: {m.ingest_date: m.sha256 for m in make_lake(settings).manifests(table) if m.parts}
             for table in ("orders", "products")
         },
+        "customers": read_customers(make_lake(settings)).sort_values("customer_id").to_dict("list"),
     }
 
 

@@ -531,19 +531,25 @@ class FileRows:
             numbered += len(piece)
             if window is not None:
                 if window.masks is None:
-                    masks.append(self._keep(window, piece, event))
-                piece = _filtered(piece, (window.masks or masks)[index], event if extra else None)
+                    keep = self._keep(window, piece, event, count=True)
+                    masks.append(keep)
+                elif index < len(window.masks) and len(window.masks[index]) == len(piece):
+                    keep = window.masks[index]
+                else:  # pieces cut otherwise than the first read's: choose again (nothing counted twice)
+                    keep = self._keep(window, piece, event, count=False)
+                piece = _filtered(piece, keep, event if extra else None)
             yield piece
         if window is not None and window.masks is None:
             window.masks = masks
             window.taken = sum(int(m.sum()) for m in masks)
 
-    def _keep(self, window: _FileWindow, piece: _Piece, event: str) -> Any:
-        """Which rows of a piece the date reads; counts those a later date reads."""
+    def _keep(self, window: _FileWindow, piece: _Piece, event: str, count: bool) -> Any:
+        """Which rows of a piece the date reads; with `count`, counts those a later date reads."""
         assert self.events is not None
         values = piece.column(event).to_pandas() if isinstance(piece, pa.Table) else piece[event]
         times = self.events.times(values)
-        window.later += int((times >= window.end).sum())
+        if count:
+            window.later += int((times >= window.end).sum())
         keep = (times < window.end) | times.isna()
         if window.start is not None:  # an earlier date read the rows before, and those without a time
             keep &= times >= window.start
