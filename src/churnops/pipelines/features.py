@@ -85,12 +85,14 @@ def on_grid(snapshots: list[str], as_of: date, cadence_days: int, max_history: i
 
 
 def raw_lineage(settings: Settings) -> list[dict[str, Any]]:
-    """The raw partitions (and content hashes) the features are built from."""
+    """The raw partitions (and content hashes) the features are built from (a partition whose
+    parts are all set aside holds nothing they read)."""
     lake = make_lake(settings)
     return [
         {"table": m.table, "ingest_date": m.ingest_date, "sha256": m.sha256, "rows": m.rows}
         for table in ("orders", "customers")
         for m in lake.manifests(table)
+        if m.parts
     ]
 
 
