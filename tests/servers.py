@@ -20,8 +20,32 @@ import pytest
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port nothing uses right now, below the kernel's ephemeral range.
+
+    A port from that range (what binding port 0 gives) can be taken as the source port of an
+    outgoing connection by then a server, started or restarted on it later, binds it: the
+    server fails with "address already in use". Each xdist worker draws from its own share.
+    """
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            ephemeral = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    share = (ephemeral - 10_000) // 8
+    low = 10_000 + (index % 8) * share
+    for _ in range(500):
+        port = random.randint(low, low + share - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded range: any port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
