@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -234,6 +235,20 @@ def test_an_older_date_triggered_after_a_newer_one_ends_as_in_order(tmp_path: Pa
     log = (tmp_path / "driver-run.log").read_text()
     assert "registry rewound to before 2024-12-31" in log
     assert f"running {DAYS[2]} again, after {DAYS[0]}" in log
+    # the raw lake: the older date's orders are those before it, as in date order, and the newer
+    # date's part from its first run is set aside, kept, and replaced by the orders after them
+    from churnops.pipelines.ingest import make_lake
+
+    lake, theirs_lake = make_lake(settings), make_lake(in_order)
+    older, newer = (lake.manifest("orders", date.fromisoformat(d)) for d in (DAYS[0], DAYS[2]))
+    assert older is not None
+    assert newer is not None
+    assert older.sha256 == theirs_lake.manifest("orders", date.fromisoformat(DAYS[0])).sha256  # type: ignore[union-attr]
+    assert len(newer.set_aside) == 1
+    orders = lake.read("orders")
+    assert orders["order_id"].is_unique
+    assert orders["order_date"].max() < pd.Timestamp(DAYS[2])
+    assert len(orders) == sum(m.rows for m in theirs_lake.manifests("orders") if m.ingest_date <= DAYS[2])
 
 
 def test_a_failing_gate_takes_the_notify_branch_under_airflow_dags_test(tmp_path: Path) -> None:
