@@ -55,7 +55,7 @@ INGEST = (
     + """
 from churnops.pipelines.ingest import ingest
 t = time.perf_counter()
-reports = ingest(settings, date(2025, 12, 31))
+reports = ingest(settings, date(2026, 1, 1))  # the day after the last published one: every order
 total = time.perf_counter() - t
 by = {{r.source: {{"rows": r.rows_read, "seconds": r.seconds}} for r in reports}}
 print(json.dumps({{"seconds": total, "sources": by}}))
