@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 DAYS = [date(2024, 3, d) for d in (2, 3, 4, 5)]  # each reads the orders before its midnight
 PER_DAY, DAILY = 600, 400  # a history file of four days' orders, a daily file of one day's
 ORDERS = 4 * PER_DAY + DAILY - 1  # all but the row without a time, quarantined
+COLUMNS = {"order_id": "order_ref", "customer_id": "customer", "order_date": "ordered_at", "total_amount": "amount"}
 
 
 def _orders(first: int, days: int, per_day: int, seed: int) -> pd.DataFrame:
@@ -57,12 +58,7 @@ def _shop(tmp_path: Path, name: str, fmt: str, chunk_rows: int | None = None) ->
         "name": "drop",
         "table": "orders",
         "path": str(folder / f"*.{fmt}"),
-        "columns": {
-            "order_id": "order_ref",
-            "customer_id": "customer",
-            "order_date": "ordered_at",
-            "total_amount": "amount",
-        },
+        "columns": COLUMNS,
     }
     ingest_limits: dict[str, Any] = {"max_volume_drop": None, "max_bad_share": 0.5}
     if chunk_rows:
@@ -168,6 +164,8 @@ def _window(until: str) -> ReadState:
         ([(1, "when?"), (2, "2024-03-01T11:00")], [1, 2], 2, 0),
         # everything is later: nothing is read and the watermark stays where it was
         ([(5, "2024-03-03T00:00")], [], None, 1),
+        # a later row without a watermark cannot stop the read: it waits alone
+        ([(1, "2024-03-01T10:00"), (None, "2024-03-02T08:00"), (3, "2024-03-01T11:00")], [1, 3], 3, 1),
     ],
 )
 def test_a_read_stops_before_the_first_order_of_a_later_interval(
@@ -214,3 +212,67 @@ def test_a_part_set_aside_and_ingested_again_alike_is_not_kept_twice(tmp_path: P
     assert after.sha256 == before.sha256
     assert after.set_aside == []
     assert not Path(lake.locate(moved.data.path)).exists()
+
+
+def test_the_default_date_counts_orders_waiting_past_the_last_partition(tmp_path: Path) -> None:
+    """Without `--date`, the date is the day after the newest order, also when that order
+    waits in a file a date already read part of."""
+    from churnops.pipelines.ingest import default_ingest_date
+
+    settings = _shop(tmp_path, "ws", "csv")
+    ingest(settings, DAYS[0])
+    assert default_ingest_date(settings) == date(2024, 3, 5)  # the history file's orders reach 03-04
+
+
+def test_a_file_that_breaks_part_way_is_set_aside_once(tmp_path: Path) -> None:
+    """A Parquet file whose second row group is broken (all its orders of a later date): the
+    first date sets it aside whole, with one quarantine row, and no later date reads it again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = _shop(tmp_path, "ws", "parquet", chunk_rows=1000)
+    broken = _orders(50_000, 1, 5000, seed=3)
+    broken["ordered_at"] = pd.to_datetime(broken["ordered_at"]) + pd.Timedelta(days=8)
+    path = Path(settings.source("drop").path).parent / "c-broken.parquet"  # type: ignore[union-attr]
+    pq.write_table(pa.Table.from_pandas(broken, preserve_index=False), path, row_group_size=2500, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    payload = bytearray(path.read_bytes())
+    payload[offset : offset + 200] = b"\xff" * 200
+    path.write_bytes(bytes(payload))
+    reports = [ingest(settings, day)[0] for day in DAYS]
+    assert [r.files_quarantined for r in reports] == [1, 0, 0, 0]
+    # what waits is the readable files' later rows, none of the broken file's
+    assert reports[0].rows_later == 4 * PER_DAY + DAILY - reports[0].rows_read
+    quarantine = make_lake(settings).read("orders", quarantine=True)
+    assert (quarantine["row_number"] == -1).sum() == 1  # the file, once
+    assert len(quarantine) == 2  # and the row without a time
+
+
+def test_an_older_sql_date_after_a_later_one_that_read_from_the_start_takes_nothing(tmp_path: Path) -> None:
+    """An incremental SQL source read first for a later date (from its start), then for an
+    older one: the older date has nothing of its own left and reads nothing (no order twice,
+    nothing quarantined)."""
+    import sqlite3
+
+    database = tmp_path / "shop.db"
+    frame = _orders(0, 4, 50, seed=4)
+    frame.insert(0, "id", range(len(frame)))
+    with sqlite3.connect(database) as connection:
+        frame.to_sql("orders", connection, index=False)
+    source = {
+        "kind": "sql",
+        "name": "db",
+        "table": "orders",
+        "url": f"sqlite:///{database}",
+        "source_table": "orders",
+        "watermark": "id",
+        "columns": COLUMNS,
+    }
+    settings = load_settings(None, workspace=str(tmp_path / "ws"), sources=[source], ingest={"max_volume_drop": None})
+    ingest(settings, DAYS[-1])
+    (older,) = ingest(settings, DAYS[0])
+    assert older.rows_read == 0
+    assert older.rows_quarantined == 0
+    lake = make_lake(settings)
+    assert lake.read("orders")["order_id"].is_unique
+    assert len(lake.read("orders")) == len(frame)

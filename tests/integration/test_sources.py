@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -380,8 +381,58 @@ def test_stream_dates_out_of_order_with_a_replay_end_as_in_order(
     (aside,) = lake.manifest("orders", days[1]).set_aside  # type: ignore[union-attr]
     assert aside.part.source == "order_events"
     assert Path(lake.locate(aside.part.data.path)).exists()
-    # without dates owed, a set-aside part is not read again
+    assert aside.recovered  # a read took its entries again whole: it is read again no more
     assert ingest(late, days[1], only=["order_events"])[0].status == "no new data"
+
+
+@pytest.mark.parametrize(
+    ("order", "waves"),
+    [((3, 1, 0, 2), 1), ((1, 2, 0, 3), 1), ((3, 2, 1, 0), 2), ((2, 3, 1, 0), 2), ((1, 3, 2, 0), 3)],
+)
+def test_stream_dates_in_any_order_take_every_entry_once(
+    simulated: Settings, redis_url: str, tmp_path: Path, order: tuple[int, ...], waves: int
+) -> None:
+    """Four dates in a given order, the entries arriving at once or in waves between runs; a
+    date run before later ones sets their parts aside and runs them again, as `churnops run`
+    does, except one later date ingested on its own (no run of it to replay). Every entry ends
+    in the lake once, nothing stays pending, and each partition holds only its interval."""
+    from churnops.pipelines import replay
+
+    orders = _world(simulated).orders
+    march = orders[orders["order_date"].between("2024-03-01", "2024-03-05", inclusive="left")]
+    entries = march.sample(frac=1.0, random_state=sum(order))
+    stream = f"d-{time.time_ns()}"
+    cfg = _stream_settings(simulated, redis_url, stream, tmp_path / "ws")
+    # a few orders a day arriving in waves: no volume rule
+    cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"max_volume_drop": None})})
+    days = [date(2024, 3, d) for d in (2, 3, 4, 5)]
+    parts = np.array_split(np.arange(len(entries)), waves)
+    publish_stream(entries.iloc[parts[0]], redis_url, stream)
+    ran: list[date] = []
+    for step, index in enumerate(order):
+        day = days[index]
+        later = [d for d in sorted(ran) if d > day and d != days[2]]  # days[2] was only ingested
+        if later:
+            replay.owe(cfg, day, later)
+            replay.set_aside_later(cfg, later, lambda _: None)
+        ingest(cfg, day, only=["order_events"])
+        replay.done(cfg, day)
+        for again in later:
+            ingest(cfg, again, only=["order_events"])
+            replay.paid(cfg, again)
+        ran.append(day)
+        if step + 1 < waves:
+            publish_stream(entries.iloc[parts[step + 1]], redis_url, stream)
+    ingest(cfg, days[-1], only=["order_events"])  # what waits for the last date
+    lake = make_lake(cfg)
+    read = lake.read("orders")
+    assert read["order_id"].is_unique
+    assert len(read) == len(entries)
+    assert _pending(redis_url, stream) == 0
+    for manifest in lake.manifests("orders"):
+        for part in manifest.parts:
+            held = pd.read_parquet(lake.locate(part.data.path), columns=["order_date"])["order_date"]
+            assert held.max() < pd.Timestamp(manifest.ingest_date)
 
 
 def test_a_stream_trimmed_since_its_part_was_set_aside_is_named(

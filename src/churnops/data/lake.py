@@ -22,7 +22,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class SetAside:
     part: Part
     reason: str
     at: str
+    recovered: str = ""  # when a stream read took its entries again whole
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ class Manifest:
         """Parse a stored manifest."""
         body = json.loads(text)
         parts = [_part(p) for p in body["parts"]]
-        aside = [SetAside(_part(a["part"]), a["reason"], a["at"]) for a in body.get("set_aside", [])]
+        aside = [
+            SetAside(_part(a["part"]), a["reason"], a["at"], a.get("recovered", "")) for a in body.get("set_aside", [])
+        ]
         return cls(body["table"], body["ingest_date"], parts, body["committed_at"], aside)
 
 
@@ -262,6 +265,18 @@ class RawLake:
         kept = [p for p in current.parts if p.source not in names]
         self._publish(Manifest(table, current.ingest_date, kept, at, aside))
         return moved
+
+    def recovered(self, table: str, ingest_date: date, path: str) -> None:
+        """Record that a stream read took the entries of the part set aside at `path` again."""
+        current = self.manifest(table, ingest_date)
+        if current is None:
+            return
+        at = _now()
+        aside = [
+            replace(a, recovered=at) if a.part.data.path == path and not a.recovered else a for a in current.set_aside
+        ]
+        if aside != current.set_aside:
+            self._publish(replace(current, set_aside=aside))
 
     def _publish(self, manifest: Manifest) -> Manifest:
         day = date.fromisoformat(manifest.ingest_date)

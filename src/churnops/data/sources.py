@@ -84,9 +84,11 @@ class ReadState:
             of each (as `stream_id_key`s) and the end of its date's data interval (None for a
             part that did not leave later entries pending).
         events: For an event table (orders): the rows of this date's data interval.
-        stream_reread: First and last ids, and entry count, of stream parts set aside (their
-            entries were acknowledged): read again, by id range, while the dates after an older
-            one run again.
+        exhausted: A later date read this incremental source from its start: nothing is left
+            for this date.
+        stream_reread: Stream parts set aside and not yet read again whole: first and last
+            entry id, entry count, partition date and data file. Their entries were acknowledged
+            when first read; they are read again by id range.
     """
 
     low: Any = None
@@ -94,7 +96,8 @@ class ReadState:
     files_elsewhere: frozenset[str] = frozenset()
     stream_parts: tuple[tuple[tuple[int, int], tuple[int, int], datetime | None], ...] = ()
     events: EventWindow | None = None
-    stream_reread: tuple[tuple[str, str, int], ...] = ()
+    stream_reread: tuple[tuple[str, str, int, str, str], ...] = ()
+    exhausted: bool = False
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Batch:
     on_committed: Callable[[], None] | None = None
     bad_files: list[BadFile] = field(default_factory=list)
     files: FileRows | None = None
+    recheck: Any = None  # a stream's rows that may be in the lake already (see `read_stream`)
+    recovered: list[tuple[str, str]] = field(default_factory=list)  # parts set aside now read again whole
 
     def chunks(self, rows: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
         """The batch in frames of at most `rows` rows, each labelled by its rows' batch positions.
@@ -203,7 +208,7 @@ def read_sql(source: SqlSource, state: ReadState) -> Batch:
                 frame = _read_sql_chunks(conn, sa.text(base), {}, source.chunk_size)
                 return Batch(*within_interval(frame, {"mode": "snapshot"}, None, state))
             wm = _quote_ident(source.watermark)
-            high = conn.execute(sa.text(f"SELECT MAX({wm}) FROM ({base}) AS q")).scalar()
+            high = None if state.exhausted else conn.execute(sa.text(f"SELECT MAX({wm}) FROM ({base}) AS q")).scalar()
             if high is None:
                 mark = {"mode": "incremental", "column": source.watermark}
                 mark |= {"low": encode_mark(state.low), "high": encode_mark(state.low)}
@@ -248,7 +253,9 @@ def within_interval(
     if watermark is None or watermark not in frame.columns:
         return frame[~later].reset_index(drop=True), mark | {"held_back": int(later.sum())}
     marks = frame[watermark].reset_index(drop=True)
-    keep = (marks < marks[later].min()).to_numpy()
+    first = marks[later].dropna().min()
+    # a later row without a watermark cannot stop the read: it waits, the others are cut as usual
+    keep = ~later if pd.isna(first) else (marks < first).to_numpy()
     kept = frame[keep].reset_index(drop=True)
     high = kept[watermark].max() if len(kept) else state.low
     return kept, mark | {"high": encode_mark(high), "held_back": int((~keep).sum())}
@@ -415,8 +422,9 @@ class FileRows:
                     self.windows[one.name] = _FileWindow(start, end)
 
     def drop(self, name: str) -> None:
-        """Stop reading the file `name`."""
+        """Stop reading the file `name` (it is set aside whole: no row of it waits)."""
         self.files = [f for f in self.files if f.name != name]
+        self.windows.pop(name, None)
 
     def marks(self, named: list[str]) -> dict[str, Any]:
         """The watermark of the files read (`named`, every file listed, set aside or not): those
@@ -468,9 +476,11 @@ class FileRows:
                 bad.append(BadFile(one.name, str(exc)))
                 continue
             if count == 0:
-                self.drop(one.name)
                 window = self.windows.get(one.name)
-                if window is None or not window.later:  # else its rows are a later date's
+                if window is not None and window.later:  # its rows are a later date's: it waits
+                    self.files = [f for f in self.files if f.name != one.name]
+                else:
+                    self.drop(one.name)
                     bad.append(BadFile(one.name, "no rows (header only)"))
                 continue
             if mine:
@@ -517,6 +527,7 @@ class FileRows:
         derive = self.source.derive_order_id and (columns is None or DERIVED_ORDER_ID in columns)
         window = self.windows.get(one.name)
         masks: list[Any] = []  # of this first read, when the window has none yet
+        later = 0
         event = self.events.column if self.events is not None else ""
         extra = window is not None and window.masks is None and wanted is not None and event not in wanted
         read = [*wanted, event] if extra and wanted is not None else wanted
@@ -531,29 +542,31 @@ class FileRows:
             numbered += len(piece)
             if window is not None:
                 if window.masks is None:
-                    keep = self._keep(window, piece, event, count=True)
+                    keep, waiting = self._keep(window, piece, event)
                     masks.append(keep)
+                    later += waiting
                 elif index < len(window.masks) and len(window.masks[index]) == len(piece):
                     keep = window.masks[index]
-                else:  # pieces cut otherwise than the first read's: choose again (nothing counted twice)
-                    keep = self._keep(window, piece, event, count=False)
+                else:  # pieces cut otherwise than the first read's: choose again
+                    keep, _ = self._keep(window, piece, event)
                 piece = _filtered(piece, keep, event if extra else None)
             yield piece
-        if window is not None and window.masks is None:
+        if window is not None and window.masks is None:  # the first read of the file ended well
             window.masks = masks
             window.taken = sum(int(m.sum()) for m in masks)
+            window.later = later
 
-    def _keep(self, window: _FileWindow, piece: _Piece, event: str, count: bool) -> Any:
-        """Which rows of a piece the date reads; with `count`, counts those a later date reads."""
+    def _keep(self, window: _FileWindow, piece: _Piece, event: str) -> tuple[Any, int]:
+        """Which rows of a piece the date reads, and how many a later date reads."""
         assert self.events is not None
-        values = piece.column(event).to_pandas() if isinstance(piece, pa.Table) else piece[event]
+        values = (
+            piece.column(event).to_pandas(types_mapper=_text_types) if isinstance(piece, pa.Table) else piece[event]
+        )
         times = self.events.times(values)
-        if count:
-            window.later += int((times >= window.end).sum())
         keep = (times < window.end) | times.isna()
         if window.start is not None:  # an earlier date read the rows before, and those without a time
             keep &= times >= window.start
-        return keep.to_numpy()
+        return keep.to_numpy(), int((times >= window.end).sum())
 
     def _pieces(self, one: _SourceFile, rows: int, columns: list[str] | None) -> Iterator[_Piece]:
         """A file's rows, at most `rows` at a time: Arrow tables for Parquet and CSV (joined in
@@ -747,6 +760,9 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 
 def read_http(source: HttpSource, state: ReadState) -> Batch:
     """Read every page of a JSON API, with timeouts, retries and exponential backoff."""
+    if state.exhausted and source.watermark:
+        nothing = {"mode": "incremental", "column": source.watermark, "low": state.low, "high": encode_mark(state.low)}
+        return Batch(pd.DataFrame(), nothing)
     params: dict[str, Any] = {source.page_size_param: source.page_size}
     if source.watermark and state.low is not None:
         params[source.watermark_param] = state.low
@@ -834,14 +850,18 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
     """Read pending then new entries through a consumer group; ack only once committed.
 
     An entry of a later date's data interval (`ReadState.events`) is neither read nor
-    acknowledged: it stays pending for the date it belongs to. An entry a part in the lake
-    already holds (`ReadState.stream_parts`) was committed by an earlier run that died before
-    acknowledging it: it is acknowledged and not read again.
+    acknowledged: it stays pending for the date it belongs to. The entries of parts set aside
+    (`ReadState.stream_reread`, acknowledged when first read) are read again by id range. Of an
+    event table's stream, the pending entries and those read again are marked in
+    `Batch.recheck`: ingest leaves out those whose key the lake holds already (a run that died
+    before its acknowledgement committed them). Of another table's stream, pending entries a
+    part's id range holds are acknowledged and not read again.
     """
     import redis
 
     client = redis.Redis.from_url(source.url, decode_responses=True)
     read: list[tuple[str, dict[str, str]]] = []
+    origin: list[int] = []  # per entry: -2 new, -1 pending, else the index of the range read again
     try:
         try:
             client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
@@ -863,20 +883,24 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
                 if not entries:
                     break
                 read.extend(entries)
+                origin.extend([-1 if phase == "pending" else -2] * len(entries))
                 if phase == "pending":
                     # pending entries are re-read from after the last one returned
                     cursor = entries[-1][0]
         seen = {entry_id for entry_id, _ in read}
-        for first, last, entries_held in state.stream_reread:
-            before, start = len(seen), first
+        for index, (first, last, entries_held, _, _) in enumerate(state.stream_reread):
+            returned, start = 0, first
             while True:
                 ranged: Any = client.xrange(source.stream, min=start, max=last, count=source.batch_size)
-                read.extend((i, f) for i, f in ranged if f is not None and i not in seen)
+                fresh = [(i, f) for i, f in ranged if f is not None and i not in seen]
+                read.extend(fresh)
+                origin.extend([index] * len(fresh))
                 seen.update(i for i, _ in ranged)
+                returned += len(ranged)
                 if len(ranged) < source.batch_size:
                     break
                 start = "(" + ranged[-1][0]  # exclusive: after the last one returned
-            if len(seen) - before < entries_held:
+            if returned < entries_held:
                 log.warning(
                     "source %r: the stream no longer holds every entry of a part set aside (%s to %s, trimmed?): "
                     "what is missing stays only in that part, under the lake manifest's set_aside",
@@ -888,8 +912,9 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         raise SourceError(f"source {source.name!r}: Redis stream read failed: {exc}") from exc
     finally:
         client.close()
-    read.sort(key=lambda entry: stream_id_key(entry[0]))  # entries read again by range are among the oldest
-    stale, later = _stream_entries(read, state)
+    order = sorted(range(len(read)), key=lambda i: stream_id_key(read[i][0]))
+    read, origins = [read[i] for i in order], np.array([origin[i] for i in order], dtype=np.int64)
+    stale, later = _stream_entries(read, origins, state)
     fresh = ~stale & ~later
     fresh_ids = [entry_id for (entry_id, _), take in zip(read, fresh, strict=True) if take]
     stale_ids = [entry_id for (entry_id, _), old in zip(read, stale, strict=True) if old]
@@ -902,10 +927,18 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         "last_id": fresh_ids[-1] if fresh_ids else None,
         "entries": len(fresh_ids),
     }
+    recheck = None
     if state.events is not None:
-        mark["interval"] = True  # entries of later intervals were left pending (see `_stream_entries`)
+        mark["interval"] = True  # entries of later intervals were left pending
         if later.any():
             mark["held_back"] = int(later.sum())
+        recheck = origins[fresh] != -2
+    # a range none of whose entries waits for a later date is read again no more (ranges overlap:
+    # an entry counts for every range it lies in, not only the one that read it first)
+    waits = [stream_id_key(entry_id) for (entry_id, _), wait in zip(read, later, strict=True) if wait]
+    ms = np.array([k[0] for k in waits], dtype=np.int64)
+    seq = np.array([k[1] for k in waits], dtype=np.int64)
+    recovered = [r[3:] for r in state.stream_reread if not _within(ms, seq, r[0], r[1]).any()]
 
     def acknowledge() -> None:
         ids = stale_ids + fresh_ids
@@ -916,30 +949,35 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         finally:
             ack.close()
 
-    return Batch(frame, mark, on_committed=acknowledge if (fresh_ids or stale_ids) else None)
+    batch = Batch(frame, mark, on_committed=acknowledge if (fresh_ids or stale_ids) else None, recheck=recheck)
+    batch.recovered = recovered
+    return batch
 
 
-def _stream_entries(read: list[tuple[str, dict[str, str]]], state: ReadState) -> tuple[Any, Any]:
-    """Which entries a part in the lake holds already, and which belong to a later interval.
+def _stream_entries(read: list[tuple[str, dict[str, str]]], origins: Any, state: ReadState) -> tuple[Any, Any]:
+    """Which entries to acknowledge without reading, and which belong to a later interval.
 
-    A part read every entry between its first and last id that was not acknowledged before; it
-    committed those of its own interval (event time before its date's midnight, or none that
-    parses) and left the later ones pending. A part written before intervals held everything in
-    its range.
+    Of an event table's stream none is skipped here (ingest checks the keys of the pending ones
+    and of those read again, `Batch.recheck`). Of another table's stream, a pending entry inside
+    a part's id range was read by that part, which died before acknowledging it.
     """
+    events = state.events
+    if events is not None:
+        times = events.times(pd.Series([fields.get(events.column) for _, fields in read], dtype=object))
+        return np.zeros(len(read), dtype=bool), (times >= events.until).to_numpy()
     ms = np.array([stream_id_key(i)[0] for i, _ in read], dtype=np.int64)
     seq = np.array([stream_id_key(i)[1] for i, _ in read], dtype=np.int64)
-    events = state.events
-    times = None
-    if events is not None and read:
-        times = events.times(pd.Series([fields.get(events.column) for _, fields in read], dtype=object))
     stale = np.zeros(len(read), dtype=bool)
-    for first, last, until in state.stream_parts:
-        inside = ((ms > first[0]) | ((ms == first[0]) & (seq >= first[1]))) & (
-            (ms < last[0]) | ((ms == last[0]) & (seq <= last[1]))
-        )
-        if until is not None and times is not None:
-            inside &= ((times < until) | times.isna()).to_numpy()
-        stale |= inside
-    later = np.zeros(len(read), dtype=bool) if times is None else (times >= events.until).to_numpy() & ~stale  # type: ignore[union-attr]
-    return stale, later
+    pending = origins == -1
+    for first, last, _ in state.stream_parts:
+        stale |= pending & _within(ms, seq, first, last)
+    return stale, np.zeros(len(read), dtype=bool)
+
+
+def _within(ms: Any, seq: Any, first: str | tuple[int, int], last: str | tuple[int, int]) -> Any:
+    """Which stream entry ids (as millisecond and sequence arrays) lie in [first, last]."""
+    low = stream_id_key(first) if isinstance(first, str) else first
+    high = stream_id_key(last) if isinstance(last, str) else last
+    return ((ms > low[0]) | ((ms == low[0]) & (seq >= low[1]))) & (
+        (ms < high[0]) | ((ms == high[0]) & (seq <= high[1]))
+    )

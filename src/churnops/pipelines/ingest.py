@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -109,21 +109,13 @@ def ingest(
         if unknown:
             raise IngestError(f"unknown source(s): {', '.join(sorted(unknown))}")
         sources = [s for s in sources if s.name in wanted]
-    from churnops.pipelines.replay import pending
-
     lake = make_lake(settings)
     reports: list[SourceReport] = []
     has_customer_source = any(s.table == "customers" for s in settings.enabled_sources())
-    owed = pending(settings)
-    # while an older date and the dates after it run again, streams read the entries of the
-    # later dates' parts set aside once more (`read_state`)
-    reread_since = date.fromisoformat(owed["after"]) if owed else None
     with settings.paths.lock("churnops ingest"):
         for source in sources:
             try:
-                report = ingest_source(
-                    source, lake, ingest_date, settings.ingest, has_customer_source, reread_since=reread_since
-                )
+                report = ingest_source(source, lake, ingest_date, settings.ingest, check_customers=has_customer_source)
             except (IngestError, SourceError, BatchRejectedError) as exc:
                 report = SourceReport(source.name, source.table, "failed", message=str(exc))
                 reports.append(report)
@@ -153,8 +145,11 @@ def default_ingest_date(settings: Settings) -> date:
     partitions = [m.ingest_date for table in lake.tables() for m in lake.manifests(table)]
     after_all = date.fromisoformat(max(partitions)) + timedelta(days=1) if partitions else date(9999, 12, 30)
     for source in settings.enabled_sources("orders"):
+        state = read_state(lake, source, after_all)
+        if state.events is not None:  # every order waiting counts, not only those before after_all
+            state = replace(state, events=replace(state.events, until=datetime.max))
         try:
-            batch = read_source(source, read_state(lake, source, after_all))
+            batch = read_source(source, state)
         except SourceError as exc:
             raise IngestError(str(exc)) from exc
         column = source_columns(source).get("order_date", "order_date")
@@ -188,14 +183,14 @@ def _log_run(settings: Settings, ingest_date: date, reports: list[SourceReport],
     )
 
 
-def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: date | None = None) -> ReadState:
+def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
     """Where this source's read starts and stops, from the parts other dates hold.
 
     Rows of an event table (orders) belong to the date whose data interval holds their event
     time: a date reads those before its midnight that no earlier date read, and leaves later
     ones for later dates, so the partitions do not depend on when or in which order the dates
-    ran (see `EventWindow`). A stream's entries are consumed once: with `reread_since`, the
-    entries of its parts set aside in partitions from that date on are read again.
+    ran (see `EventWindow`). A stream's entries are consumed once: those of its parts set
+    aside are read again by id range until a read takes them all (`RawLake.recovered`).
     """
     day = ingest_date.isoformat()
     before: list[Part] = []
@@ -205,13 +200,13 @@ def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: d
     file_cap: dict[str, datetime] = {}
     capped: set[str] = set()
     stream_parts: list[tuple[tuple[int, int], tuple[int, int], datetime | None]] = []
-    reread: list[tuple[str, str, int]] = []
+    reread: list[tuple[str, str, int, str, str]] = []
     for manifest in lake.manifests(source.table):
-        if reread_since is not None and manifest.ingest_date >= reread_since.isoformat():
-            for aside in manifest.set_aside:
-                mark = aside.part.watermark
-                if aside.part.source == source.name and mark.get("last_id"):
-                    reread.append((mark["first_id"], mark["last_id"], mark.get("entries", 0)))
+        for aside in manifest.set_aside:
+            mark = aside.part.watermark
+            if aside.part.source == source.name and mark.get("last_id") and not aside.recovered:
+                entries = mark.get("entries", 0)
+                reread.append((mark["first_id"], mark["last_id"], entries, manifest.ingest_date, aside.part.data.path))
         for part in manifest.parts:
             if part.source != source.name:
                 continue
@@ -236,9 +231,8 @@ def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: d
                 stream_parts.append((stream_id_key(mark["first_id"]), stream_id_key(mark["last_id"]), end))
     low = decode_mark(before[-1].watermark.get("high")) if before else None
     cap = decode_mark(after[0].watermark.get("low")) if after else None
-    if after and cap is None and not isinstance(source, FileSource | StreamSource):
-        # a later date started from nothing: this earlier date has nothing of its own left
-        cap = low
+    # a later date started from nothing: this earlier date has nothing of its own left
+    exhausted = bool(after) and cap is None and not isinstance(source, FileSource | StreamSource)
     events = None
     event_time = CONTRACTS[source.table].event_time
     if event_time:
@@ -246,7 +240,7 @@ def read_state(lake: RawLake, source: Source, ingest_date: date, reread_since: d
         column = source_columns(source).get(event_time, event_time)
         fmt = source.date_formats.get(event_time)
         events = EventWindow(column, fmt, until, file_from, file_cap)
-    return ReadState(low, cap, frozenset(files_elsewhere), tuple(stream_parts), events, tuple(reread))
+    return ReadState(low, cap, frozenset(files_elsewhere), tuple(stream_parts), events, tuple(reread), exhausted)
 
 
 def ingest_source(
@@ -255,7 +249,6 @@ def ingest_source(
     ingest_date: date,
     limits: IngestSettings,
     check_customers: bool = True,
-    reread_since: date | None = None,
 ) -> SourceReport:
     """Read, validate and publish one source's batch for one ingest date.
 
@@ -270,8 +263,6 @@ def ingest_source(
         ingest_date: The partition to write (a rerun replaces this source's part of it).
         limits: Bad-share and volume-drop limits, and the chunk size.
         check_customers: Quarantine orders whose customer is not in the lake.
-        reread_since: While dates run again after this one: a stream reads again the entries
-            of its parts set aside from it on (see `read_state`).
 
     Returns:
         The report; status is `published`, `unchanged` (a snapshot equal to the last one),
@@ -282,7 +273,7 @@ def ingest_source(
     """
     started = time.perf_counter()
     contract = CONTRACTS[source.table]
-    state = read_state(lake, source, ingest_date, reread_since)
+    state = read_state(lake, source, ingest_date)
     columns = source_columns(source)
     batch = read_source(source, state, {c: columns.get(c, c) for c in contract.required})
     while True:
@@ -352,6 +343,7 @@ def _ingest_batch(
     where = f"source {source.name!r} ({source.kind}) -> {source.table}, ingest date {ingest_date}"
     if batch.files is None and len(batch.frame.columns):
         _mapped(batch.frame.iloc[:0], source, contract, ingest_date)  # a missing column fails before any work
+    _leave_out_held(batch, source, contract, lake)
     keys = _scan_keys(batch, source, contract, limits.chunk_rows)
     if batch.files is not None and batch.files.events is not None:
         batch.watermark.update(batch.files.marks(batch.watermark["files"]))
@@ -363,6 +355,7 @@ def _ingest_batch(
         # nothing arrived: no volume check, nothing published (a rerun of this date reads the same)
         if batch.on_committed:
             batch.on_committed()
+        _recovered(batch, source, lake)
         return SourceReport(source.name, source.table, NO_NEW_DATA, rows_later=batch.watermark.get("held_back", 0))
     known = None
     existing = None
@@ -433,6 +426,7 @@ def _ingest_batch(
     lake.commit(source.table, ingest_date, [part], replace_source=replace)
     if batch.on_committed:
         batch.on_committed()
+    _recovered(batch, source, lake)
     log.info(
         "%s: %d read, %d accepted, %d quarantined, %d files set aside",
         where,
@@ -442,6 +436,28 @@ def _ingest_batch(
         report.files_quarantined,
     )
     return report
+
+
+def _leave_out_held(batch: Batch, source: Source, contract: TableContract, lake: RawLake) -> None:
+    """Leave out the stream rows (pending, or read again from a part set aside) whose key the
+    lake holds already: a run that died before acknowledging them committed them, or the date
+    they belong to ingested them again. They are acknowledged with the rest."""
+    if batch.recheck is None or not batch.recheck.any():
+        return
+    column = source_columns(source).get(contract.key, contract.key)
+    keys = parse_column(batch.frame[column], contract.columns[contract.key], source.date_formats.get(contract.key))
+    held = pd.Index(lake.read_column(source.table, contract.key).to_pandas())
+    drop = batch.recheck & keys.isin(held).to_numpy()
+    if drop.any():
+        log.info("source %r: %d entries read again are in the lake already", source.name, int(drop.sum()))
+        batch.frame = batch.frame[~drop].reset_index(drop=True)
+        batch.recheck = batch.recheck[~drop]
+
+
+def _recovered(batch: Batch, source: Source, lake: RawLake) -> None:
+    """Parts set aside whose entries this read took whole are read again no more."""
+    for day, path in batch.recovered:
+        lake.recovered(source.table, date.fromisoformat(day), path)
 
 
 def _scan_keys(batch: Batch, source: Source, contract: TableContract, chunk_rows: int) -> pd.Series:

@@ -27,8 +27,8 @@ The raw lake: a date's orders are those of its data interval (`pipelines.ingest.
 the later dates' partitions are set aside (kept, not read; `set_aside_later`), the date ingests
 the orders before its midnight, and each later date ingests its own again. A table updated in
 place (customers) holds only its current rows, so the date reads them as they are now. A
-stream's entries were acknowledged once: while dates are owed, its reads take the entries of its
-parts set aside again, by their id ranges.
+stream's entries were acknowledged once: its reads take the entries of its parts set aside
+again, by their id ranges, until one takes them whole.
 
 The rewind is written to `<workspace>/registry_rewind.json` before it starts and removed when it
 has finished; a run, or any command that writes to the registry, that finds the file (a crash
@@ -209,7 +209,7 @@ def set_aside_later(settings: Settings, later: list[date], say: Callable[[str], 
     The parts of every enabled source are set aside, files kept (`RawLake.set_aside`): the date
     then reads the rows of its own data interval, as it would have run before them, and each
     later date ingests its own again when it runs again. A stream's entries, acknowledged once,
-    are read again by the id ranges of its parts set aside while dates are owed.
+    are read again by the id ranges of its parts set aside (`pipelines.ingest.read_state`).
     """
     from churnops.pipelines.ingest import make_lake
 
