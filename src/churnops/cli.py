@@ -622,8 +622,10 @@ def ingest(
     """Load every enabled source into the raw lake, validating and quarantining bad rows and files.
 
     The logical date names the partition written (a rerun of the date replaces it, never
-    duplicates). Exit status 1 when a batch is rejected (missing required column, too many bad
-    rows, a volume drop); the message says which source and why, and nothing of it is published.
+    duplicates). It takes the orders dated before the date that no earlier date took; later
+    orders wait for a later date (the table says how many rows wait). Exit status 1 when a batch
+    is rejected (missing required column, too many bad rows, a volume drop); the message says
+    which source and why, and nothing of it is published.
     """
     from churnops.pipelines.ingest import IngestError, default_ingest_date
     from churnops.pipelines.ingest import ingest as run_ingest

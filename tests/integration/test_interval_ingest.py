@@ -276,3 +276,29 @@ def test_an_older_sql_date_after_a_later_one_that_read_from_the_start_takes_noth
     lake = make_lake(settings)
     assert lake.read("orders")["order_id"].is_unique
     assert len(lake.read("orders")) == len(frame)
+
+
+def test_the_ingest_command_says_how_many_rows_wait(tmp_path: Path) -> None:
+    """`churnops ingest` names the rows it left for later dates."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from churnops.cli import app
+
+    settings = _shop(tmp_path, "ws", "csv")
+    config = tmp_path / "churnops.yaml"
+    source = settings.source("drop")
+    assert source is not None
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "workspace": str(settings.workspace),
+                "sources": [source.model_dump(mode="json", exclude_none=True)],
+                "ingest": {"max_volume_drop": None, "max_bad_share": 0.5},
+            }
+        )
+    )
+    result = CliRunner().invoke(app, ["ingest", "-c", str(config), "--date", DAYS[0].isoformat()])
+    assert result.exit_code == 0, result.output
+    waiting = 4 * PER_DAY + DAILY - make_lake(settings).manifest("orders", DAYS[0]).parts[0].rows_read  # type: ignore[union-attr]
+    assert f"{waiting:,} row(s) of drop are from {DAYS[0]} on: a later date reads them" in result.output
