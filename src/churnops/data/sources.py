@@ -80,9 +80,8 @@ class ReadState:
         cap: Watermark this run must not pass (the low mark of a later ingest date), so a
             rerun of an earlier date reads exactly its own range again.
         files_elsewhere: Files already ingested under other ingest dates.
-        stream_parts: The stream entries parts in the lake hold: the first and last entry id
-            of each (as `stream_id_key`s) and the end of its date's data interval (None for a
-            part that did not leave later entries pending).
+        stream_parts: The first and last entry id (as `stream_id_key`s) of each stream part
+            in the lake.
         events: For an event table (orders): the rows of this date's data interval.
         exhausted: A later date read this incremental source from its start: nothing is left
             for this date.
@@ -94,7 +93,7 @@ class ReadState:
     low: Any = None
     cap: Any = None
     files_elsewhere: frozenset[str] = frozenset()
-    stream_parts: tuple[tuple[tuple[int, int], tuple[int, int], datetime | None], ...] = ()
+    stream_parts: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
     events: EventWindow | None = None
     stream_reread: tuple[tuple[str, str, int, str, str], ...] = ()
     exhausted: bool = False
@@ -380,6 +379,7 @@ class _SourceFile:
     fmt: str
     columns: list[str]
     whole: pd.DataFrame | None = None  # formats read whole (JSONL, whitespace-aligned text)
+    meta: Any = None  # a Parquet file's metadata (its row groups' statistics)
 
 
 @dataclass
@@ -418,7 +418,7 @@ class FileRows:
             for one in files:
                 start = events.file_from.get(one.name)
                 end = min(events.until, events.file_cap.get(one.name, events.until))
-                if start is not None or not _all_before(fs, one, events.column, end):
+                if start is not None or not _all_before(one, events.column, end):
                     self.windows[one.name] = _FileWindow(start, end)
 
     def drop(self, name: str) -> None:
@@ -606,29 +606,27 @@ def _filtered(piece: _Piece, keep: Any, drop: str | None) -> _Piece:
     return frame.drop(columns=[drop]) if drop else frame
 
 
-def _all_before(fs: fsspec.AbstractFileSystem, one: _SourceFile, column: str, end: datetime) -> bool:
+def _all_before(one: _SourceFile, column: str, end: datetime) -> bool:
     """A Parquet file whose statistics show every event time before `end` (no row needs a
     look); False when they cannot tell (other formats, text times, missing statistics)."""
-    if one.fmt != "parquet" or column not in one.columns:
+    if one.meta is None or column not in one.columns:
         return False
-    try:
-        with fs.open(one.path, "rb") as handle:
-            meta = pq.ParquetFile(handle).metadata
-            field_type = meta.schema.to_arrow_schema().field(column).type
-            if not pa.types.is_timestamp(field_type):
-                return False
-            position = meta.schema.to_arrow_schema().get_field_index(column)
-            for group in range(meta.num_row_groups):
-                stats = meta.row_group(group).column(position).statistics
-                if stats is None or not stats.has_min_max:
-                    return False
-                newest = pd.Timestamp(stats.max)
-                if newest.tzinfo is not None:
-                    newest = newest.tz_convert("UTC").tz_localize(None)
-                if newest >= pd.Timestamp(end):
-                    return False
-    except (OSError, ValueError, pa.ArrowException):
+    meta = one.meta
+    if not pa.types.is_timestamp(meta.schema.to_arrow_schema().field(column).type):
         return False
+    paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if column not in paths:
+        return False
+    position = paths.index(column)
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(position).statistics
+        if stats is None or not stats.has_min_max:
+            return False
+        newest = pd.Timestamp(stats.max)
+        if newest.tzinfo is not None:
+            newest = newest.tz_convert("UTC").tz_localize(None)
+        if newest >= pd.Timestamp(end):
+            return False
     return True
 
 
@@ -671,9 +669,10 @@ def _open_file(fs: fsspec.AbstractFileSystem, path: str, name: str, source: File
             if fmt != "parquet" and b"\x00" in head:
                 raise _BadFileError(f"binary content, not {fmt} text")
             handle.seek(0)
-            whole = None
+            whole, meta = None, None
             if fmt == "parquet":
-                columns = pq.ParquetFile(handle).schema_arrow.names
+                meta = pq.ParquetFile(handle).metadata
+                columns = meta.schema.to_arrow_schema().names
             elif fmt == "jsonl":
                 whole = pd.read_json(handle, lines=True, dtype=False, convert_dates=False)
                 columns = list(whole.columns)
@@ -691,7 +690,7 @@ def _open_file(fs: fsspec.AbstractFileSystem, path: str, name: str, source: File
         raise _BadFileError(_reading_problem(fmt, exc)) from exc
     if not columns:
         raise _BadFileError("no rows")
-    return _SourceFile(path, name, fmt, [str(c) for c in columns], whole)
+    return _SourceFile(path, name, fmt, [str(c) for c in columns], whole, meta if fmt == "parquet" else None)
 
 
 def _reading_problem(fmt: str, exc: BaseException) -> str:
@@ -929,7 +928,6 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
     }
     recheck = None
     if state.events is not None:
-        mark["interval"] = True  # entries of later intervals were left pending
         if later.any():
             mark["held_back"] = int(later.sum())
         recheck = origins[fresh] != -2
@@ -949,9 +947,8 @@ def read_stream(source: StreamSource, state: ReadState) -> Batch:
         finally:
             ack.close()
 
-    batch = Batch(frame, mark, on_committed=acknowledge if (fresh_ids or stale_ids) else None, recheck=recheck)
-    batch.recovered = recovered
-    return batch
+    on_committed = acknowledge if (fresh_ids or stale_ids) else None
+    return Batch(frame, mark, on_committed=on_committed, recheck=recheck, recovered=recovered)
 
 
 def _stream_entries(read: list[tuple[str, dict[str, str]]], origins: Any, state: ReadState) -> tuple[Any, Any]:
@@ -969,7 +966,7 @@ def _stream_entries(read: list[tuple[str, dict[str, str]]], origins: Any, state:
     seq = np.array([stream_id_key(i)[1] for i, _ in read], dtype=np.int64)
     stale = np.zeros(len(read), dtype=bool)
     pending = origins == -1
-    for first, last, _ in state.stream_parts:
+    for first, last in state.stream_parts:
         stale |= pending & _within(ms, seq, first, last)
     return stale, np.zeros(len(read), dtype=bool)
 

@@ -199,7 +199,7 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
     file_from: dict[str, datetime] = {}
     file_cap: dict[str, datetime] = {}
     capped: set[str] = set()
-    stream_parts: list[tuple[tuple[int, int], tuple[int, int], datetime | None]] = []
+    stream_parts: list[tuple[tuple[int, int], tuple[int, int]]] = []
     reread: list[tuple[str, str, int, str, str]] = []
     for manifest in lake.manifests(source.table):
         for aside in manifest.set_aside:
@@ -227,8 +227,7 @@ def read_state(lake: RawLake, source: Source, ingest_date: date) -> ReadState:
                     else:
                         files_elsewhere.add(name)  # a later date read it from its start
             if mark.get("last_id"):
-                end = datetime.fromisoformat(manifest.ingest_date) if mark.get("interval") else None
-                stream_parts.append((stream_id_key(mark["first_id"]), stream_id_key(mark["last_id"]), end))
+                stream_parts.append((stream_id_key(mark["first_id"]), stream_id_key(mark["last_id"])))
     low = decode_mark(before[-1].watermark.get("high")) if before else None
     cap = decode_mark(after[0].watermark.get("low")) if after else None
     # a later date started from nothing: this earlier date has nothing of its own left
@@ -343,7 +342,7 @@ def _ingest_batch(
     where = f"source {source.name!r} ({source.kind}) -> {source.table}, ingest date {ingest_date}"
     if batch.files is None and len(batch.frame.columns):
         _mapped(batch.frame.iloc[:0], source, contract, ingest_date)  # a missing column fails before any work
-    _leave_out_held(batch, source, contract, lake)
+    in_lake = _leave_out_held(batch, source, contract, lake)
     keys = _scan_keys(batch, source, contract, limits.chunk_rows)
     if batch.files is not None and batch.files.events is not None:
         batch.watermark.update(batch.files.marks(batch.watermark["files"]))
@@ -362,7 +361,11 @@ def _ingest_batch(
     if contract.name == "orders":
         if check_customers:
             known = id_index(_as_int_array(lake.read_column("customers", "customer_id")))
-        existing = lake.read_column("orders", "order_id", exclude=_own_files(lake, source, ingest_date))
+        existing = (
+            in_lake
+            if in_lake is not None
+            else lake.read_column("orders", "order_id", exclude=_own_files(lake, source, ingest_date))
+        )
     flags = flag_keys(keys, existing if existing is not None and len(existing) else None)
     previous = _previous_part(lake, source, ingest_date)
     staged = lake.stage_file(source.table, ingest_date)
@@ -438,20 +441,26 @@ def _ingest_batch(
     return report
 
 
-def _leave_out_held(batch: Batch, source: Source, contract: TableContract, lake: RawLake) -> None:
+def _leave_out_held(batch: Batch, source: Source, contract: TableContract, lake: RawLake) -> pa.ChunkedArray | None:
     """Leave out the stream rows (pending, or read again from a part set aside) whose key the
     lake holds already: a run that died before acknowledging them committed them, or the date
-    they belong to ingested them again. They are acknowledged with the rest."""
+    they belong to ingested them again. They are acknowledged with the rest.
+
+    Returns:
+        The keys the lake holds, when it read them (a stream replaces no part of the lake:
+        they are the keys the batch's other rows are checked against too), else None.
+    """
     if batch.recheck is None or not batch.recheck.any():
-        return
+        return None
     column = source_columns(source).get(contract.key, contract.key)
     keys = parse_column(batch.frame[column], contract.columns[contract.key], source.date_formats.get(contract.key))
-    held = pd.Index(lake.read_column(source.table, contract.key).to_pandas())
-    drop = batch.recheck & keys.isin(held).to_numpy()
+    in_lake = lake.read_column(source.table, contract.key)
+    drop = batch.recheck & keys.isin(pd.Index(in_lake.to_pandas())).to_numpy()
     if drop.any():
         log.info("source %r: %d entries read again are in the lake already", source.name, int(drop.sum()))
         batch.frame = batch.frame[~drop].reset_index(drop=True)
         batch.recheck = batch.recheck[~drop]
+    return in_lake
 
 
 def _recovered(batch: Batch, source: Source, lake: RawLake) -> None:
