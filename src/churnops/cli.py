@@ -317,6 +317,8 @@ def _show_ingest(result: Any) -> None:
         if r.get("rows_later"):
             later = f"  {r['rows_later']:,} row(s) of {r['source']} are from {result.date} on: a later date reads them"
             console.print(Text(later))
+    if any(r["reasons"] for r in result.sources):
+        _next(f"`churnops quarantine --date {result.date}` shows each row, its file and why")
 
 
 def _show_features(report: Any) -> None:
@@ -1419,6 +1421,75 @@ def _show_replay_state(settings: Settings) -> None:
         check_pending(settings, date.max)
     except ReplayPendingError as exc:
         console.print(Text(f"  {exc}"))
+
+
+@app.command("quarantine")
+def quarantine_command(
+    config: ConfigOption = None,
+    date_: Annotated[
+        str | None,
+        typer.Option("--date", help="Only this ingest date (YYYY-MM-DD). Default: every date.", show_default=False),
+    ] = None,
+    table: Annotated[
+        str | None, typer.Option(help="Only this raw table (orders, customers, products).", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show (the newest dates first); 0 shows all.")] = 20,
+    csv: Annotated[
+        Path | None,
+        typer.Option(help="Also write every matching row to this CSV file, source rows whole.", show_default=False),
+    ] = None,
+) -> None:
+    """Show the rows and files ingest set aside: where each came from, why, and the row as read.
+
+    A file source's rows name their file and their row in it (counted from 1 after the header);
+    a file set aside whole shows row -1. Fix the source and ingest the date again: a rerun
+    replaces that date's part, quarantine included.
+    """
+    from churnops.pipelines.status import quarantined_rows
+
+    settings = _settings(config)
+    day = _parse_day(date_, "--date")
+    found = quarantined_rows(settings, table, day.isoformat() if day else None)
+    if csv is not None:
+        found.to_csv(csv, index=False)
+        console.print(Text(f"wrote {len(found):,} quarantined row(s) to {csv}"))
+    if found.empty:
+        console.print("nothing quarantined" + (f" on {day}" if day else ""))
+        return
+    shown = found if limit <= 0 else found.head(limit)
+    records: list[dict[Any, Any]] = shown.astype(object).where(shown.notna(), None).to_dict("records")
+    rows = [
+        [
+            str(r["ingest_date"]),
+            str(r["table"]),
+            str(r["source"]),
+            r["file"] or "",
+            "" if r["file_row"] is None else f"{int(r['file_row']):,}",
+            str(r["reason"]),
+            _row_as_read(r["source_row"]),
+        ]
+        for r in records
+    ]
+    console.print(
+        _table(
+            f"quarantine ({len(found):,} row(s))",
+            ["ingest date", "table", "source", "file", "row", "reason", "row as read"],
+            rows,
+            [False, False, False, False, True, False, False],
+        )
+    )
+    if len(shown) < len(found):
+        _next(f"{len(found) - len(shown):,} more: --limit 0 shows all, --csv FILE writes them")
+
+
+def _row_as_read(source_row: Any, width: int = 60) -> str:
+    """A quarantined row's JSON as `column=value` pairs, cut at `width` characters."""
+    try:
+        values = json.loads(str(source_row))
+    except ValueError:
+        return str(source_row)[:width]
+    pairs = " ".join(f"{k}={v}" for k, v in values.items() if not str(k).startswith("__churnops"))
+    return pairs if len(pairs) <= width else pairs[: width - 1] + "…"
 
 
 @app.command()

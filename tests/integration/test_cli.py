@@ -237,6 +237,36 @@ def test_run_over_real_data_never_simulates_and_defaults_to_the_day_after_the_la
     assert f"ingest {day}" in result.output
 
 
+def test_quarantine_shows_each_bad_row_with_its_file_and_row_and_writes_them_all(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text("customer;day;amount\n1;2024-01-03;5.0\n2;2024-01-03;-6\n;2024-01-04;3\n")
+    (drop / "b.csv").write_text("customer;day;amount\n1;2024-01-05;x\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"workspace: {tmp_path / 'ws'}\ningest:\n  max_bad_share: 0.9\nsources:\n"
+        f"  - {{kind: file, name: mine, table: orders, path: '{drop}/*.csv', csv_delimiter: ';',"
+        " derive_order_id: true, date_formats: {order_date: '%Y-%m-%d'},"
+        " columns: {customer_id: customer, order_date: day, total_amount: amount}}\n"
+    )
+    ingested = runner.invoke(app, ["ingest", "-c", str(cfg), "--date", "2024-01-10"])
+    assert ingested.exit_code == 0, ingested.output
+    assert "churnops quarantine --date 2024-01-10" in ingested.output
+    shown = runner.invoke(app, ["quarantine", "-c", str(cfg), "--limit", "2", "--csv", str(tmp_path / "q.csv")])
+    assert shown.exit_code == 0, shown.output
+    assert "quarantine (3 row(s))" in shown.output
+    assert "1 more" in shown.output
+    written = pd.read_csv(tmp_path / "q.csv")
+    assert sorted(zip(written["file"], written["file_row"], written["reason"], strict=True)) == [
+        ("a.csv", 2, "negative total_amount"),
+        ("a.csv", 3, "null customer_id"),
+        ("b.csv", 1, "unparseable total_amount"),
+    ]
+    other_day = runner.invoke(app, ["quarantine", "-c", str(cfg), "--date", "2024-01-11"])
+    assert other_day.exit_code == 0
+    assert "nothing quarantined on 2024-01-11" in other_day.output
+
+
 def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     import signal
     import threading

@@ -225,3 +225,49 @@ def test_an_unchanged_snapshot_source_leaves_no_orphan_file(tmp_path: Path) -> N
         assert ingest(settings, date(2024, 1, day))[0].status == "unchanged"
     files = list((tmp_path / "ws" / "lake").rglob("*.parquet"))
     assert len(files) == 1
+
+
+def _aligned(*rows: tuple[object, str, float]) -> str:
+    return "customer day amount\n" + "".join(f"{c} {d} {a}\n" for c, d, a in rows)
+
+
+def test_a_quarantined_row_names_its_file_and_its_row_in_it(tmp_path: Path) -> None:
+    """Rows are counted from 1 after the header in each file, also in a file read a date at a time."""
+    settings = _settings(tmp_path)
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_bad_share": 0.9})})
+    _drop(tmp_path, "a.txt", _aligned((1, "2024-01-03", 5.0), (2, "2024-01-03", 6.0), (3, "2024-01-04", -1.0)))
+    # b.txt: its second row is a later date's, so this date reads rows 1, 3 and 4 of it
+    _drop(
+        tmp_path,
+        "b.txt",
+        _aligned((1, "2024-01-05", 2.0), (2, "2024-01-20", 3.0), (3, "2024-01-06", -2.0), (4, "2024-01-07", 1.0)),
+    )
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.rows_quarantined == 2
+    lake = make_lake(settings)
+    found = lake.read("orders", quarantine=True).sort_values(["file", "file_row"])
+    assert list(zip(found["file"], found["file_row"], strict=True)) == [("a.txt", 3), ("b.txt", 3)]
+    assert set(found["reason"]) == {"negative total_amount"}
+    _drop(tmp_path, "c.txt", _aligned((5, "2024-01-15", "x"), (5, "2024-01-16", 1.0)))
+    (later,) = ingest(settings, date(2024, 1, 21))
+    assert later.rows_accepted == 2  # b.txt's second row and c.txt's second
+    bad = lake.read("orders", quarantine=True)
+    assert ("c.txt", 1) in set(zip(bad["file"], bad["file_row"], strict=True))
+
+
+def test_a_rerun_that_quarantines_the_same_rows_changes_nothing(tmp_path: Path) -> None:
+    """The partition, its quarantine and its manifest stay byte for byte, as DVC expects."""
+    settings = _settings(tmp_path)
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"max_bad_share": 0.9})})
+    _drop(tmp_path, "a.txt", _aligned((1, "2024-01-03", 5.0), (2, "2024-01-03", -6.0)))
+    assert ingest(settings, date(2024, 1, 11))[0].status == "published"
+    manifest = next((tmp_path / "ws").rglob("_manifest*.json"))
+    before = manifest.read_bytes()
+    files = sorted(p.name for p in (tmp_path / "ws").rglob("*.parquet"))
+    (again,) = ingest(settings, date(2024, 1, 11))
+    assert again.status == "unchanged"
+    assert manifest.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "ws").rglob("*.parquet")) == files
+    # a different bad row is a change: the date is published again
+    _drop(tmp_path, "a.txt", _aligned((1, "2024-01-03", 5.0), (2, "2024-01-03", -7.0)))
+    assert ingest(settings, date(2024, 1, 11))[0].status == "published"

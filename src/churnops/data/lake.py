@@ -174,21 +174,6 @@ class RawLake:
             return None
         return Manifest.from_json(self.fs.cat_file(path).decode())
 
-    def write_file(self, table: str, ingest_date: date, frame: pd.DataFrame, *, quarantine: bool) -> PartFile:
-        """Write a frame as a new, not yet committed Parquet file in the partition.
-
-        Args:
-            table: Raw table.
-            ingest_date: The partition's date.
-            frame: Rows to write (index dropped).
-            quarantine: Write into the partition's quarantine folder.
-
-        Returns:
-            The file's location, row count, schema and sha256 of its bytes.
-        """
-        encoded = encode_parquet(frame)
-        return self.write_encoded(table, ingest_date, encoded, quarantine=quarantine)
-
     def write_encoded(self, table: str, ingest_date: date, encoded: EncodedFile, *, quarantine: bool) -> PartFile:
         """Write an already encoded file (see `encode_parquet`) into the partition, uncommitted."""
         folder = self._partition(table, ingest_date)
@@ -232,7 +217,7 @@ class RawLake:
         Args:
             table: Raw table.
             ingest_date: The partition's date.
-            parts: New parts, their files already written by `write_file`.
+            parts: New parts, their files already written (`write_encoded`, `stage_file`).
             replace_source: If given, that source's existing parts in the partition are
                 replaced (a rerun of a batch source); otherwise parts are added (a stream).
 

@@ -135,6 +135,14 @@ class Batch:
         for start in range(0, len(frame), rows):
             yield frame.iloc[start : start + rows]
 
+    def located(self, quarantined: pd.DataFrame) -> pd.DataFrame:
+        """Quarantine rows of the last `chunks` with the file and the row in it each came from
+        (file sources; other sources' rows keep them empty)."""
+        if self.files is None or quarantined.empty:
+            return quarantined
+        files, rows = self.files.locate(quarantined["row_number"].to_numpy(dtype=np.int64))
+        return quarantined.assign(file=pd.array(files, dtype="string"), file_row=pd.array(rows, dtype="Int64"))
+
     def scan(self, rows: int, columns: Sequence[str], each: Callable[[pd.DataFrame], T]) -> list[T]:
         """`each` of every chunk of `columns`, in order; first read of a file source's files.
 
@@ -393,6 +401,16 @@ class _FileWindow:
     later: int = 0
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where one piece of a chunk came from: its file, the file row (from 0) the piece's read
+    began at, and which of the rows read from there it kept (None: all)."""
+
+    name: str
+    first: int
+    keep: Any
+
+
 class FileRows:
     """The rows of a file source's readable files, read chunk by chunk in file order.
 
@@ -414,6 +432,8 @@ class FileRows:
         self.source = source
         self.events = events
         self.windows: dict[str, _FileWindow] = {}
+        self._origins: list[_Origin] = []  # of the pieces of the last `chunks`, by position
+        self._starts: list[int] = []
         if events is not None:
             for one in files:
                 start = events.file_from.get(one.name)
@@ -502,6 +522,7 @@ class FileRows:
         position = 0
         pending: list[_Piece] = []
         held = 0
+        self._origins, self._starts = [], []
 
         def joined() -> pd.DataFrame:
             frame = _joined(pending)
@@ -510,11 +531,12 @@ class FileRows:
 
         for one in self.files:
             try:
-                for piece in self._read(one, rows, columns):
+                for piece in self._read(one, rows, columns, self._origins):
                     if held and held + len(piece) > rows:
                         yield joined()
                         position += held
                         pending, held = [], 0
+                    self._starts.append(position + held)
                     pending.append(piece)
                     held += len(piece)
             except _BadFileError as exc:
@@ -522,7 +544,27 @@ class FileRows:
         if pending:
             yield joined()
 
-    def _read(self, one: _SourceFile, rows: int, columns: Sequence[str] | None) -> Iterator[_Piece]:
+    def locate(self, positions: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """The file and the row in it (counted from 1 after any header, as `derive_order_id`
+        counts) of batch positions that the last `chunks` read."""
+        files: list[str] = [""] * len(positions)
+        file_rows = np.zeros(len(positions), dtype=np.int64)
+        which = np.searchsorted(np.asarray(self._starts, dtype=np.int64), positions, side="right") - 1
+        for segment in np.unique(which):
+            at = np.flatnonzero(which == segment)
+            origin = self._origins[segment]
+            offsets = positions[at] - self._starts[segment]
+            taken = offsets if origin.keep is None else np.flatnonzero(origin.keep)[offsets]
+            file_rows[at] = origin.first + taken + 1
+            for i in at:
+                files[i] = origin.name
+        return files, file_rows
+
+    def _read(
+        self, one: _SourceFile, rows: int, columns: Sequence[str] | None, origins: list[_Origin] | None = None
+    ) -> Iterator[_Piece]:
+        """A file's pieces (the date's rows only, with a window); with `origins`, each piece's
+        origin is appended there before the piece is yielded."""
         wanted = None if columns is None else [c for c in columns if c in one.columns]
         derive = self.source.derive_order_id and (columns is None or DERIVED_ORDER_ID in columns)
         window = self.windows.get(one.name)
@@ -539,7 +581,9 @@ class FileRows:
                     piece = piece.append_column(DERIVED_ORDER_ID, pa.array(ids, pa.string()))
                 else:
                     piece[DERIVED_ORDER_ID] = pd.array(ids, dtype=TEXT)
+            first = numbered
             numbered += len(piece)
+            keep = None
             if window is not None:
                 if window.masks is None:
                     keep, waiting = self._keep(window, piece, event)
@@ -550,6 +594,8 @@ class FileRows:
                 else:  # pieces cut otherwise than the first read's: choose again
                     keep, _ = self._keep(window, piece, event)
                 piece = _filtered(piece, keep, event if extra else None)
+            if origins is not None:
+                origins.append(_Origin(one.name, first, keep))
             yield piece
         if window is not None and window.masks is None:  # the first read of the file ended well
             window.masks = masks

@@ -14,7 +14,7 @@ import pandera.pandas as pa
 from churnops.data.contracts import TableContract
 from churnops.data.mapping import TEXT
 
-QUARANTINE_COLUMNS = ["source", "row_number", "reason", "source_row"]
+QUARANTINE_COLUMNS = ["source", "row_number", "file", "file_row", "reason", "source_row"]
 
 
 class NamedReason(Protocol):
@@ -273,6 +273,8 @@ def empty_quarantine() -> pd.DataFrame:
         {
             "source": pd.Series(dtype="string"),
             "row_number": pd.Series(dtype="int64"),
+            "file": pd.Series(dtype="string"),
+            "file_row": pd.Series(dtype="Int64"),
             "reason": pd.Series(dtype="string"),
             "source_row": pd.Series(dtype="string"),
         }
@@ -287,6 +289,8 @@ def _quarantine_frame(raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series
         {
             "source": pd.Series([source] * len(bad_index), dtype="string"),
             "row_number": np.asarray(bad_index, dtype="int64"),
+            "file": pd.Series([None] * len(bad_index), dtype="string"),
+            "file_row": pd.Series([None] * len(bad_index), dtype="Int64"),
             "reason": reasons.to_numpy().astype(str),
             "source_row": as_json.splitlines(),
         }
@@ -294,11 +298,14 @@ def _quarantine_frame(raw: pd.DataFrame, bad_index: pd.Index, reasons: pd.Series
 
 
 def bad_file_rows(source: str, bad_files: Sequence[NamedReason]) -> pd.DataFrame:
-    """Quarantine rows for files set aside whole: row_number -1, the file's name as the source row."""
+    """Quarantine rows for files set aside whole: row_number -1, the file's name as the file
+    and as the source row."""
     return pd.DataFrame(
         {
             "source": pd.Series([source] * len(bad_files), dtype="string"),
             "row_number": pd.Series([-1] * len(bad_files), dtype="int64"),
+            "file": pd.Series([f.name for f in bad_files], dtype="string"),
+            "file_row": pd.Series([None] * len(bad_files), dtype="Int64"),
             "reason": pd.Series([f"file set aside: {f.reason}" for f in bad_files], dtype="string"),
             "source_row": pd.Series([json.dumps({"file": f.name}) for f in bad_files], dtype="string"),
         }

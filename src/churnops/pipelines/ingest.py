@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churnops.data.contracts import CONTRACTS, TableContract
-from churnops.data.lake import Part, RawLake
+from churnops.data.lake import Part, RawLake, encode_parquet
 from churnops.data.mapping import map_columns, parse_batch, parse_column, parse_timestamps
 from churnops.data.sources import (
     DERIVED_ORDER_ID,
@@ -390,17 +390,21 @@ def _ingest_batch(
             whole_files = bad_file_rows(source.name, batch.bad_files)
             quarantined = pd.concat([quarantined, whole_files], ignore_index=True) if len(quarantined) else whole_files
         sha256 = staged.sha256()
+        # encoded before any comparison: a rerun that quarantines the same rows again is a rerun
+        # over the same data, and leaves the partition as it is
+        quarantine = encode_parquet(quarantined) if not quarantined.empty else None
+        quarantine_sha256 = quarantine.sha256 if quarantine else None
         if (
             previous is not None
             and previous.watermark.get("mode") == "snapshot"
             and previous.data.sha256 == sha256
-            and quarantined.empty
+            and (previous.quarantine.sha256 if previous.quarantine else None) == quarantine_sha256
         ):
             report.status = "unchanged"
             report.message = "same content as the last snapshot; nothing published"
             return report
         replace = None if isinstance(source, StreamSource) else source.name
-        if replace is not None and quarantined.empty and _holds_already(lake, source, ingest_date, sha256):
+        if replace is not None and _holds_already(lake, source, ingest_date, sha256, quarantine_sha256):
             # a rerun of the date over the same data: leave the partition byte for byte as it is, so
             # content-addressed tools (DVC, the lineage hashes) see nothing new
             if batch.on_committed:
@@ -411,9 +415,7 @@ def _ingest_batch(
         data_file = staged.place(tally.rows_accepted, schema, sha256)
     finally:
         staged.discard()
-    quarantine_file = (
-        lake.write_file(source.table, ingest_date, quarantined, quarantine=True) if not quarantined.empty else None
-    )
+    quarantine_file = lake.write_encoded(source.table, ingest_date, quarantine, quarantine=True) if quarantine else None
     watermark: dict[str, Any] = dict(batch.watermark)
     watermark.update(tally.watermark(contract))
     if batch.bad_files:
@@ -504,7 +506,7 @@ def _validate_into(
             if sink is None:
                 sink = _ParquetSink(path, _lake_schema(contract, list(parsed.columns)), contract.key)
             sink.write(result.accepted)
-            tally.add(result.accepted, result.quarantined, contract)
+            tally.add(result.accepted, batch.located(result.quarantined), contract)
             if tally.rows_read < rows and tally.rows_quarantined > limits.max_bad_share * rows:
                 # certain to be rejected already: stop reading
                 _check_bad_share(tally.quarantine(), rows, limits, where, at_least=True)
@@ -579,14 +581,23 @@ def _mapped(raw: pd.DataFrame, source: Source, contract: TableContract, ingest_d
         raise IngestError(f"{exc}{when}; nothing published") from exc
 
 
-def _holds_already(lake: RawLake, source: Source, ingest_date: date, sha256: str) -> bool:
-    """The partition already holds exactly this data from this source, and nothing quarantined."""
+def _holds_already(lake: RawLake, source: Source, ingest_date: date, sha256: str, quarantine: str | None) -> bool:
+    """The partition already holds exactly this data from this source, and the same quarantine
+    (`quarantine`: its hash, None for none)."""
     current = lake.manifest(source.table, ingest_date)
     mine = [p for p in (current.parts if current else []) if p.source == source.name]
-    if len(mine) != 1 or mine[0].data.sha256 != sha256 or mine[0].quarantine is not None:
+    if len(mine) != 1 or mine[0].data.sha256 != sha256:
         return False
-    try:  # the file itself, not only its manifest: a file edited in place is rewritten
-        held = lake.fs.cat_file(lake.locate(mine[0].data.path))
+    held = mine[0].quarantine
+    if (held.sha256 if held else None) != quarantine:
+        return False
+    # the files themselves, not only their manifest: a file edited in place is rewritten
+    return all(_file_holds(lake, part.path, part.sha256) for part in (mine[0].data, held) if part is not None)
+
+
+def _file_holds(lake: RawLake, path: str, sha256: str) -> bool:
+    try:
+        held = lake.fs.cat_file(lake.locate(path))
     except FileNotFoundError:
         return False
     return hashlib.sha256(held).hexdigest() == sha256

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+import pyarrow.parquet as pq
+
 from churnops.pipelines.features import feature_table
 from churnops.pipelines.ingest import make_lake
 from churnops.pipelines.simulate import SimulationPaths, published_until
@@ -88,3 +91,35 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         runs=read_runs(settings.paths, last_runs),
         features=features,
     )
+
+
+def quarantined_rows(settings: Settings, table: str | None = None, ingest_date: str | None = None) -> pd.DataFrame:
+    """The committed quarantine: every row and file set aside, newest ingest date first.
+
+    Args:
+        settings: The workspace's settings.
+        table: Only this raw table (default: all).
+        ingest_date: Only this ingest date (YYYY-MM-DD; default: all).
+
+    Returns:
+        One row per quarantined row or file: table, ingest_date, source, file and file_row
+        (where a file source read it; row -1 and no file_row for a file set aside whole),
+        reason, and source_row (the row as read, as JSON).
+    """
+    lake = make_lake(settings)
+    frames = []
+    for name in [table] if table else lake.tables():
+        for manifest in lake.manifests(name):
+            if ingest_date and manifest.ingest_date != ingest_date:
+                continue
+            for part in manifest.parts:
+                if part.quarantine is None:
+                    continue
+                rows = pq.read_table(lake.locate(part.quarantine.path), filesystem=lake.fs).to_pandas()
+                frames.append(rows.assign(table=name, ingest_date=manifest.ingest_date))
+    columns = ["table", "ingest_date", "source", "file", "file_row", "reason", "source_row"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    found = pd.concat(frames, ignore_index=True).reindex(columns=[*columns, "row_number"])
+    order = found.sort_values(["ingest_date", "table", "source", "row_number"], ascending=[False, True, True, True])
+    return order[columns].reset_index(drop=True)
