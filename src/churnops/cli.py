@@ -314,6 +314,8 @@ def _show_ingest(result: Any) -> None:
         if r["reasons"]:
             reasons = ", ".join(f"{k}: {v:,}" for k, v in r["reasons"].items())
             console.print(Text(f"  quarantined from {r['source']}: {reasons}"))
+        if r.get("warning"):
+            console.print(Text(f"  {r['source']}: {r['warning']}", style="yellow"))
         if r.get("rows_later"):
             later = f"  {r['rows_later']:,} row(s) of {r['source']} are from {result.date} on: a later date reads them"
             console.print(Text(later))
@@ -1337,8 +1339,19 @@ def status(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     state = workspace_status(settings)
-    console.print(Text(f"workspace {state.workspace}, lake {state.lake_uri}"))
-    console.print(f"simulated sources published up to: {state.simulated_until or 'nothing yet'}")
+    console.print(Text(f"workspace {settings.workspace.resolve()}, lake {state.lake_uri}"))
+    if not settings.workspace.exists():
+        console.print(
+            Text(
+                f"  that folder does not exist yet: relative paths in the settings are read from the current "
+                f"directory ({Path.cwd()}), not the settings file's",
+                style="yellow",
+            )
+        )
+    from churnops.pipelines.steps import simulated_sources
+
+    if simulated_sources(settings):
+        console.print(f"simulated sources published up to: {state.simulated_until or 'nothing yet'}")
     console.print(
         _table(
             "sources",

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from churnops.pipelines.ingest import ingest, make_lake
+from churnops.pipelines.ingest import IngestError, default_ingest_date, ingest, make_lake
 from churnops.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -271,3 +271,19 @@ def test_a_rerun_that_quarantines_the_same_rows_changes_nothing(tmp_path: Path) 
     # a different bad row is a change: the date is published again
     _drop(tmp_path, "a.txt", _aligned((1, "2024-01-03", 5.0), (2, "2024-01-03", -7.0)))
     assert ingest(settings, date(2024, 1, 11))[0].status == "published"
+
+
+def test_a_path_that_matches_no_file_is_named_and_the_default_date_says_why(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, path=str(tmp_path / "drop" / "ordrs" / "*.txt"))
+    (report,) = ingest(settings, date(2024, 1, 11))
+    assert report.status == "no new data"
+    assert report.warning == f"{tmp_path / 'drop' / 'ordrs' / '*.txt'} matches no file"
+    with pytest.raises(IngestError, match=r"source 'log': .*ordrs/\*\.txt matches no file"):
+        default_ingest_date(settings)
+
+
+def test_the_default_date_names_a_date_format_no_row_parses_with(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, date_formats={"order_date": "%d/%m/%Y"})
+    _drop(tmp_path, "a.txt", ALIGNED)
+    with pytest.raises(IngestError, match=r"no day value parses as a time \(date_formats.order_date '%d/%m/%Y'\)"):
+        default_ingest_date(settings)

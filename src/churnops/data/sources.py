@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -114,6 +115,7 @@ class Batch:
     files: FileRows | None = None
     recheck: Any = None  # a stream's rows that may be in the lake already (see `read_stream`)
     recovered: list[tuple[str, str]] = field(default_factory=list)  # parts set aside now read again whole
+    warning: str = ""  # what the user should know though nothing failed (a path that matches no file)
 
     def chunks(self, rows: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
         """The batch in frames of at most `rows` rows, each labelled by its rows' batch positions.
@@ -375,7 +377,16 @@ def read_files(source: FileSource, state: ReadState, required: Mapping[str, str]
     events = state.events
     if events is not None and source.mode == "snapshot":  # the files as of the date, whole each time
         events = replace(events, file_from={}, file_cap={})
-    return Batch(watermark=mark, bad_files=bad, files=FileRows(fs, opened, source, events))
+    warning = "" if matched else f"{_shown_path(source.path)} matches no file"
+    return Batch(watermark=mark, bad_files=bad, files=FileRows(fs, opened, source, events), warning=warning)
+
+
+def _shown_path(path: str) -> str:
+    """A source path as the user should read it: a local relative path made absolute, since it
+    is read from the current directory, not the settings file's."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return f"{path} (from {os.getcwd()})"
 
 
 @dataclass

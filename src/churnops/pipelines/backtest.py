@@ -28,7 +28,7 @@ from churnops.data.tables import order_span, read_customers
 from churnops.features.store import SnapshotFeatures
 from churnops.features.table import FeatureTable
 from churnops.pipelines.features import compute_table, plan_snapshots
-from churnops.pipelines.ingest import make_lake
+from churnops.pipelines.ingest import NO_ORDERS, make_lake
 from churnops.pipelines.train import TrainingError, TrainingSet, build_training_set, select, train_candidates
 from churnops.settings import Settings
 from churnops.training.gate import baseline_metrics, by_recency_scores
@@ -91,7 +91,7 @@ def backtest(settings: Settings, cutoff: date, progress: Callable[[str], None] |
     files = lake.data_files("orders")
     span = order_span(files)
     if span is None:
-        raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
+        raise TrainingError(NO_ORDERS)
     known_until = span[1].date() + timedelta(days=1)
     if cutoff + timedelta(days=horizon) > known_until:
         raise TrainingError(

@@ -18,7 +18,7 @@ from churnops.data.tables import order_span, read_customers
 from churnops.features.definitions import FeatureSpec, feature_specs
 from churnops.features.table import FeatureManifest, FeatureTable
 from churnops.features.validation import validate_snapshot
-from churnops.pipelines.ingest import make_lake
+from churnops.pipelines.ingest import NO_ORDERS, make_lake
 from churnops.runlog import append_run
 from churnops.settings import Settings
 
@@ -125,7 +125,7 @@ def build_features(
     lake = make_lake(settings)
     files = lake.data_files("orders")
     if not files:
-        raise FeatureBuildError("the raw lake holds no orders; run `churnops ingest` first")
+        raise FeatureBuildError(NO_ORDERS)
     with settings.paths.lock("churnops features"):
         customers = read_customers(lake)[["customer_id", "created_at"]]
         span = order_span(files)

@@ -65,12 +65,17 @@ class SourceReport:
     rows_quarantined: int = 0
     files_quarantined: int = 0
     rows_later: int = 0  # rows of later dates' data intervals, left for them
+    warning: str = ""  # what the user should know though nothing failed (a path that matches no file)
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
 
 
 NO_NEW_DATA = "no new data"
+# what the steps after ingest say when the lake has no order: ingest may have run and read none
+NO_ORDERS = (
+    "the raw lake holds no orders; `churnops ingest` loads them (when it has run, its table says what each source read)"
+)
 
 
 def make_lake(settings: Settings) -> RawLake:
@@ -144,6 +149,7 @@ def default_ingest_date(settings: Settings) -> date:
         newest.append(span[1])
     partitions = [m.ingest_date for table in lake.tables() for m in lake.manifests(table)]
     after_all = date.fromisoformat(max(partitions)) + timedelta(days=1) if partitions else date(9999, 12, 30)
+    why: list[str] = []  # why a source gave no order time, for the message when none did
     for source in settings.enabled_sources("orders"):
         state = read_state(lake, source, after_all)
         if state.events is not None:  # every order waiting counts, not only those before after_all
@@ -155,18 +161,29 @@ def default_ingest_date(settings: Settings) -> date:
         column = source_columns(source).get("order_date", "order_date")
         fmt = source.date_formats.get("order_date")
         newest_of = functools.partial(_newest, column=column, fmt=fmt)
-        for last in batch.scan(settings.ingest.chunk_rows, [column], newest_of):
-            if last is not None:
-                newest.append(last)
+        found = [last for last in batch.scan(settings.ingest.chunk_rows, [column], newest_of) if last is not NO_ROWS]
+        newest.extend(last for last in found if last is not None)
+        if batch.warning:
+            why.append(f"source {source.name!r}: {batch.warning}")
+        elif found and all(last is None for last in found):
+            how = f"date_formats.order_date {fmt!r}" if fmt else "no date_formats.order_date"
+            why.append(f"source {source.name!r}: no {column} value parses as a time ({how})")
     if not newest:
-        raise IngestError("there are no orders in the lake or in the order sources yet; give --date")
+        detail = f" ({'; '.join(why)})" if why else ""
+        raise IngestError(f"there are no orders in the lake or in the order sources yet{detail}; give --date")
     day = max(newest).date() + timedelta(days=1)
     return max([day, *(date.fromisoformat(p) for p in partitions)])
 
 
-def _newest(chunk: pd.DataFrame, column: str, fmt: str | None) -> pd.Timestamp | None:
+NO_ROWS: Any = object()  # `_newest` of a chunk without rows
+
+
+def _newest(chunk: pd.DataFrame, column: str, fmt: str | None) -> Any:
+    """The newest time in a chunk's `column`; None when none parses, `NO_ROWS` without rows."""
     if column not in chunk.columns:
         return None
+    if chunk.empty:
+        return NO_ROWS
     parsed = parse_timestamps(chunk[column], fmt).dropna()
     return None if parsed.empty else parsed.max()
 
@@ -355,7 +372,13 @@ def _ingest_batch(
         if batch.on_committed:
             batch.on_committed()
         _recovered(batch, source, lake)
-        return SourceReport(source.name, source.table, NO_NEW_DATA, rows_later=batch.watermark.get("held_back", 0))
+        return SourceReport(
+            source.name,
+            source.table,
+            NO_NEW_DATA,
+            rows_later=batch.watermark.get("held_back", 0),
+            warning=batch.warning,
+        )
     known = None
     existing = None
     if contract.name == "orders":

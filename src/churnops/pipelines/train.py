@@ -25,7 +25,7 @@ from churnops.data.tables import order_span
 from churnops.features.store import FeatureStore
 from churnops.features.table import FeatureTable
 from churnops.pipelines.features import feature_table, on_grid
-from churnops.pipelines.ingest import make_lake
+from churnops.pipelines.ingest import NO_ORDERS, make_lake
 from churnops.runlog import append_run
 from churnops.settings import CandidateSettings, Settings
 from churnops.training.candidates import Candidate, build_candidate, fit_pool
@@ -127,7 +127,7 @@ def default_logical_date(settings: Settings) -> date:
     """
     span = order_span(make_lake(settings).data_files("orders"))
     if span is None:
-        raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
+        raise TrainingError(NO_ORDERS)
     return span[1].date() + timedelta(days=1)
 
 
@@ -253,7 +253,7 @@ def build_training_set(
         raise TrainingError("the feature table is empty; run `churnops features` first")
     files = make_lake(settings).data_files("orders")
     if not files:
-        raise TrainingError("the raw lake holds no orders; run `churnops ingest` first")
+        raise TrainingError(NO_ORDERS)
     horizon = settings.training.horizon_days
     known_until = logical_datetime(as_of)
     cfg = settings.features
