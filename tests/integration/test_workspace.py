@@ -109,6 +109,26 @@ def test_a_moved_workspace_trains_where_it_now_is(original: Settings, tmp_path: 
         assert store.store.get_feature_view(view).batch_source.path.startswith(str(moved.resolve()))
 
 
+def test_lineage_of_a_moved_workspace_reads_the_run_where_it_now_is(original: Settings, tmp_path: Path) -> None:
+    """Before any writing command rebases MLflow's store, lineage still finds the run's record."""
+    from churnops.pipelines.lineage import model_lineage
+    from churnops.training.tracking import relocate_embedded_store
+
+    expected = model_lineage(original, "1")
+    first, moved = tmp_path / "first", tmp_path / "moved" / "ws"
+    shutil.copytree(original.workspace, first)
+    relocate_embedded_store(_settings(first))  # as a writing command there would: its store names `first`
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))  # where the store says the artifacts are no longer exists
+    before = _tree(moved)
+    chain = model_lineage(_settings(moved), "1")
+    assert chain.raw_partitions, "the run's lineage.json was not read"
+    assert [p.sha256 for p in chain.raw_partitions] == [p.sha256 for p in expected.raw_partitions]
+    assert chain.feature_table_hash == expected.feature_table_hash
+    assert chain.snapshots == expected.snapshots
+    assert _tree(moved) == before  # read only
+
+
 def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
     runner = CliRunner()
     cfg = tmp_path / "c.yaml"

@@ -118,7 +118,7 @@ def _version_lineage(
 ) -> Lineage:
     from churnops.pipelines.promotion import ARTIFACT_DIGEST
 
-    recorded = _run_lineage(registry, run_id)
+    recorded = _run_lineage(settings, registry, run_id)
     return Lineage(
         model=registry.model_name,
         version=version,
@@ -211,8 +211,16 @@ def served_on_the_wall_clock(settings: Settings) -> bool:
     return serving_as_of(settings, date.min) is None  # the servers' clock, for any day
 
 
-def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:
-    """The run's `lineage.json` ({} for a run logged without one: the chain stops at the run)."""
+def _run_lineage(settings: Settings, registry: Any, run_id: str) -> dict[str, Any]:
+    """The run's `lineage.json` ({} for a run logged without one: the chain stops at the run).
+
+    In a workspace moved since a writing command last ran, MLflow's store still names the old
+    folder (the next writing command rebases it); the file is then read where it is now, without
+    changing the store, since this command only reads.
+
+    Raises:
+        LineageError: The run's artifacts are nowhere to be found.
+    """
     import tempfile
 
     from mlflow.exceptions import MlflowException
@@ -221,9 +229,30 @@ def _run_lineage(registry: Any, run_id: str) -> dict[str, Any]:
         try:
             path = registry.client.download_artifacts(run_id, "lineage.json", folder)
         except (MlflowException, OSError):
-            return {}
+            return _moved_run_lineage(settings, registry, run_id)
         with open(path, encoding="utf-8") as handle:
             body: dict[str, Any] = json.load(handle)
+    return body
+
+
+def _moved_run_lineage(settings: Settings, registry: Any, run_id: str) -> dict[str, Any]:
+    """`lineage.json` of a run whose recorded artifact folder is under the workspace's former
+    location; {} when the run's artifacts are where MLflow says (it was logged without one)."""
+    from urllib.parse import unquote, urlparse
+
+    uri = str(registry.client.get_run(run_id).info.artifact_uri)
+    if not uri.startswith(("file:", "/")):
+        return {}  # a tracking server's store: not the workspace's to read
+    artifacts = Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    if artifacts.exists():
+        return {}
+    former, current = settings.paths.recorded_root(), settings.paths.root.resolve()
+    if former is None or not artifacts.is_relative_to(former):
+        raise LineageError(f"run {run_id}'s artifacts are not at {artifacts}, where MLflow recorded them")
+    moved = current / artifacts.relative_to(former) / "lineage.json"
+    if not moved.exists():
+        return {}
+    body: dict[str, Any] = json.loads(moved.read_text(encoding="utf-8"))
     return body
 
 
