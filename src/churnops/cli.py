@@ -388,7 +388,8 @@ def _show_train(result: Any) -> None:
     console.print(
         Text(
             "* the challenger (best on validation data by training.selection_metric); prec/rec: precision and "
-            "recall, AUC: ROC AUC, PR-AUC: average precision, thr: decision threshold",
+            "recall, AUC: ROC AUC, PR-AUC: average precision, CV F1: mean±std over folds grouped by customer, at "
+            "thr, the decision threshold (chosen on validation data)",
             style="dim",
         )
     )

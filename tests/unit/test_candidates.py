@@ -84,10 +84,10 @@ def test_the_logged_datasets_schema_and_digest_are_the_ones_mlflow_computes() ->
 
 @pytest.mark.parametrize("algorithm", ["lightgbm", "logistic_regression"])
 def test_folds_fitted_side_by_side_score_as_folds_fitted_one_by_one(algorithm: str) -> None:
-    """The pool changes when the folds train, not what they give: the same F1 per fold, reported
-    in fold order."""
+    """The pool changes when the folds train, not what they give: the same scores per fold,
+    reported in fold order."""
     from churnops.training.candidates import fit_pool, fits_side_by_side
-    from churnops.training.metrics import cross_validated_f1
+    from churnops.training.metrics import cross_validated_proba, fold_scores
 
     assert fits_side_by_side(algorithm)
     x, y = _rows()
@@ -99,9 +99,29 @@ def test_folds_fitted_side_by_side_score_as_folds_fitted_one_by_one(algorithm: s
 
     alone: list[tuple[int, float]] = []
     together: list[tuple[int, float]] = []
-    one_by_one = cross_validated_f1(fresh, x, y, groups, 4, lambda n, f1: alone.append((n, f1)))
+    one_by_one = cross_validated_proba(fresh, x, y, groups, 4, lambda n, auc: alone.append((n, auc)))
     with fit_pool(algorithm) as pool:
-        side_by_side = cross_validated_f1(fresh, x, y, groups, 4, lambda n, f1: together.append((n, f1)), pool)
-    assert side_by_side == pytest.approx(one_by_one, abs=1e-12)
+        side_by_side = cross_validated_proba(fresh, x, y, groups, 4, lambda n, auc: together.append((n, auc)), pool)
+    for (y1, p1), (y2, p2) in zip(one_by_one, side_by_side, strict=True):
+        assert (y1 == y2).all()
+        assert p2 == pytest.approx(p1, abs=1e-12)
+    assert fold_scores(side_by_side, 0.4) == pytest.approx(fold_scores(one_by_one, 0.4), abs=1e-12)
     assert [n for n, _ in together] == [1, 2, 3, 4]
     assert [f1 for _, f1 in together] == pytest.approx([f1 for _, f1 in alone], abs=1e-12)
+
+
+def test_cross_validation_f1_is_scored_at_the_chosen_threshold() -> None:
+    """CV F1 reads like the holdout's: at the decision threshold, not at 0.5."""
+    from churnops.training.metrics import fold_scores
+
+    folds = [
+        (np.array([0, 1, 1, 0]), np.array([0.1, 0.35, 0.3, 0.2])),  # every churner below 0.5
+        (np.array([0, 1, 0, 0]), np.array([0.05, 0.4, 0.1, 0.2])),
+    ]
+    assert fold_scores(folds, 0.5)["cv_f1_mean"] == 0.0
+    at_chosen = fold_scores(folds, 0.25)
+    assert at_chosen["cv_f1_mean"] == pytest.approx(1.0)
+    assert at_chosen["cv_roc_auc_mean"] == pytest.approx(1.0)
+    one_class = fold_scores([*folds, (np.array([0, 0]), np.array([0.1, 0.2]))], 0.25)
+    assert one_class["cv_roc_auc_mean"] == pytest.approx(1.0)  # a fold without churners has no AUC
+    assert one_class["cv_f1_mean"] == pytest.approx(2 / 3)

@@ -31,7 +31,7 @@ from churnops.settings import CandidateSettings, Settings
 from churnops.training.candidates import Candidate, build_candidate, fit_pool
 from churnops.training.gate import baseline_metrics, by_recency_scores
 from churnops.training.labels import LabelGrid, label_customers, label_grid, label_rows
-from churnops.training.metrics import choose_threshold, classification_metrics, cross_validated_f1
+from churnops.training.metrics import choose_threshold, classification_metrics, cross_validated_proba, fold_scores
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +377,12 @@ def train_candidates(
         def fresh_model(name: str = name, config: CandidateSettings = config) -> Any:
             return build_candidate(name, config, cfg.seed).model
 
-        def fold_done(done: int, f1: float, label: str = label) -> None:
-            progress(f"{label}: cross-validation fold {done}/{cfg.cv_folds}, F1 {f1:.3f}")
+        def fold_done(done: int, auc: float, label: str = label) -> None:
+            progress(f"{label}: cross-validation fold {done}/{cfg.cv_folds}, ROC AUC {auc:.3f}")
 
         with fit_pool(config.algorithm) as pool:
             final = pool.submit(candidate.fit, x.iloc[split.fit], y.iloc[split.fit]) if pool else None
-            cv_mean, cv_std = cross_validated_f1(
+            folds = cross_validated_proba(
                 fresh_model,
                 x.iloc[split.fit],
                 y.iloc[split.fit],
@@ -395,6 +395,8 @@ def train_candidates(
         candidate.predict_with_every_core()
         validation_proba = candidate.predict_proba(x.iloc[split.validation])
         threshold = choose_threshold(y.iloc[split.validation].to_numpy(), validation_proba)
+        cv = fold_scores(folds, threshold)
+        cv_mean, cv_std = cv["cv_f1_mean"], cv["cv_f1_std"]
         validation = classification_metrics(y.iloc[split.validation].to_numpy(), validation_proba, threshold)
         proba = candidate.predict_proba(x.iloc[split.holdout])
         holdout = classification_metrics(y_hold, proba, threshold)
@@ -403,8 +405,7 @@ def train_candidates(
             **holdout,
             **{f"validation_{k}": v for k, v in validation.items()},
             **{f"baseline_{k}": v for k, v in baselines.items()},
-            "cv_f1_mean": cv_mean,
-            "cv_f1_std": cv_std,
+            **cv,
             "threshold": threshold,
         }
         params = {

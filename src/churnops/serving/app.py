@@ -627,7 +627,10 @@ OFF_LOOP_ITEMS = 64
 
 _STATUS_DETAIL = {
     "unknown_customer": "the online store has no features for this customer",
-    "stale_features": "the customer's features are older than the feature view's TTL",
+    "stale_features": (
+        "the customer's features are older than the feature view's TTL (feast.ttl_days) at the server's clock; "
+        "serving data of the past? set serving.as_of to its day"
+    ),
 }
 
 

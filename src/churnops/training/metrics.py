@@ -35,7 +35,7 @@ def classification_metrics(labels: np.ndarray, proba: np.ndarray, threshold: flo
     }
 
 
-def cross_validated_f1(
+def cross_validated_proba(
     make_model: Callable[[], object],
     features: pd.DataFrame,
     labels: pd.Series,
@@ -43,8 +43,12 @@ def cross_validated_f1(
     folds: int,
     progress: Callable[[int, float], None] | None = None,
     pool: Executor | None = None,
-) -> tuple[float, float]:
-    """Mean and std of F1 over K folds grouped by customer (no customer in two folds).
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each of K folds grouped by customer (no customer in two folds): its labels and the
+    probabilities a model fitted on the other folds gives its rows.
+
+    F1 depends on the decision threshold, which is chosen after the folds (on validation data):
+    `fold_scores` scores the folds at it, so CV F1 reads like the holdout's.
 
     Args:
         make_model: A fresh, unfitted model.
@@ -52,22 +56,38 @@ def cross_validated_f1(
         labels: 0/1 labels.
         groups: The customer of each row.
         folds: K.
-        progress: Called with (folds done, that fold's F1) after each fold, in fold order.
+        progress: Called with (folds done, that fold's ROC AUC) after each fold, in fold order.
         pool: Fits the folds side by side (the models must release the GIL); None: one by one.
     """
     from sklearn.model_selection import GroupKFold
 
-    def score(train_idx: np.ndarray, test_idx: np.ndarray) -> float:
+    def fold(train_idx: np.ndarray, test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model = make_model()
         model.fit(features.iloc[train_idx], labels.iloc[train_idx])  # type: ignore[attr-defined]
-        predicted = model.predict(features.iloc[test_idx])  # type: ignore[attr-defined]
-        return float(skm.f1_score(labels.iloc[test_idx], predicted, zero_division=0))
+        proba = model.predict_proba(features.iloc[test_idx])[:, 1]  # type: ignore[attr-defined]
+        return labels.iloc[test_idx].to_numpy(), np.asarray(proba, dtype=np.float64)
 
     splits = list(GroupKFold(n_splits=folds).split(features, labels, groups))
-    pending = [pool.submit(score, *split) for split in splits] if pool is not None else None
-    scores = []
+    pending = [pool.submit(fold, *split) for split in splits] if pool is not None else None
+    done: list[tuple[np.ndarray, np.ndarray]] = []
     for number, split in enumerate(splits):
-        scores.append(pending[number].result() if pending is not None else score(*split))
+        done.append(pending[number].result() if pending is not None else fold(*split))
         if progress:
-            progress(len(scores), scores[-1])
-    return float(np.mean(scores)), float(np.std(scores))
+            progress(len(done), _roc_auc(*done[-1]))
+    return done
+
+
+def fold_scores(folds: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> dict[str, float]:
+    """Mean and std over the folds of F1 at `threshold` and of ROC AUC."""
+    f1 = [skm.f1_score(y, (p >= threshold).astype(int), zero_division=0) for y, p in folds]
+    auc = [_roc_auc(y, p) for y, p in folds]
+    return {
+        "cv_f1_mean": float(np.mean(f1)),
+        "cv_f1_std": float(np.std(f1)),
+        "cv_roc_auc_mean": float(np.nanmean(auc)) if not np.all(np.isnan(auc)) else float("nan"),
+        "cv_roc_auc_std": float(np.nanstd(auc)) if not np.all(np.isnan(auc)) else float("nan"),
+    }
+
+
+def _roc_auc(labels: np.ndarray, proba: np.ndarray) -> float:
+    return float(skm.roc_auc_score(labels, proba)) if len(np.unique(labels)) == 2 else float("nan")
