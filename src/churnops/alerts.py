@@ -16,6 +16,7 @@ from churnops.jsonl import append_line, read_lines
 from churnops.settings import AlertSettings
 
 log = logging.getLogger("churnops.alerts")
+SENT_LOGGER = "churnops.alerts.sent"
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,12 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Writes alerts to the `churnops.alerts` logger."""
+    """Writes alerts to the `churnops.alerts.sent` logger (which the CLI, printing each alert's
+    substance in its own words, keeps quiet unless --verbose)."""
 
     def send(self, alert: Alert) -> None:
         """Log at error level."""
-        log.error(alert.text())
+        logging.getLogger(SENT_LOGGER).error(alert.text())
 
 
 class FileSink:
@@ -90,6 +92,13 @@ def alert_sinks(settings: AlertSettings) -> tuple[FileSink, list[AlertSink]]:
     if settings.webhook_url:
         sinks.append(WebhookSink(settings.webhook_url, settings.webhook_timeout_s))
     return file_sink, sinks
+
+
+def destinations(settings: AlertSettings) -> str:
+    """Where an alert goes, in words: the alert file, and the webhook when one is set."""
+    if settings.webhook_url:
+        return f"posted to the webhook and written to {settings.file}"
+    return f"written to {settings.file} (no alerts.webhook_url is set, so no message was posted)"
 
 
 def raise_alert(settings: AlertSettings, alert: Alert) -> bool:

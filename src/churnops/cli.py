@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from churnops.alerts import SENT_LOGGER
 from churnops.settings import ConfigError, Settings, load_settings
 from churnops.workspace import BUSY_EXIT_CODE, WorkspaceBusyError, WorkspaceError
 
@@ -54,9 +55,24 @@ def _keeps_lines(paragraph: str) -> bool:
 
 
 def _unwrap_commands(command: Any) -> None:
-    """`unwrapped_help` on a command's help and, for a group, on its commands' too."""
+    """`unwrapped_help` on a command's help and, for a group, on its commands' too; flags show
+    no value type (Typer labels them `<bool>`), and a repeatable option names what it takes."""
     if command.help:
         command.help = unwrapped_help(command.help)
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif getattr(param, "multiple", False) and param.metavar is None:
+            param.metavar = f"<{param.name}>"
+    help_option = command.get_help_option
+
+    def quiet_help_option(ctx: Any) -> Any:
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = quiet_help_option
     for sub in getattr(command, "commands", {}).values():
         _unwrap_commands(sub)
 
@@ -200,6 +216,8 @@ def _configure_output(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
         for name in (*THIRD_PARTY_LOGGERS, "py.warnings"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # each step prints an alert's substance and where it went; the log's copy would repeat it
+        logging.getLogger(SENT_LOGGER).setLevel(logging.CRITICAL)
 
 
 def _version(value: bool) -> None:
@@ -446,7 +464,13 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
     elif isinstance(result, GateVerdict):
         _show_gate(result)
     elif isinstance(result, GateNotice):
-        alerted = "the team was alerted" if result.alerted else "already alerted for this failure"
+        from churnops.alerts import destinations
+
+        alerted = (
+            f"the team was alerted: {destinations(settings.alerts)}"
+            if result.alerted
+            else "already alerted for this failure"
+        )
         console.print(Text(f"notify: nothing registered; {alerted}"))
     elif isinstance(result, Registered):
         _show_register(result, settings)
@@ -754,9 +778,14 @@ def run(
     """
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.promotion import GateVerdict, existing_registry
-    from churnops.pipelines.steps import default_run_date
+    from churnops.pipelines.steps import StepsError, default_run_date, step_named
 
     settings = _settings(config)
+    try:
+        if resume_from is not None:
+            step_named(resume_from)  # a misspelt step is a usage error before anything runs
+    except StepsError as exc:
+        raise _fail(str(exc), 2) from exc
     try:
         day = _parse_day(date_, "--date") or default_run_date(settings)
     except IngestError as exc:
@@ -1065,6 +1094,7 @@ def registry_list(config: ConfigOption = None) -> None:
             ["version", "aliases", "candidate", "thresh", "as of", "run"],
             rows,
             [True, False, False, True, False, False],
+            whole=[False, False, True, False, True, True],  # names, dates and ids are not cut
         )
     )
 

@@ -287,3 +287,11 @@ def test_the_default_date_names_a_date_format_no_row_parses_with(tmp_path: Path)
     _drop(tmp_path, "a.txt", ALIGNED)
     with pytest.raises(IngestError, match=r"no day value parses as a time \(date_formats.order_date '%d/%m/%Y'\)"):
         default_ingest_date(settings)
+
+
+def test_text_customer_ids_are_refused_with_what_the_ids_must_be(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(tmp_path, "a.txt", _aligned(("C0001", "2024-01-03", 5.0), ("C0002", "2024-01-04", 6.0)))
+    with pytest.raises(IngestError, match=r"unparseable customer_id: 2.*customer_id must be a whole number"):
+        ingest(settings, date(2024, 1, 11))
+    assert not list((tmp_path / "ws").rglob("part-*.parquet"))  # nothing published

@@ -229,3 +229,31 @@ def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is in use.*deploy.staging_port"):
             deploy_staging(settings, DAY)
     assert server_status(settings, "staging").state == "stopped"  # nothing was started
+
+
+def test_a_port_taken_by_another_workspaces_server_says_how_to_stop_it(road: Shop) -> None:
+    """What answers as a churnops server (the demo's, left running) is named, with the command that stops it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Churnops(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"name": "churnops", "version": "1", "extensions": []}).encode()
+            self.send_response(200 if self.path == "/v2" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Churnops)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        settings = _with(road.settings, "deploy", staging_port=other.server_address[1])
+        with pytest.raises(DeployError, match=r"a churnops server of another workspace.*deploy stop all"):
+            deploy_staging(settings, DAY)
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -348,7 +348,7 @@ class FeastFeatureStore:
         except Exception:  # Feast raises its own not-found type per registry kind
             return self.store.get_feature_view(LEGACY_VIEW)
 
-    def publish_newest(self, snapshot: datetime, progress: Callable[[int, int], None] | None = None) -> None:
+    def publish_newest(self, snapshot: datetime, progress: Callable[[int, int, str], None] | None = None) -> None:
         """Load one snapshot (the table's newest) into the online store, in batches.
 
         Every customer known at the newest snapshot has a row in it, so this leaves the online
@@ -360,7 +360,8 @@ class FeastFeatureStore:
 
         Args:
             snapshot: The snapshot time (its day names the table's partition).
-            progress: Called with (rows written, rows in all) after each batch.
+            progress: Called with (rows written, rows in all, the view written: "" for all of
+                them) after each batch.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -389,7 +390,7 @@ class FeastFeatureStore:
                         store.write_to_online_store(view.name, frame)
                 done += batch.num_rows
                 if progress:
-                    progress(done, total)
+                    progress(done, total, "")
         start = snapshot.replace(tzinfo=UTC) if snapshot.tzinfo is None else snapshot
         for view in views:
             store.registry.apply_materialization(view, store.project, start, start + timedelta(seconds=1), commit=True)
@@ -400,7 +401,7 @@ class FeastFeatureStore:
         views: list[Any],
         columns: list[str],
         total: int,
-        progress: Callable[[int, int], None] | None,
+        progress: Callable[[int, int, str], None] | None,
         content_hash: str = "",
     ) -> bool:
         """Write the snapshot straight into the SQLite tables or the Redis hashes (`online_bulk`);
@@ -426,9 +427,12 @@ class FeastFeatureStore:
             if low is None or low != high:
                 return False
             moments.append(_utc(low).replace(tzinfo=None))
-        report = (lambda done: progress(done, total)) if progress else None
+
+        def report_for(view: str) -> Callable[[int], None] | None:
+            return (lambda done: progress(done, total, view)) if progress else None
+
         if kind == "redis":
-            return self._publish_redis(views, snapshot, moments[0], report)
+            return self._publish_redis(views, snapshot, moments[0], report_for(""))
         from feast.infra.online_stores.sqlite import _table_id
 
         tables = [_table_id(self.store.project, view) for view in views]
@@ -448,7 +452,7 @@ class FeastFeatureStore:
                 _int_features(view),
                 moments[0],
                 moments[1],
-                progress=report,
+                progress=report_for(view.name),
                 previous=self._held_snapshot(table, [ENTITY_KEY, *features]),
                 content_hash=content_hash or None,
                 stamp_every_customer=bool(view.ttl),

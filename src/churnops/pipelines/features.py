@@ -293,8 +293,8 @@ def publish(
         return f"online store left alone: it holds the newer snapshot {newest}"
     moment = datetime.fromisoformat(newest).replace(tzinfo=UTC)
 
-    def batches(done: int, total: int) -> None:
-        say(f"  online store: {done:,} of {total:,} customers written")
+    def batches(done: int, total: int, view: str) -> None:
+        say(f"  online store{f' ({view})' if view else ''}: {done:,} of {total:,} customers written")
 
     store.publish_newest(moment, batches)
     return f"online store holds snapshot {newest}"

@@ -395,7 +395,7 @@ def _ingest_batch(
     try:
         tally, schema = _validate_into(staged.local, batch, source, contract, known, flags, limits, len(keys), where)
         quarantined = tally.quarantine()
-        _check_bad_share(quarantined, tally.rows_read, limits, where)
+        _check_bad_share(quarantined, tally.rows_read, limits, where, contract)
         if len(keys):
             _check_volume(tally.rows_accepted, tally.days(contract), contract, previous, limits, where)
         report = SourceReport(
@@ -532,7 +532,7 @@ def _validate_into(
             tally.add(result.accepted, batch.located(result.quarantined), contract)
             if tally.rows_read < rows and tally.rows_quarantined > limits.max_bad_share * rows:
                 # certain to be rejected already: stop reading
-                _check_bad_share(tally.quarantine(), rows, limits, where, at_least=True)
+                _check_bad_share(tally.quarantine(), rows, limits, where, contract, at_least=True)
         if tally.rows_read != rows:
             raise IngestError(f"{where}: read {tally.rows_read} rows, but the key column had {rows}; nothing published")
         if sink is None:
@@ -653,18 +653,41 @@ def _own_files(lake: RawLake, source: Source, ingest_date: date) -> list[str]:
 
 
 def _check_bad_share(
-    quarantined: pd.DataFrame, rows: int, limits: IngestSettings, where: str, at_least: bool = False
+    quarantined: pd.DataFrame,
+    rows: int,
+    limits: IngestSettings,
+    where: str,
+    contract: TableContract,
+    at_least: bool = False,
 ) -> None:
     share = len(quarantined) / rows if rows else 0.0
     if share > limits.max_bad_share:
-        top = ", ".join(f"{reason}: {n}" for reason, n in list(reason_counts(quarantined).items())[:5])
+        reasons = list(reason_counts(quarantined).items())[:5]
+        top = ", ".join(f"{reason}: {n}" for reason, n in reasons)
         sample = quarantined["source_row"].head(3).tolist()
         count = f"at least {len(quarantined)}" if at_least else str(len(quarantined))
+        hints = "".join(f"; {hint}" for reason, _ in reasons if (hint := _hint(reason, contract)))
         raise IngestError(
             f"{where}: {count} of {rows} rows are invalid "
             f"({'at least ' if at_least else ''}{share:.2%} > limit {limits.max_bad_share:.2%}); "
-            f"reasons: {top}; examples: {sample}; nothing published"
+            f"reasons: {top}; examples: {sample}{hints}; nothing published"
         )
+
+
+def _hint(reason: str, contract: TableContract) -> str:
+    """What usually fixes a reason that makes most of a batch invalid (a column's type or format)."""
+    column = reason.removeprefix("unparseable ")
+    kind = contract.columns.get(column) if reason.startswith("unparseable ") else None
+    if kind == "int":
+        return (
+            f"{column} must be a whole number (the feature store and the server key customers by integer ids): "
+            "give the source's ids as numbers"
+        )
+    if kind == "timestamp":
+        return f"set date_formats.{column} to the source's format (for example '%d/%m/%Y' or '%Y-%m-%d %H:%M')"
+    if kind == "float":
+        return "amounts with a decimal comma (12,50) need csv_decimal: ','"
+    return ""
 
 
 def _previous_part(lake: RawLake, source: Source, ingest_date: date) -> Part | None:

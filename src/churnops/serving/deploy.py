@@ -160,6 +160,18 @@ def server_status(settings: Settings, env: str) -> ServerStatus:
     return status
 
 
+def _churnops_on(host: str, port: int) -> bool:
+    """Whether what listens on the port answers as a churnops server (its Open Inference
+    metadata names it)."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"http://{host}:{port}/v2", timeout=1.0)
+        return bool(answer.status_code == 200 and answer.json().get("name") == "churnops")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -225,7 +237,13 @@ def start_server(
     host, port = settings.serving.host, port_of(settings, env)
     if not _port_free(host, port):
         key = "deploy.staging_port" if env == "staging" else "serving.port"
-        raise DeployError(f"port {port} on {host} is in use by another process; stop it or set {key}")
+        owner = (
+            "a churnops server of another workspace (`churnops deploy stop all -c <its settings>` stops it; "
+            "the demo's: -c .churnops/demo.yaml)"
+            if _churnops_on(host, port)
+            else "another process"
+        )
+        raise DeployError(f"port {port} on {host} is in use by {owner}; stop it or set {key}")
     folder = servers_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"{env}.log"
