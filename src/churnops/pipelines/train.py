@@ -326,6 +326,23 @@ def build_training_set(
     return TrainingSet(joined, features, split, lineage)
 
 
+# Below these, what the models learn (and the gate's verdict on them) moves with the sample
+FEW_FIT_ROWS = 5_000
+FEW_FIT_CHURNERS = 200
+
+
+def _warn_if_little(rows: int, churners: int, snapshots: int) -> None:
+    """Say so when the models fit on so little that their scores are mostly noise."""
+    if rows < FEW_FIT_ROWS or churners < FEW_FIT_CHURNERS:
+        log.warning(
+            "the models fit on only %s rows (%s churners, %d snapshot(s)): their scores and the gate's verdict "
+            "move with the sample; more history, or a shorter features.cadence_days (more snapshots), gives more",
+            f"{rows:,}",
+            f"{churners:,}",
+            snapshots,
+        )
+
+
 def input_key(settings: Settings, training: TrainingSet) -> str:
     """What training depends on: the feature table, the labelled rows, the settings and the code."""
     digest = hashlib.sha256()
@@ -364,6 +381,7 @@ def train_candidates(
     x = data[training.features].astype("float64")
     y = data["churned"].astype(int)
     y_hold = y.iloc[split.holdout].to_numpy()
+    _warn_if_little(len(split.fit), int(y.iloc[split.fit].sum()), len(split.snapshots.get("fit", [])))
     baselines = baseline_metrics(y_hold, by_recency_scores(data["recency"].iloc[split.holdout].to_numpy()))
     trained = Trained([], {}, {}, baselines)
     for number, (name, config) in enumerate(cfg.candidates.items(), start=1):
