@@ -576,6 +576,8 @@ def _show_production(result: Any) -> None:
     )
     promoted = " (promoted now)" if result.promoted else ""
     console.print(f"production: version {result.champion}{promoted} on {result.url}{ab}")
+    if result.note:
+        console.print(Text(f"  {result.note}", style="yellow"))
 
 
 def _step_errors() -> tuple[type[Exception], ...]:

@@ -366,6 +366,7 @@ class Production:
     promoted: bool = False
     skipped: str = ""
     ab: dict[str, Any] = field(default_factory=dict)  # `ab_test.ABDecision`, when the step looked at the test
+    note: str = ""  # what the user should know about what it serves (features stale on the wall clock)
 
     def as_dict(self) -> dict[str, Any]:
         """Small and JSON-able."""
@@ -525,6 +526,20 @@ def serve_production(
         status.url,
         settings.serving.ab_weight if challenger else 0.0,
         settings.serving.ab_mode if challenger else "",
+        note=_stale_on_the_wall_clock(settings, day) if as_of is None and day is not None else "",
+    )
+
+
+def _stale_on_the_wall_clock(settings: Settings, day: date) -> str:
+    """A warning when the logical date is so far behind the wall clock, which the server judges
+    freshness by, that every customer's features are past the TTL."""
+    behind = (datetime.now(UTC).date() - day).days
+    if behind <= settings.feast.ttl_days:
+        return ""
+    return (
+        f"{day} is {behind} days before today and the server judges freshness by the wall clock, so every "
+        f"customer is served as stale_features (feast.ttl_days is {settings.feast.ttl_days}); for data of the "
+        f"past, set serving.as_of: {day}"
     )
 
 
