@@ -1087,7 +1087,7 @@ def registry_list(config: ConfigOption = None) -> None:
                 v["tags"].get("candidate", ""),
                 v["tags"].get("threshold", "")[:5],
                 v["tags"].get("logical_date", ""),
-                v["run_id"][:12],
+                v["run_id"][:8],
             ]
         )
     console.print(

@@ -327,9 +327,14 @@ def test_materialization_reports_its_batches_and_prints_no_colour(
 ) -> None:
     lines: list[str] = []
     build_features(shop, progress=lines.append)
-    written = [line for line in lines if "online store:" in line]
+    written = [line.strip() for line in lines if "customers written" in line]
     assert written, lines
-    assert written[-1].strip().startswith("online store: 1,")  # every customer, counted
+    views = {line.split(":")[0] for line in written}
+    assert views == {"online store (customer_order_features)", "online store (customer_time_features)"}, written
+    for view in views:  # every customer, counted, in each view
+        last = [line for line in written if line.startswith(view)][-1]
+        done, total = last.split(": ")[1].removesuffix(" customers written").split(" of ")
+        assert done == total, last
     captured = capfd.readouterr()
     assert "\x1b[" not in captured.out + captured.err
     assert "Materializing" not in captured.out
