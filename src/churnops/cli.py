@@ -337,8 +337,10 @@ def _show_ingest(result: Any) -> None:
         if r.get("rows_later"):
             later = f"  {r['rows_later']:,} row(s) of {r['source']} are from {result.date} on: a later date reads them"
             console.print(Text(later))
-    if any(r["reasons"] for r in result.sources):
+    if any(r["reasons"] and r["status"] == "published" for r in result.sources):
         _next(f"`churnops quarantine --date {result.date}` shows each row, its file and why")
+    elif any(r["reasons"] for r in result.sources):  # the same rows as before, kept under an earlier date
+        _next("`churnops quarantine` shows each row, its file and why")
 
 
 def _show_features(report: Any) -> None:
@@ -464,18 +466,12 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
     elif isinstance(result, GateVerdict):
         _show_gate(result)
     elif isinstance(result, GateNotice):
-        from churnops.alerts import destinations
-
-        alerted = (
-            f"the team was alerted: {destinations(settings.alerts)}"
-            if result.alerted
-            else "already alerted for this failure"
-        )
+        alerted = _alerted(settings) if result.alerted else "already alerted for this failure"
         console.print(Text(f"notify: nothing registered; {alerted}"))
     elif isinstance(result, Registered):
         _show_register(result, settings)
     elif isinstance(result, IntegrationTested):
-        _show_staged(result)
+        _show_staged(result, settings)
     elif isinstance(result, Staged):
         if result.skipped:
             console.print(Text(f"staging: {result.skipped}", style="dim"))
@@ -484,19 +480,27 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
     elif isinstance(result, Production):
         _show_production(result)
     elif isinstance(result, Monitored):
-        _show_monitored(result)
+        _show_monitored(result, settings)
     elif isinstance(result, Decision):
-        _show_decision(result.day, result.as_dict())
+        _show_decision(result.day, result.as_dict(), settings)
 
 
-def _show_decision(day: str, decision: dict[str, Any]) -> None:
+def _alerted(settings: Settings) -> str:
+    from churnops.alerts import destinations
+
+    return f"the team was alerted: {destinations(settings.alerts)}"
+
+
+def _show_decision(day: str, decision: dict[str, Any], settings: Settings) -> None:
     for condition, since in decision.get("alarms", {}).items():
         console.print(f"monitor {day}: ALARM {condition} (since {since})")
+    if decision.get("raised"):
+        console.print(Text(f"monitor {day}: {_alerted(settings)}"))
     if decision.get("reason"):
         console.print(f"monitor {day}: {decision['reason']}")
 
 
-def _show_monitored(result: Any) -> None:
+def _show_monitored(result: Any, settings: Settings) -> None:
     _show_realized(result.realized)
     target = result.target_drift or {}
     if target:
@@ -505,7 +509,7 @@ def _show_monitored(result: Any) -> None:
             f"against {target['reference_churn_rate']:.1%} in the champion's holdout, Cohen's h "
             f"{target['cohens_h']:+.3f}" + (" (DRIFT)" if target["drifted"] else "")
         )
-    _show_decision(result.day, result.decision or {})
+    _show_decision(result.day, result.decision or {}, settings)
     system = result.system or {}
     if system.get("requests"):
         console.print(
@@ -549,7 +553,7 @@ def _show_monitored(result: Any) -> None:
         )
 
 
-def _show_staged(result: Any) -> None:
+def _show_staged(result: Any, settings: Settings) -> None:
     if result.skipped:
         console.print(Text(f"staging: {result.skipped}", style="dim"))
         return
@@ -558,6 +562,8 @@ def _show_staged(result: Any) -> None:
         console.print(Text(f"  integration test {check['name']}: {mark}: {check['detail']}"))
     verdict = "passed its integration tests" if result.passed else "FAILED its integration tests; it goes no further"
     console.print(f"staging: version {result.version} on {result.url} {verdict}")
+    if not result.passed:  # the alert is sent once per version and date; a rerun repeats this line
+        console.print(Text(f"staging: {_alerted(settings)} (once per failure)"))
 
 
 def _show_production(result: Any) -> None:
@@ -1229,7 +1235,7 @@ def monitor(
         chosen = _parse_day(day, "--day") or default_monitor_day(default_run_date(settings))
     except IngestError as exc:
         raise _fail(str(exc)) from exc
-    _show_monitored(monitor_day(settings, chosen))
+    _show_monitored(monitor_day(settings, chosen), settings)
     _next(f"open {settings.paths.root / 'monitoring' / 'index.html'} for every monitored day")
 
 
@@ -1276,7 +1282,7 @@ def deploy_staging_command(config: ConfigOption = None, date_: DateOption = None
             result = deploy_staging(settings, day, _progress_line)
     except (DeployError, IngestError, ReplayPendingError) as exc:
         raise _fail(str(exc)) from exc
-    _show_staged(result)
+    _show_staged(result, settings)
     if result.version and not result.skipped and not result.passed:
         raise _fail(f"version {result.version} failed its integration tests; see the checks above")
     if result.passed:
@@ -1488,11 +1494,14 @@ def quarantine_command(
     """Show the rows and files ingest set aside: where each came from, why, and the row as read.
 
     A file source's rows name their file and their row in it (counted from 1 after the header);
-    a file set aside whole shows row -1. Fix the source and ingest the date again: a rerun
-    replaces that date's part, quarantine included.
+    a file set aside whole names the file and no row. Fix the source and ingest the date again:
+    a rerun replaces that date's part, quarantine included.
     """
+    from churnops.data.contracts import CONTRACTS
     from churnops.pipelines.status import quarantined_rows
 
+    if table is not None and table not in CONTRACTS:
+        raise _fail(f"--table: no raw table is called {table!r}; the tables are {', '.join(CONTRACTS)}", 2)
     settings = _settings(config)
     day = _parse_day(date_, "--date")
     found = quarantined_rows(settings, table, day.isoformat() if day else None)

@@ -262,6 +262,9 @@ def test_quarantine_shows_each_bad_row_with_its_file_and_row_and_writes_them_all
         ("a.csv", 3, "null customer_id"),
         ("b.csv", 1, "unparseable total_amount"),
     ]
+    misspelt = runner.invoke(app, ["quarantine", "-c", str(cfg), "--table", "order"])
+    assert misspelt.exit_code == 2
+    assert "the tables are orders, customers, products" in misspelt.output
     other_day = runner.invoke(app, ["quarantine", "-c", str(cfg), "--date", "2024-01-11"])
     assert other_day.exit_code == 0
     assert "nothing quarantined on 2024-01-11" in other_day.output

@@ -295,3 +295,35 @@ def test_text_customer_ids_are_refused_with_what_the_ids_must_be(tmp_path: Path)
     with pytest.raises(IngestError, match=r"unparseable customer_id: 2.*customer_id must be a whole number"):
         ingest(settings, date(2024, 1, 11))
     assert not list((tmp_path / "ws").rglob("part-*.parquet"))  # nothing published
+
+
+def test_a_snapshot_date_rerun_replaces_its_own_part_even_when_the_source_is_back_to_the_previous_date(
+    tmp_path: Path,
+) -> None:
+    """Rerunning a date compares with what that date holds, not only with the date before it."""
+    folder = tmp_path / "cust"
+    folder.mkdir()
+    settings = load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        ingest={"max_bad_share": 0.9},
+        sources=[
+            {
+                "kind": "file",
+                "name": "c",
+                "table": "customers",
+                "path": str(folder / "*.csv"),
+                "mode": "snapshot",
+                "columns": {"customer_id": "id", "created_at": "created"},
+            }
+        ],
+    )
+    (folder / "c.csv").write_text("id,created\n1,2023-01-01\n2,notadate\n")
+    assert ingest(settings, date(2024, 1, 10))[0].status == "published"
+    (folder / "c.csv").write_text("id,created\n1,2023-01-01\n2,stillbad\n")
+    assert ingest(settings, date(2024, 1, 12))[0].status == "published"
+    (folder / "c.csv").write_text("id,created\n1,2023-01-01\n2,notadate\n")
+    assert ingest(settings, date(2024, 1, 12))[0].status == "published"
+    held = make_lake(settings).read("customers", quarantine=True)
+    assert not held["source_row"].str.contains("stillbad").any()
+    assert ingest(settings, date(2024, 1, 13))[0].status == "unchanged"  # the next date: the same as 01-12

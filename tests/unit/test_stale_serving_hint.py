@@ -10,7 +10,7 @@ from churnops.serving.deploy import _stale_on_the_wall_clock
 from churnops.settings import load_settings
 
 
-@pytest.mark.parametrize(("days_ago", "warned"), [(0, False), (30, False), (31, True), (400, True)])
+@pytest.mark.parametrize(("days_ago", "warned"), [(0, False), (29, False), (30, True), (400, True)])
 def test_a_logical_date_further_behind_than_the_ttl_is_named_with_the_setting_that_fixes_it(
     days_ago: int, warned: bool
 ) -> None:

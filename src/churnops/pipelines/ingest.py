@@ -419,6 +419,7 @@ def _ingest_batch(
         quarantine_sha256 = quarantine.sha256 if quarantine else None
         if (
             previous is not None
+            and not _own_files(lake, source, ingest_date)  # a rerun of the date compares with its own part
             and previous.watermark.get("mode") == "snapshot"
             and previous.data.sha256 == sha256
             and (previous.quarantine.sha256 if previous.quarantine else None) == quarantine_sha256

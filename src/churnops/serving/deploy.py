@@ -534,7 +534,7 @@ def _stale_on_the_wall_clock(settings: Settings, day: date) -> str:
     """A warning when the logical date is so far behind the wall clock, which the server judges
     freshness by, that every customer's features are past the TTL."""
     behind = (datetime.now(UTC).date() - day).days
-    if behind <= settings.feast.ttl_days:
+    if behind < settings.feast.ttl_days:  # the newest snapshot is the date's midnight: stale from ttl days on
         return ""
     return (
         f"{day} is {behind} days before today and the server judges freshness by the wall clock, so every "
