@@ -633,7 +633,7 @@ def _write_table(cursor: Any, rows: pa.Table, feature_columns: list[str], path: 
     """Write an Arrow table of feature rows as one Parquet file.
 
     pyarrow writes it (snappy; dictionaries for the integer and time columns, whose values
-    repeat, and not for the float ones, whose values rarely do; min/max statistics for the key
+    repeat, but the key, and not for the float ones, whose values rarely do; min/max statistics for the key
     and time columns that readers filter on, not for the features, which saves a tenth of the
     CPU): about 40% less CPU than DuckDB's writer for a 1M-row snapshot, for files about 7%
     larger. It releases the GIL, so the next snapshot is computed meanwhile. DuckDB hashes the
@@ -643,7 +643,9 @@ def _write_table(cursor: Any, rows: pa.Table, feature_columns: list[str], path: 
         The file, its rows and the sum of its row hashes (see `_hash_sql`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    repeating = [field.name for field in rows.schema if not pa.types.is_floating(field.type)]
+    # the key is unique in a snapshot: a dictionary of it overflows and is thrown away (7% of the
+    # write here, and a slightly larger file)
+    repeating = [f.name for f in rows.schema if not pa.types.is_floating(f.type) and f.name != "customer_id"]
     filtered = [name for name in ("customer_id", "event_timestamp", "created_timestamp") if name in rows.column_names]
     pq.write_table(rows, path, compression="snappy", use_dictionary=repeating, write_statistics=filtered)
     cursor.register("snapshot_rows", rows)
