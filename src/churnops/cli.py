@@ -675,7 +675,12 @@ def ingest(
     except IngestError as exc:
         raise _fail(str(exc)) from exc
     _show_ingest(Ingested(day.isoformat(), [r.__dict__ for r in reports]))
-    _next(f"`churnops features --as-of {day}` computes features from it; `churnops status` shows the lake")
+    if any(r.status == "published" for r in reports):
+        _next(f"`churnops features --as-of {day}` computes features from it; `churnops status` shows the lake")
+    elif any(r.warning for r in reports):
+        _next("check the source path named above (relative paths are read from here); `churnops status` shows the lake")
+    else:
+        _next("nothing new was published; `churnops status` shows the lake")
 
 
 @app.command()

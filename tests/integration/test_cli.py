@@ -270,6 +270,21 @@ def test_quarantine_shows_each_bad_row_with_its_file_and_row_and_writes_them_all
     assert "nothing quarantined on 2024-01-11" in other_day.output
 
 
+def test_ingest_names_a_path_that_matches_no_file_and_does_not_send_the_user_on_to_features(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"workspace: {tmp_path / 'ws'}\nsources:\n"
+        f"  - {{kind: file, name: mine, table: orders, path: '{tmp_path}/ordrs/*.csv', derive_order_id: true}}\n"
+    )
+    result = runner.invoke(app, ["ingest", "-c", str(cfg), "--date", "2024-01-10"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())  # a long path wraps
+    assert "mine: " in flat
+    assert "matches no file" in flat
+    assert "check the source path" in flat
+    assert "churnops features" not in flat
+
+
 def test_ui_serves_mlflow_on_loopback_and_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     import signal
     import threading
