@@ -94,11 +94,11 @@ def alert_sinks(settings: AlertSettings) -> tuple[FileSink, list[AlertSink]]:
     return file_sink, sinks
 
 
-def destinations(settings: AlertSettings) -> str:
-    """Where an alert goes, in words: the alert file, and the webhook when one is set."""
+def alerted(settings: AlertSettings) -> str:
+    """That the team was alerted and where, in words: the alert file, and the webhook when one is set."""
     if settings.webhook_url:
-        return f"posted to the webhook and written to {settings.file}"
-    return f"written to {settings.file} (no alerts.webhook_url is set, so no message was posted)"
+        return f"the team was alerted: posted to the webhook and written to {settings.file}"
+    return f"the team was alerted: written to {settings.file} (no alerts.webhook_url is set, so no message was posted)"
 
 
 def raise_alert(settings: AlertSettings, alert: Alert) -> bool:

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from churnops.alerts import SENT_LOGGER
+from churnops.alerts import SENT_LOGGER, alerted
 from churnops.settings import ConfigError, Settings, load_settings
 from churnops.workspace import BUSY_EXIT_CODE, WorkspaceBusyError, WorkspaceError
 
@@ -465,9 +465,8 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_train(result)
     elif isinstance(result, GateVerdict):
         _show_gate(result)
-    elif isinstance(result, GateNotice):
-        alerted = _alerted(settings) if result.alerted else "already alerted for this failure"
-        console.print(Text(f"notify: nothing registered; {alerted}"))
+    elif isinstance(result, GateNotice):  # the step said whether and where the team was alerted
+        console.print(Text("notify: nothing registered"))
     elif isinstance(result, Registered):
         _show_register(result, settings)
     elif isinstance(result, IntegrationTested):
@@ -485,17 +484,11 @@ def _show_step(step: Any, result: Any, settings: Settings) -> None:
         _show_decision(result.day, result.as_dict(), settings)
 
 
-def _alerted(settings: Settings) -> str:
-    from churnops.alerts import destinations
-
-    return f"the team was alerted: {destinations(settings.alerts)}"
-
-
 def _show_decision(day: str, decision: dict[str, Any], settings: Settings) -> None:
     for condition, since in decision.get("alarms", {}).items():
         console.print(f"monitor {day}: ALARM {condition} (since {since})")
     if decision.get("raised"):
-        console.print(Text(f"monitor {day}: {_alerted(settings)}"))
+        console.print(Text(f"monitor {day}: {alerted(settings.alerts)}"))
     if decision.get("reason"):
         console.print(f"monitor {day}: {decision['reason']}")
 
@@ -563,7 +556,7 @@ def _show_staged(result: Any, settings: Settings) -> None:
     verdict = "passed its integration tests" if result.passed else "FAILED its integration tests; it goes no further"
     console.print(f"staging: version {result.version} on {result.url} {verdict}")
     if not result.passed:  # the alert is sent once per version and date; a rerun repeats this line
-        console.print(Text(f"staging: {_alerted(settings)} (once per failure)"))
+        console.print(Text(f"staging: {alerted(settings.alerts)} (once per failure)"))
 
 
 def _show_production(result: Any) -> None:
@@ -1380,6 +1373,7 @@ def _reload_production(settings: Settings) -> None:
 def status(config: ConfigOption = None) -> None:
     """Show what is in the workspace: sources, raw partitions and their event dates, features, runs."""
     from churnops.pipelines.status import workspace_status
+    from churnops.pipelines.steps import simulated_sources
 
     settings = _settings(config)
     state = workspace_status(settings)
@@ -1392,8 +1386,6 @@ def status(config: ConfigOption = None) -> None:
                 style="yellow",
             )
         )
-    from churnops.pipelines.steps import simulated_sources
-
     if simulated_sources(settings):
         console.print(f"simulated sources published up to: {state.simulated_until or 'nothing yet'}")
     console.print(
@@ -1543,12 +1535,15 @@ def quarantine_command(
 
 
 def _row_as_read(source_row: Any, width: int = 60) -> str:
-    """A quarantined row's JSON as `column=value` pairs, cut at `width` characters."""
+    """A quarantined row's JSON as `column=value` pairs (not the id churnops derived), cut at
+    `width` characters."""
+    from churnops.data.sources import DERIVED_ORDER_ID
+
     try:
         values = json.loads(str(source_row))
     except ValueError:
         return str(source_row)[:width]
-    pairs = " ".join(f"{k}={v}" for k, v in values.items() if not str(k).startswith("__churnops"))
+    pairs = " ".join(f"{k}={v}" for k, v in values.items() if k != DERIVED_ORDER_ID)
     return pairs if len(pairs) <= width else pairs[: width - 1] + "…"
 
 

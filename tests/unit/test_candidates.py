@@ -125,3 +125,18 @@ def test_cross_validation_f1_is_scored_at_the_chosen_threshold() -> None:
     one_class = fold_scores([*folds, (np.array([0, 0]), np.array([0.1, 0.2]))], 0.25)
     assert one_class["cv_roc_auc_mean"] == pytest.approx(1.0)  # a fold without churners has no AUC
     assert one_class["cv_f1_mean"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "churners", "warned"), [(1_168, 300, True), (20_000, 150, True), (20_000, 900, False)]
+)
+def test_training_warns_when_the_models_fit_on_too_little(
+    rows: int, churners: int, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from churnops.pipelines.train import _warn_if_little
+
+    with caplog.at_level("WARNING", logger="churnops.pipelines.train"):
+        _warn_if_little(rows, churners, 8)
+    assert ("the models fit on only" in caplog.text) == warned
+    if warned:
+        assert f"{rows:,} rows ({churners:,} churners, 8 snapshot(s))" in caplog.text

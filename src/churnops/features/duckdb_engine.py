@@ -632,10 +632,10 @@ def _code_values(con: Any, column: str, as_of: str) -> int:
 def _write_table(cursor: Any, rows: pa.Table, feature_columns: list[str], path: Path) -> tuple[Path, int, int]:
     """Write an Arrow table of feature rows as one Parquet file.
 
-    pyarrow writes it (snappy; dictionaries for the integer and time columns, whose values
-    repeat, but the key, and not for the float ones, whose values rarely do; min/max statistics for the key
-    and time columns that readers filter on, not for the features, which saves a tenth of the
-    CPU): about 40% less CPU than DuckDB's writer for a 1M-row snapshot, for files about 7%
+    pyarrow writes it (snappy; dictionaries for the integer and time columns but the key, whose
+    values repeat, and not for the float ones, whose values rarely do; min/max statistics for
+    the key and time columns that readers filter on, not for the features, which saves a tenth
+    of the CPU): about 40% less CPU than DuckDB's writer for a 1M-row snapshot, for files about 7%
     larger. It releases the GIL, so the next snapshot is computed meanwhile. DuckDB hashes the
     rows on `cursor`.
 

@@ -229,15 +229,11 @@ def gate_step(settings: Settings, day: date, results: Results, say: Progress) ->
 
 def notify_step(settings: Settings, day: date, results: Results, say: Progress) -> Any:
     """The gate failed: alert the team (once per failure) with its reasons."""
-    from churnops.alerts import destinations
+    from churnops.alerts import alerted
     from churnops.pipelines.promotion import GateVerdict, notify_gate_failure
 
     notice = notify_gate_failure(settings, day, results.get(GateVerdict))
-    say(
-        f"the team was alerted: {destinations(settings.alerts)}"
-        if notice.alerted
-        else "already alerted for this failure"
-    )
+    say(alerted(settings.alerts) if notice.alerted else "already alerted for this failure")
     return notice
 
 

@@ -29,7 +29,7 @@ def classification_metrics(labels: np.ndarray, proba: np.ndarray, threshold: flo
         "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
         "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(skm.roc_auc_score(labels, proba)) if both else float("nan"),
+        "roc_auc": _roc_auc(labels, proba),
         "pr_auc": float(skm.average_precision_score(labels, proba)) if both else float("nan"),
         "brier": float(skm.brier_score_loss(labels, proba)),
     }
@@ -90,4 +90,5 @@ def fold_scores(folds: list[tuple[np.ndarray, np.ndarray]], threshold: float) ->
 
 
 def _roc_auc(labels: np.ndarray, proba: np.ndarray) -> float:
+    """ROC AUC, NaN when the labels are one class (it is not defined there)."""
     return float(skm.roc_auc_score(labels, proba)) if len(np.unique(labels)) == 2 else float("nan")
