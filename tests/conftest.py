@@ -47,11 +47,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CHURNOPS_* variable from the caller's shell leaks into a test."""
+    """No CHURNOPS_* variable from the caller's shell leaks into a test, nor the tracking URI an
+    earlier test pointed MLflow at: MLflow exports it to the environment, where every process a
+    test starts would inherit it, while a user's command starts without it."""
     import os
 
     for key in list(os.environ):
-        if key.startswith("CHURNOPS_"):
+        if key.startswith("CHURNOPS_") or key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(key)
 
 

@@ -87,12 +87,13 @@ def model_registry(settings: Settings) -> ModelRegistry:
 
 def existing_registry(settings: Settings) -> ModelRegistry | None:
     """The registry if its store exists; None for an embedded store not created yet (so
-    read-only commands create nothing)."""
-    from churnops.training.tracking import embedded_store
+    read-only commands create nothing). MLflow's global URIs point at its store from here on."""
+    from churnops.training.tracking import embedded_store, point_mlflow_at
 
     store = embedded_store(settings)
     if store is not None and not store.exists():
         return None
+    point_mlflow_at(settings)
     return ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.model_name, settings.paths.registry_audit)
 
 

@@ -47,8 +47,7 @@ def use_tracking(settings: Settings, experiment: str | None = None) -> str:
     import mlflow
 
     relocate_embedded_store(settings)
-    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow.tracking_uri)
+    point_mlflow_at(settings)
     name = experiment or settings.mlflow.experiment
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
@@ -62,6 +61,18 @@ def use_tracking(settings: Settings, experiment: str | None = None) -> str:
         if experiment is not None:
             location = f"{location}/{name}"
     return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def point_mlflow_at(settings: Settings) -> None:
+    """Make MLflow's global tracking and registry URIs the configured store's (it writes nothing).
+
+    `models:/` URIs, `Model.load` and the artifact helpers read only the global URIs, and a step
+    may be the first thing its process does (a scheduler's task, `churnops deploy staging`).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)
 
 
 def embedded_store(settings: Settings) -> Path | None:
