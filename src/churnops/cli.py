@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -145,7 +146,12 @@ DateOption = Annotated[
 ]
 
 
+_given_config: list[Path] = []  # the --config of this command, which its next-step hints repeat
+
+
 def _settings(config: Path | None) -> Settings:
+    if config is not None:
+        _given_config[:] = [config]
     return load_settings(config)
 
 
@@ -174,6 +180,14 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _next(message: str) -> None:
+    """A dim hint of what to do next; its `churnops ...` commands take this command's --config."""
+    if _given_config:
+        option = f" -c {_given_config[0]}"
+        message = re.sub(
+            r"`(churnops [^`]*?)`",
+            lambda m: f"`{m.group(1)}{option}`" if " -c " not in m.group(1) else m.group(0),
+            message,
+        )
     console.print(Text(f"next: {message}", style="dim"))
 
 
@@ -951,7 +965,11 @@ def lineage(
     from churnops.pipelines.lineage import LineageError, model_lineage, prediction_lineage
 
     if (version is None) == (prediction is None):
-        raise _fail("give a model version (`churnops lineage 3`) or `--prediction REQUEST_ID`, not both", 2)
+        raise _fail(
+            "give a model version (`churnops lineage 3`) or `--prediction REQUEST_ID`"
+            + (", not both" if version is not None else ""),
+            2,
+        )
     settings = _settings(config)
     try:
         chain = prediction_lineage(settings, prediction) if prediction else model_lineage(settings, str(version))
@@ -1142,23 +1160,51 @@ def registry_promote(
         ),
     ] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "manual promotion",
+    force: Annotated[
+        bool, typer.Option("--force", help="Make a version champion although it failed its integration tests.")
+    ] = False,
 ) -> None:
-    """Point an alias at a version; the move is recorded with time, actor, reason and metrics."""
+    """Point an alias at a version; the move is recorded with time, actor, reason and metrics.
+
+    A version that failed its integration tests on staging is not made champion without --force
+    (`churnops deploy production` never does). When champion leaves a version that also holds
+    challenger, challenger is released with it, so production stops A/B-testing that version.
+    """
     from churnops.pipelines.promotion import model_registry
     from churnops.registry.mlflow_registry import RegistryError
+    from churnops.serving.deploy import INTEGRATION_PASSED
 
     settings = _settings(config)
     if _open_registry(settings) is None:
         raise _fail("nothing is registered yet; run `churnops train` first")
     with settings.paths.lock("churnops registry promote"):
         registry = model_registry(settings)
+        chosen = version or registry.next_in_line(to)
+        if chosen is not None and chosen == registry.holder(to):
+            console.print(f"{registry.model_name}: {to} holds version {chosen} already; nothing moved")
+            return
+        if to == "champion" and chosen is not None and not force:
+            tags = registry.version_tags(chosen)
+            if tags.get(INTEGRATION_PASSED) == "false":
+                raise _fail(
+                    f"version {chosen} failed its integration tests on staging (`churnops registry list` "
+                    "shows them); pass --force to make it champion anyway"
+                )
+        challenger = registry.holder("challenger")
         try:
             move = registry.promote(to, version, reason)
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: {to} -> version {move.version} (was {move.previous or 'unset'})")
+    _say_released(registry, challenger)
     if to in ("champion", "challenger"):
         _reload_production(settings)
+
+
+def _say_released(registry: Any, challenger: str | None) -> None:
+    """Say when a champion move released `challenger` (see `ModelRegistry.move`)."""
+    if challenger is not None and registry.holder("challenger") is None:
+        console.print(f"challenger released from version {challenger}: it left champion, so it is not A/B-tested")
 
 
 @registry_app.command("rollback")
@@ -1175,11 +1221,13 @@ def registry_rollback(
         raise _fail("nothing is registered yet; nothing to roll back")
     with settings.paths.lock("churnops registry rollback"):
         registry = model_registry(settings)
+        challenger = registry.holder("challenger")
         try:
             move = registry.rollback(reason)
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: champion rolled back to version {move.version} (was {move.previous})")
+    _say_released(registry, challenger)
     _reload_production(settings)
 
 
@@ -1219,7 +1267,8 @@ def monitor(
 ) -> None:
     """Data drift and prediction drift of one day's production predictions, with Evidently.
 
-    The reference is the champion's holdout, scored by it. Drift is an effect size (normed
+    The reference is the features of the day the champion was trained for (every customer; its
+    holdout when that snapshot is gone), scored by it. Drift is an effect size (normed
     Wasserstein distance over monitoring.drift_threshold), judged only with at least
     monitoring.min_sample predictions, on at most monitoring.sample_size rows per side. Writes
     <workspace>/monitoring/<day>/report.html and summary.json, and the index page beside them.
@@ -1227,12 +1276,18 @@ def monitor(
     from churnops.monitoring.drift import default_monitor_day, monitor_day
     from churnops.pipelines.ingest import IngestError
     from churnops.pipelines.steps import default_run_date
+    from churnops.serving.prediction_log import newest_logged_day
 
     settings = _settings(config)
     try:
         chosen = _parse_day(day, "--day") or default_monitor_day(default_run_date(settings))
     except IngestError as exc:
         raise _fail(str(exc)) from exc
+    newest = newest_logged_day(settings.serving.prediction_log_url)
+    if day is not None and (newest is None or chosen > newest):
+        # a day nothing can have been served on yet would enter the monitoring history
+        logged = f"the newest logged prediction is of {newest}" if newest else "no prediction is logged yet"
+        raise _fail(f"--day {chosen} is after the prediction log: {logged}", 2)
     _show_monitored(monitor_day(settings, chosen), settings)
     _next(f"open {settings.paths.root / 'monitoring' / 'index.html'} for every monitored day")
 

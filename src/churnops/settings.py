@@ -578,7 +578,11 @@ class MonitoringSettings(_Strict):
     consecutive_checks: int = Field(
         3, gt=0, description="Judged days in a row a condition must hold before it is an alarm (hysteresis)."
     )
-    retrain_cooldown_days: int = Field(7, ge=0, description="Days after a retrain trigger before the next one.")
+    retrain_cooldown_days: int = Field(
+        7,
+        ge=0,
+        description="Days after a retrain trigger before the next one (one declined for an A/B test does not count).",
+    )
     max_champion_age_days: int = Field(90, gt=0, description="A champion trained longer ago than this is a trigger.")
     seed: int = 0
 

@@ -191,15 +191,18 @@ def test_the_steps_print_no_library_output_and_tables_fit_80_columns(tmp_path: P
         ["status"],
     ):
         out = subprocess.run(
-            [sys.executable, "-m", "churnops", *command, "-c", str(cfg)],
+            [sys.executable, "-m", "churnops", *command, "-c", cfg.name],
             capture_output=True,
             text=True,
             timeout=300,
             env=env,
+            cwd=tmp_path,
         )
         assert out.returncode == 0, out.stdout + out.stderr
         _clean(out.stdout + out.stderr)
         assert "next:" in out.stdout or command[0] in ("registry", "status")
+        if command[0] == "features":  # the hint is a command that runs as it stands: with the settings
+            assert "next: `churnops train -c c.json` trains on them" in out.stdout, out.stdout
         if command[0] == "train":
             assert "everyone churns" in out.stdout
             assert "recency score" in out.stdout

@@ -4,7 +4,9 @@ promotion, rollback, status and stop; all against real `churnops serve` processe
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +121,27 @@ def test_the_integration_step_in_a_later_process_finds_the_staging_server_stoppe
     assert registry.client.get_model_version(registry.model_name, tested.version).tags[INTEGRATION_PASSED] == "true"
 
 
+def test_deploy_staging_in_a_fresh_process_runs_every_integration_test(road: Shop, tmp_path: Path) -> None:
+    """A scheduler runs each step in a process of its own: nothing there has pointed MLflow at
+    the workspace's store before the skew check loads the staged version by its registry URI.
+    (MLflow exports the URI it was pointed at to the environment, which a child inherits: the
+    command runs without it.)"""
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "churnops", "deploy", "staging", "-c", str(road.config), "--date", DAY.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+        env=fresh,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for check in ("health", "skew", "schema", "latency"):
+        assert f"integration test {check}: passed" in done.stdout, done.stdout
+    assert not (tmp_path / "mlflow.db").exists(), "MLflow's default store was created where the command ran"
+
+
 def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
     settings = road.settings
     first, second = road.versions
@@ -162,6 +185,13 @@ def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
     assert registry.holder("champion") == first
     assert _served_version(url, settings) == first
     assert [m.kind for m in registry.history("champion")][-1] == "rollback"
+    # the version rolled back from had kept `challenger` since it won; it loses it with champion,
+    # so production answers every customer with the champion again and no A/B test resumes
+    assert "challenger released from version" in rolled.output
+    assert registry.holder("challenger") is None
+    items = httpx.post(f"{url}/predict", json={"customer_ids": ids[:50]}).json()["predictions"]
+    assert {(i["variant"], i["version"]) for i in items} == {("champion", first)}
+    assert serve_production(settings, DAY).challenger is None
 
     stopped = runner.invoke(app, ["deploy", "stop", "-c", str(road.config)])
     assert stopped.exit_code == 0, stopped.output
@@ -178,11 +208,19 @@ def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
     assert (ab[ab["variant"] == "challenger"]["version"] == second).all()
 
 
+def _challenger_again(road: Shop) -> None:
+    """Point `challenger` at the second version again (a rollback above released it)."""
+    registry = model_registry(road.settings)
+    if registry.holder("challenger") != road.versions[1]:
+        registry.move("challenger", road.versions[1], "tests: a challenger again")
+
+
 def test_shadow_mode_scores_the_challenger_without_answering_with_it(road: Shop) -> None:
     settings = _with(road.settings, "serving", ab_mode="shadow")
     first, second = road.versions
     registry = model_registry(settings)
     assert registry.holder("champion") == first  # after the rollback above, or never moved
+    _challenger_again(road)
     if dict(registry.client.get_model_version(registry.model_name, second).tags).get(INTEGRATION_PASSED) != "true":
         assert deploy_staging(road.settings, DAY).passed
     production = serve_production(settings, DAY)
@@ -221,6 +259,8 @@ def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
     """A taken port is named before anything starts."""
     import socket
 
+    _challenger_again(road)
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -233,6 +273,7 @@ def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
 
 def test_a_port_taken_by_another_workspaces_server_says_how_to_stop_it(road: Shop) -> None:
     """What answers as a churnops server (the demo's, left running) is named, with the command that stops it."""
+    _challenger_again(road)
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -90,7 +90,13 @@ def test_lineage_says_what_is_missing(shop: Shop, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["lineage", "--prediction", "nope-0", "-c", str(shop.config)], env=env)
     assert missing.exit_code == 1
     assert "no logged prediction has request_id 'nope-0'" in missing.output
-    assert runner.invoke(app, ["lineage", "-c", str(shop.config)]).exit_code == 2
+    neither = runner.invoke(app, ["lineage", "-c", str(shop.config)])
+    assert neither.exit_code == 2
+    assert "give a model version" in neither.output
+    assert "not both" not in neither.output
+    both = runner.invoke(app, ["lineage", "1", "--prediction", "abc-0", "-c", str(shop.config)])
+    assert both.exit_code == 2
+    assert "not both" in both.output
 
 
 def test_lineage_on_an_empty_workspace_says_so_without_a_traceback(tmp_path: Path) -> None:

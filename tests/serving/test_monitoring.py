@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from churnops.cli import app
 from churnops.monitoring.drift import monitor_day
 from churnops.pipelines.promotion import model_registry
 from churnops.serving.prediction_log import LogRecord, PredictionLog
@@ -171,6 +173,14 @@ def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
     np.testing.assert_equal(
         other.system, {"predictions": 0, "requests": 0, "errors": 0, "errors_by_status": {}, "error_rate": None}
     )
+    # asked by hand for a day after the log, the CLI refuses it rather than add it to the history
+    config = tmp_path / "monitor.json"
+    config.write_text(json.dumps(settings.model_dump(mode="json")))
+    later = (DAY + timedelta(days=30)).isoformat()
+    refused = CliRunner().invoke(app, ["monitor", "-c", str(config), "--day", later])
+    assert refused.exit_code == 2, refused.output
+    assert f"--day {later} is after the prediction log: the newest logged prediction is of {DAY}" in refused.output
+    assert not (settings.paths.root / "monitoring" / later).exists()
 
 
 def _log_on(settings: Settings, day: date, customers: list[int], seed: int) -> None:

@@ -121,6 +121,9 @@ BAD = [
     (b'{"customer_ids": [1], "extra": 2}', "application/json", 422, "extra"),
     (b'{"instances": [{"recency": 1}]}', "application/json", 422, "missing feature"),
     (b'{"customer_ids": ["x"]}', "application/json", 422, "customer_ids"),
+    (b'{"customer_ids": [true]}', "application/json", 422, "valid integer"),  # not customer 1
+    (b'{"customer_ids": ["7"]}', "application/json", 422, "valid integer"),
+    (b'{"instances": [{"recency": true}]}', "application/json", 422, "valid number"),
     (b'{"instances": [{"recency": NaN}]}', "application/json", 422, "finite"),
     (b'{"instances": [{"recency": Infinity}]}', "application/json", 422, "finite"),
     (b'{"customer_ids": []}', "application/json", 422, "empty"),
@@ -195,6 +198,38 @@ def test_metrics_count_requests_errors_lookups_and_the_log(server: str) -> None:
         'churnops_model_info{alias="champion",backend="onnx"',
     ):
         assert name in text, name
+
+
+def _counted(server: str, name: str, endpoint: str) -> float:
+    """A counter's value summed over its other labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("endpoint") == endpoint
+    )
+
+
+def test_metrics_count_only_scored_items_and_name_each_endpoint_one_way(server: str) -> None:
+    """An unknown customer is answered, not scored; an infer call's requests and errors share
+    one endpoint label, so an error rate can be taken per endpoint."""
+    items, requests = (
+        _counted(server, n, "/predict") for n in ("churnops_predictions_total", "churnops_requests_total")
+    )
+    assert httpx.post(f"{server}/predict", json={"customer_ids": [987654321]}).status_code == 200
+    assert _counted(server, "churnops_requests_total", "/predict") == requests + 1
+    assert _counted(server, "churnops_predictions_total", "/predict") == items
+    features = httpx.get(f"{server}/v2/models/churn_predictor").json()["parameters"]["features"]
+    tensor = {"name": "features", "shape": [1, len(features)], "datatype": "FP64", "data": [1.0] * len(features)}
+    assert httpx.post(f"{server}/v2/models/churn_predictor/infer", json={"inputs": [tensor]}).status_code == 200
+    assert httpx.post(f"{server}/v2/models/churn_predictor/infer", json={"inputs": []}).status_code == 422
+    endpoint = "/v2/models/{name}/infer"
+    assert _counted(server, "churnops_requests_total", endpoint) >= 1
+    assert _counted(server, "churnops_predictions_total", endpoint) >= 1
+    assert _counted(server, "churnops_request_errors_total", endpoint) >= 1
 
 
 def test_every_prediction_is_logged_and_a_clean_shutdown_loses_none(shop: Shop, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from churnops.pipelines.promotion import gate, model_registry, register
 from churnops.pipelines.simulate import simulate
 from churnops.pipelines.train import TrainingError, TrainResult, build_training_set, train
 from churnops.registry.mlflow_registry import RegistryError
+from churnops.serving.deploy import INTEGRATION_PASSED
 from churnops.settings import Settings, load_settings
 from churnops.training.tracking import load_scorer
 
@@ -282,6 +283,7 @@ def test_registry_promote_history_and_a_rollback_that_never_goes_forth(shop: Set
         assert promoted.exit_code == 0, promoted.output
         assert registry.holder("champion") == new
     assert registry.holder("champion") == "3"
+    assert registry.holder("challenger") == "3"  # registered last; champion now, so not A/B-tested
     history = runner.invoke(app, ["registry", "history", "-c", cfg, "--alias", "champion"])
     assert history.exit_code == 0
     assert "tests" not in history.output
@@ -291,12 +293,43 @@ def test_registry_promote_history_and_a_rollback_that_never_goes_forth(shop: Set
     assert registry.holder("champion") == "1"
     assert [m.version for m in registry.history("champion")] == ["1", "2", "3", "2", "1"]
     assert registry.history("champion")[-1].reason == "rollback: bad canary"
+    # the version rolled back from kept `challenger`; it goes with champion, or production would
+    # A/B-test version 3 again beside version 2
+    assert registry.holder("challenger") is None
+    released = registry.history("challenger")[-1]
+    assert (released.kind, released.version) == ("release", "3")
+    assert "left champion (rollback: bad canary)" in released.reason
     listing = runner.invoke(app, ["registry", "list", "-c", cfg])
     assert listing.exit_code == 0
     assert "champion" in listing.output
     bad = runner.invoke(app, ["registry", "promote", "--to", "prod", "--version", "1", "-c", cfg])
     assert bad.exit_code == 1
     assert "unknown alias 'prod'" in bad.output
+    moves = len(registry.history())
+    same = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", "1", "-c", cfg])
+    assert same.exit_code == 0, same.output
+    assert "holds version 1 already; nothing moved" in same.output
+    assert len(registry.history()) == moves  # a move to where the alias is is not audited as one
+
+
+def test_a_version_that_failed_staging_is_made_champion_only_with_force(shop: Settings, registered: Any) -> None:
+    """`registry promote` keeps the gate `deploy production` keeps, unless told otherwise."""
+    runner = CliRunner()
+    cfg = str(_cli_config(shop))
+    registry = model_registry(shop)
+    champion = registry.holder("champion")
+    failed = next(v["version"] for v in registry.versions() if v["version"] != champion)
+    registry.tag(failed, INTEGRATION_PASSED, "false")
+    refused = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", failed, "-c", cfg])
+    assert refused.exit_code == 1
+    assert f"version {failed} failed its integration tests on staging" in refused.output
+    assert "--force" in refused.output
+    assert registry.holder("champion") == champion
+    forced = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", failed, "--force", "-c", cfg])
+    assert forced.exit_code == 0, forced.output
+    assert registry.holder("champion") == failed
+    back = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", champion, "-c", cfg])
+    assert back.exit_code == 0, back.output
 
 
 def test_a_half_recorded_version_is_refused_then_removed(shop: Settings, registered: Any) -> None:

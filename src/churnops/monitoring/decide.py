@@ -9,7 +9,9 @@ out of order, gives the same decisions:
   row; a False day ends the streak, a None day neither extends nor ends it;
 - each occurrence of an alarm is alerted once (its key names the day the streak began), and an
   alarm that clears and comes back later is a new occurrence, alerted again;
-- a retrain is triggered by an alarm, at most once per `monitoring.retrain_cooldown_days`.
+- a retrain is triggered by an alarm, at most once per `monitoring.retrain_cooldown_days`;
+  a trigger the training steps declined (a challenger's A/B test decides first) is marked
+  `DECLINED` on its day and starts no cooldown, so the next check in alarm triggers again.
 
 Conditions: `data_drift` (the data set drifted), `newcomer_drift` (the newcomers' features
 drifted, by the same rule: where a new segment shows), `realized_f1` and `estimated_f1` (a version's
@@ -28,6 +30,7 @@ from typing import Any
 from churnops.settings import Settings
 
 CONDITIONS = ("data_drift", "newcomer_drift", "realized_f1", "estimated_f1", "champion_age")
+DECLINED = "retrain_declined"  # on a checked day: the retrain it triggered was not run
 
 
 @dataclass
@@ -82,7 +85,8 @@ def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | Non
 
     path = history_path(settings)
     history: dict[str, dict[str, bool | None]] = json.loads(path.read_text()) if path.exists() else {}
-    history[day.isoformat()] = holds
+    declined = history.get(day.isoformat(), {}).get(DECLINED)
+    history[day.isoformat()] = holds | ({DECLINED: True} if declined else {})
     write_local_atomic(str(path), json.dumps(history, indent=1, sort_keys=True).encode())
     decision = derive(history, day, settings.monitoring.consecutive_checks, settings.monitoring.retrain_cooldown_days)
     for condition, since in decision.alarms.items():
@@ -121,6 +125,18 @@ def retrain_trigger(settings: Settings, day: date) -> str | None:
     return f"monitoring triggered a retrain on its check of {checked}: {', '.join(sorted(decision.alarms))}"
 
 
+def decline_retrain(settings: Settings, day: date) -> None:
+    """Mark the retrain `retrain_trigger(settings, day)` reported as not run: it starts no cooldown."""
+    from churnops.data.lake import write_local_atomic
+
+    path = history_path(settings)
+    history = json.loads(path.read_text()) if path.exists() else {}
+    checked = (day - timedelta(days=2)).isoformat()
+    if checked in history and not history[checked].get(DECLINED):
+        history[checked][DECLINED] = True
+        write_local_atomic(str(path), json.dumps(history, indent=1, sort_keys=True).encode())
+
+
 def _checks(settings: Settings) -> str:
     needed = settings.monitoring.consecutive_checks
     return "the last check" if needed == 1 else f"{needed} checks in a row"
@@ -155,10 +171,10 @@ def derive(history: dict[str, dict[str, bool | None]], day: date, needed: int, c
         alarms = {c: str(began[c]) for c in CONDITIONS if streak[c] >= needed}
         current = date.fromisoformat(name)
         retrain = bool(alarms) and (last_retrain is None or (current - last_retrain).days >= cooldown_days)
-        if retrain:
+        if retrain and not holds.get(DECLINED):
             last_retrain = current
         if name == day.isoformat():
-            decision.holds = dict(holds)
+            decision.holds = {c: v for c, v in holds.items() if c != DECLINED}
             decision.alarms = alarms
             decision.retrain = retrain
             if alarms and not retrain and last_retrain is not None:

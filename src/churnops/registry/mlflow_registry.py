@@ -173,6 +173,11 @@ class ModelRegistry:
     ) -> AliasMove:
         """Point an alias at a complete version and record who, when, why and with which metrics.
 
+        When `champion` leaves a version that also holds `challenger` (it won its A/B test and
+        kept the alias), `challenger` is released too: the version was taken off production (a
+        rollback, a promotion by hand), and the production server would otherwise A/B-test it
+        again, and the next A/B decision promote it back on its old labels.
+
         Raises:
             RegistryError: Unknown alias or version, or the version is not fully recorded.
         """
@@ -198,6 +203,14 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
         self._tag_move(move)
         append_line(self.audit_log, asdict(move))
+        left = move.previous
+        if alias == "champion" and left not in (None, move.version) and self.holder("challenger") == left:
+            self.release(
+                "challenger",
+                f"version {left} left champion ({reason}); it is not A/B-tested again",
+                actor=actor,
+                logical_date=logical_date,
+            )
         return move
 
     def promote(
@@ -208,15 +221,20 @@ class ModelRegistry:
         Raises:
             RegistryError: Nothing to promote, or the version cannot hold the alias.
         """
+        version = version or self.next_in_line(to)
         if version is None:
-            source = PROMOTED_FROM.get(to)
-            for alias in (source, "challenger") if source else ():
-                if alias and (version := self.holder(alias)):
-                    break
-            if version is None:
-                raise RegistryError(f"give --version: no version holds the alias before {to!r}")
+            raise RegistryError(f"give --version: no version holds the alias before {to!r}")
         metrics = _json_metrics(self._version(version).tags.get("holdout_metrics"))
         return self.move(to, version, reason, metrics, logical_date=logical_date)
+
+    def next_in_line(self, to: str) -> str | None:
+        """The version `promote(to)` moves the alias to by default: the holder of the alias
+        before it in the chain (challenger -> staging -> champion), else the challenger."""
+        source = PROMOTED_FROM.get(to)
+        for alias in (source, "challenger") if source else ():
+            if version := self.holder(alias):
+                return version
+        return None
 
     def release(
         self,

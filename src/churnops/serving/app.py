@@ -36,7 +36,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churnops.alerts import Alert, raise_alert
@@ -48,8 +48,10 @@ from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Number = float | int | None
-CustomerId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # the entity key is an int64
+# Strict: a JSON true is not the number 1, nor "7" or 7.0 a customer id (the answer would be a
+# different customer's, or a feature of 1 the client never sent); a 422 says so instead.
+Number = Annotated[float, Strict()] | Annotated[int, Strict()] | None
+CustomerId = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]  # the entity key is an int64
 
 
 class _Body(BaseModel):
@@ -613,7 +615,9 @@ def _predict_router(state: ServerState) -> APIRouter:
                         "request_id": request_id,
                         "detail": _STATUS_DETAIL.get(status),
                     }
-            state.metrics.served("/predict", model, part.variant, latency, len(part.where))
+            # items scored: not the unknown or stale customers, which were answered with a status
+            scored = sum(status == "ok" for status in part.statuses)
+            state.metrics.served("/predict", model, part.variant, latency, scored)
         _log(state, records)
         return JSONResponse({"predictions": [p for p in out if p is not None]})
 
@@ -914,7 +918,7 @@ def _v2_router(state: ServerState) -> APIRouter:
     async def infer(name: str, body: InferRequest) -> dict[str, Any]:
         model = named(name)
         rows = _tensor_rows(model, body.inputs)
-        model, proba = _score_rows(state, "/v2/models/infer", rows)
+        model, proba = _score_rows(state, endpoint_label(f"/v2/models/{name}/infer"), rows)
         labels = (proba >= model.threshold).astype(np.int64)
         response: dict[str, Any] = {
             "model_name": model.name,

@@ -285,6 +285,22 @@ def find_prediction(url: str, request_id: str) -> dict[str, Any] | None:
     return found
 
 
+def newest_logged_day(url: str) -> date | None:
+    """The UTC day of the newest logged prediction; None when nothing is logged."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table(TABLE):
+            return None
+        table = _table(sa.MetaData())
+        with engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(table.c.ts))).scalar()
+    finally:
+        engine.dispose()
+    return None if newest is None else pd.Timestamp(newest).date()
+
+
 def read_predictions(
     url: str, day: date | None = None, version: str | None = None, until: date | None = None
 ) -> pd.DataFrame:
