@@ -1619,6 +1619,7 @@ def serve(
     /admin/reload with the serving.admin_token) and logs every prediction. SIGTERM or Ctrl-C
     drains it: readiness turns false, in-flight requests finish, the log is flushed.
     """
+    from churnops.serving.deploy import port_owner
     from churnops.serving.server import serve as run_server
 
     settings = _settings(config)
@@ -1626,8 +1627,13 @@ def serve(
         if alias not in ("champion", "challenger", "staging"):
             raise _fail("--alias must be champion, challenger or staging", 2)
         settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"alias": alias})})
-    where = f"http://{host or settings.serving.host}:{port or settings.serving.port}"
-    console.print(f"serving {settings.mlflow.model_name}@{settings.serving.alias} on {where} (Ctrl-C stops)")
+    bound, number = host or settings.serving.host, port or settings.serving.port
+    owner = port_owner(bound, number)
+    if owner is not None:
+        raise _fail(f"port {number} on {bound} is in use by {owner}; stop it, or give --port")
+    console.print(
+        f"serving {settings.mlflow.model_name}@{settings.serving.alias} on http://{bound}:{number} (Ctrl-C stops)"
+    )
     run_server(settings, host, port)
 
 

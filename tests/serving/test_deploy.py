@@ -268,6 +268,10 @@ def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
         settings = _with(road.settings, "deploy", staging_port=port)
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is in use.*deploy.staging_port"):
             deploy_staging(settings, DAY)
+        served = runner.invoke(app, ["serve", "-c", str(road.config), "--port", str(port)])
+        assert served.exit_code == 1
+        assert f"port {port} on 127.0.0.1 is in use by another process" in served.output
+        assert "serving churn_predictor" not in served.output  # not announced before it fails
     assert server_status(settings, "staging").state == "stopped"  # nothing was started
 
 

@@ -137,6 +137,27 @@ def test_newcomers_are_checked_on_their_own_and_a_change_among_them_alone_is_the
     assert "newcomers.html" in (other.paths.root / "monitoring" / "index.html").read_text()
 
 
+def test_a_day_is_judged_against_the_version_that_answered_it(shop: Shop, tmp_path: Path) -> None:
+    """Checked again after the champion moved, a day keeps its verdict: its reference is the one
+    of the version that served it, not the new champion's."""
+    settings = _settings(shop, tmp_path)
+    _log_reference(settings, shop, 1500)
+    registry = model_registry(settings)
+    served = registry.holder("champion")
+    challenger = registry.holder("challenger")
+    before = monitor_day(settings, DAY, decide=False)
+    registry.move("champion", next(v for v in shop.versions if v != served), "tests: another champion")
+    try:
+        again = monitor_day(settings, DAY, decide=False)
+    finally:
+        registry.move("champion", str(served), "tests: back")
+        if challenger is not None and registry.holder("challenger") != challenger:
+            registry.move("challenger", challenger, "tests: back")
+    assert again.champion == before.champion == served
+    assert again.prediction_drift == before.prediction_drift
+    assert again.distances == before.distances
+
+
 def test_shifted_features_are_named_and_the_data_set_drifts_by_share(shop: Shop, tmp_path: Path) -> None:
     """6 of 22 features shifted: each is named, but under the share of 0.5 the data set has not drifted."""
     settings = _settings(shop, tmp_path)

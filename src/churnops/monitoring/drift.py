@@ -184,15 +184,18 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
     result.estimated = estimated_by_group(current, settings)
     result.predictions = len(current)
     registry = existing_registry(settings)
-    result.champion = registry.holder("champion") if registry else None
+    result.champion = _champion_of_day(current, registry)
+    # the champion's own answers: the reference is its, and a challenger's probabilities beside
+    # them would make the prediction drift measure the difference between the two models
+    judged = current[(current["variant"] == "champion") & (current["version"] == result.champion)]
     if result.champion is not None and result.realized.get("groups"):
         result.target_drift = _target_drift(settings, registry, result.champion, result.realized["groups"])
     if result.champion is None:
         result.skipped = "no champion yet"
-    elif len(current) < cfg.min_sample:
+    elif len(judged) < cfg.min_sample:
         result.skipped = (
-            f"{len(current):,} production predictions logged on {day}: under monitoring.min_sample "
-            f"({cfg.min_sample:,}), too few to judge drift"
+            f"{len(judged):,} production predictions of version {result.champion} logged on {day}: under "
+            f"monitoring.min_sample ({cfg.min_sample:,}), too few to judge drift"
         )
     if result.skipped:
         if decide:
@@ -203,7 +206,7 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
     assert result.champion is not None
     rows, scorer = _reference_rows(settings, registry, result.champion)
     reference, features = _scored(rows, scorer, cfg), list(scorer.features)
-    sample = current.sample(min(len(current), cfg.sample_size), random_state=cfg.seed)
+    sample = judged.sample(min(len(judged), cfg.sample_size), random_state=cfg.seed)
     values = pd.DataFrame(list(sample["features"])).reindex(columns=features).astype("float64")
     values[PREDICTION] = sample["probability"].to_numpy(dtype="float64")
     result.sampled = len(values)
@@ -221,6 +224,21 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
         _decide(settings, result, registry)
     _write(settings, result, snapshot, newcomers_snapshot)
     return result
+
+
+def _champion_of_day(current: pd.DataFrame, registry: Any) -> str | None:
+    """The version that answered the day as champion (the one with most answers: a day with a
+    promotion has two), so a day is judged against its own model's reference however often it
+    is checked again; the alias's holder now when it answered nothing, or is gone (a rewind)."""
+    if registry is None:
+        return None
+    answered = current.loc[current["variant"] == "champion", "version"] if not current.empty else current
+    if len(answered):
+        version = str(answered.astype(str).value_counts().idxmax())
+        if version in {str(v["version"]) for v in registry.versions()}:
+            return version
+    holder: str | None = registry.holder("champion")
+    return holder
 
 
 NEWCOMER_FEATURE = "customer_age_days"

@@ -182,6 +182,19 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def port_owner(host: str, port: int) -> str | None:
+    """Who holds a port, in words (a churnops server of another workspace, with how to stop it,
+    or another process); None when it is free."""
+    if _port_free(host, port):
+        return None
+    if _churnops_on(host, port):
+        return (
+            "a churnops server of another workspace (`churnops deploy stop all -c <its settings>` stops it; "
+            "the demo's: -c .churnops/demo.yaml)"
+        )
+    return "another process"
+
+
 def start_server(
     settings: Settings, env: str, as_of: datetime | None = None, say: Callable[[str], None] | None = None
 ) -> ServerStatus:
@@ -235,14 +248,9 @@ def start_server(
         say(f"{env}: restarting the server: its settings changed")
         stop_server(settings, env)
     host, port = settings.serving.host, port_of(settings, env)
-    if not _port_free(host, port):
+    owner = port_owner(host, port)
+    if owner is not None:
         key = "deploy.staging_port" if env == "staging" else "serving.port"
-        owner = (
-            "a churnops server of another workspace (`churnops deploy stop all -c <its settings>` stops it; "
-            "the demo's: -c .churnops/demo.yaml)"
-            if _churnops_on(host, port)
-            else "another process"
-        )
         raise DeployError(f"port {port} on {host} is in use by {owner}; stop it or set {key}")
     folder = servers_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
