@@ -1091,7 +1091,8 @@ def _open_registry(settings: Settings) -> Any:
 
 @registry_app.command("list")
 def registry_list(config: ConfigOption = None) -> None:
-    """List the registered model's versions with their aliases and key metrics."""
+    """List the registered model's versions: aliases, candidate, holdout F1, the logical date it
+    was trained for, its MLflow run; a version that failed its integration tests on staging says so."""
     settings = _settings(config)
     registry = _open_registry(settings)
     versions = registry.versions() if registry else []
@@ -1099,15 +1100,21 @@ def registry_list(config: ConfigOption = None) -> None:
         console.print(f"no versions of {settings.mlflow.model_name} yet")
         _next("`churnops train` (or `churnops run`) trains and registers one")
         return
+    from churnops.serving.deploy import INTEGRATION_PASSED
+
     rows = []
     for v in versions:
         complete = v["tags"].get("churnops.complete") == "true"
+        failed = v["tags"].get(INTEGRATION_PASSED) == "false"
+        holdout = json.loads(v["tags"].get("holdout_metrics") or "{}")
         rows.append(
             [
                 v["version"],
-                ", ".join(v["aliases"]) + ("" if complete else " (incomplete)"),
+                ", ".join(v["aliases"])
+                + ("" if complete else " (incomplete)")
+                + (" (failed staging)" if failed else ""),
                 v["tags"].get("candidate", ""),
-                v["tags"].get("threshold", "")[:5],
+                _f(holdout.get("f1")),
                 v["tags"].get("logical_date", ""),
                 v["run_id"][:8],
             ]
@@ -1115,7 +1122,7 @@ def registry_list(config: ConfigOption = None) -> None:
     console.print(
         _table(
             registry.model_name,
-            ["version", "aliases", "candidate", "thresh", "as of", "run"],
+            ["version", "aliases", "candidate", "F1", "as of", "run"],
             rows,
             [True, False, False, True, False, False],
             whole=[False, False, True, False, True, True],  # names, dates and ids are not cut

@@ -318,8 +318,19 @@ def test_a_version_that_failed_staging_is_made_champion_only_with_force(shop: Se
     cfg = str(_cli_config(shop))
     registry = model_registry(shop)
     champion = registry.holder("champion")
-    failed = next(v["version"] for v in registry.versions() if v["version"] != champion)
+    others = [v["version"] for v in registry.versions() if v["version"] != champion]
+    if not others:  # run alone: the test before registers two more versions
+        reseeded = shop.model_copy(update={"training": shop.training.model_copy(update={"seed": 5})})
+        result = train(reseeded, DAY)
+        assert gate(reseeded, DAY, result.run_id).passed
+        others = [register(reseeded, DAY, result.run_id).version]
+    failed = others[0]
     registry.tag(failed, INTEGRATION_PASSED, "false")
+    listing = runner.invoke(app, ["registry", "list", "-c", cfg])
+    assert listing.exit_code == 0, listing.output
+    assert "(failed" in listing.output  # "(failed staging)" beside its aliases, wrapped at 80 columns
+    f1 = json.loads(registry.version_tags(failed)["holdout_metrics"])["f1"]
+    assert f"{f1:.3f}" in listing.output  # the holdout F1 of each version
     refused = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", failed, "-c", cfg])
     assert refused.exit_code == 1
     assert f"version {failed} failed its integration tests on staging" in refused.output
