@@ -1433,7 +1433,8 @@ def _reload_production(settings: Settings) -> None:
 
 @app.command()
 def status(config: ConfigOption = None) -> None:
-    """Show what is in the workspace: sources, raw partitions and their event dates, features, runs."""
+    """Show what is in the workspace: sources, raw partitions and their event dates, features, the
+    model's aliases, the local servers, the monitoring alarms, runs."""
     from churnops.pipelines.status import workspace_status
     from churnops.pipelines.steps import simulated_sources
 
@@ -1501,6 +1502,8 @@ def status(config: ConfigOption = None) -> None:
         console.print(f"model {settings.mlflow.model_name}: {len(versions)} version(s); {aliases or 'no aliases'}")
     else:
         console.print(f"model {settings.mlflow.model_name}: no versions yet (run `churnops train`)")
+    _show_servers(settings)
+    _show_monitoring(settings)
     _show_replay_state(settings)
     if state.runs:
         rows = [
@@ -1515,6 +1518,35 @@ def status(config: ConfigOption = None) -> None:
         console.print(_table("last runs", ["ran at (UTC)", "step", "logical date", "status"], rows, [False] * 4))
     else:
         console.print("no runs yet")
+
+
+def _show_servers(settings: Settings) -> None:
+    """The local servers in a line each, when any was started (`churnops deploy status` has more)."""
+    from churnops.serving.deploy import pid_file, server_status
+
+    for env in ("staging", "production"):
+        if not pid_file(settings, env).exists():
+            continue
+        st = server_status(settings, env, remove_stale=False)
+        serving = ", ".join(f"{k} v{v}" for k, v in st.variants.items()) or (f"v{st.version}" if st.version else "")
+        console.print(f"{env} server: {st.state} {st.url}" + (f" ({serving})" if serving else f"; {st.note}"))
+
+
+def _show_monitoring(settings: Settings) -> None:
+    """The monitoring history in a line: the days checked, the last, and the alarms it is in."""
+    from churnops.monitoring.decide import derive, history_path
+
+    path = history_path(settings)
+    if not path.exists():
+        return
+    history = json.loads(path.read_text())
+    if not history:
+        return
+    last = max(history)
+    cfg = settings.monitoring
+    decision = derive(history, date.fromisoformat(last), cfg.consecutive_checks, cfg.retrain_cooldown_days)
+    alarms = ", ".join(f"{c} since {since}" for c, since in sorted(decision.alarms.items())) or "none"
+    console.print(f"monitoring: {len(history)} day(s) checked, the last {last}; alarms: {alarms}")
 
 
 def _show_replay_state(settings: Settings) -> None:

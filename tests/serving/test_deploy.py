@@ -171,6 +171,9 @@ def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
     assert "running" in status.output
     assert url in status.output
     assert f"challenger v{second}" in status.output
+    overview = runner.invoke(app, ["status", "-c", str(road.config)])
+    assert overview.exit_code == 0, overview.output
+    assert f"production server: running {url} (champion v{first}, challenger v{second})" in overview.output
 
     promoted = runner.invoke(app, ["deploy", "production", "-c", str(road.config), "--date", DAY.isoformat()])
     assert promoted.exit_code == 0, promoted.output

@@ -62,6 +62,24 @@ def test_a_declined_retrain_starts_no_cooldown(tmp_path: Path) -> None:
     assert held.holds == {"data_drift": True}
 
 
+def test_status_names_the_alarms_the_monitoring_history_is_in(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from churnops.cli import app
+
+    settings = _settings(tmp_path)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(settings.model_dump(mode="json")))
+    quiet = CliRunner().invoke(app, ["status", "-c", str(config)])
+    assert quiet.exit_code == 0, quiet.output
+    assert "monitoring:" not in quiet.output  # nothing checked yet
+    for i, value in enumerate([False, True, True, True]):
+        record_and_decide(settings, _day(i), {"data_drift": value})
+    shown = CliRunner().invoke(app, ["status", "-c", str(config)])
+    assert shown.exit_code == 0, shown.output
+    assert f"monitoring: 4 day(s) checked, the last {_day(3)}; alarms: data_drift since {_day(1)}" in shown.output
+
+
 def test_the_decision_depends_on_the_history_not_on_the_order_days_were_checked() -> None:
     values = [True, False, True, True, True, False, True]
     forward = _history(values)

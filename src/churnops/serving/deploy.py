@@ -132,18 +132,19 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def server_status(settings: Settings, env: str) -> ServerStatus:
-    """Whether the environment's server runs, what it serves; a stale pid file is removed."""
+def server_status(settings: Settings, env: str, remove_stale: bool = True) -> ServerStatus:
+    """Whether the environment's server runs, what it serves; a stale pid file is removed
+    (unless `remove_stale` is False: a read-only look)."""
     import httpx
 
     record = _read_record(settings, env)
     if record is None:
         return ServerStatus(env, "stopped", note="no server started")
     if not _alive(record.pid):
-        pid_file(settings, env).unlink(missing_ok=True)
-        return ServerStatus(
-            env, "stale", record.url, record.pid, note=f"process {record.pid} is gone; its pid file was removed"
-        )
+        if remove_stale:
+            pid_file(settings, env).unlink(missing_ok=True)
+        removed = "; its pid file was removed" if remove_stale else ""
+        return ServerStatus(env, "stale", record.url, record.pid, note=f"process {record.pid} is gone{removed}")
     status = ServerStatus(env, "starting", record.url, record.pid)
     try:
         ready = httpx.get(f"{record.url}/v2/health/ready", timeout=2).status_code == 200
