@@ -109,7 +109,10 @@ def test_mlflow_scoring_payloads_are_accepted(server: str, shop: Shop) -> None:
     by_columns = httpx.post(
         f"{server}/invocations", json={"inputs": {c: [r[c] for r in records] for c in columns}}
     ).json()
-    assert split.json() == by_records == by_inputs == by_columns
+    # TF Serving's "instances", which MLflow's server also takes: records, or rows in feature order
+    by_instance_records = httpx.post(f"{server}/invocations", json={"instances": records}).json()
+    by_instance_rows = httpx.post(f"{server}/invocations", json={"instances": data}).json()
+    assert split.json() == by_records == by_inputs == by_columns == by_instance_records == by_instance_rows
     assert len(split.json()["predictions"]) == len(data)
     assert b"NaN" in raw  # MLflow writes a missing value as NaN, and its server takes it
     infinite = raw.replace(b"NaN", b"Infinity", 1)
@@ -128,7 +131,7 @@ BAD = [
     (b'{"instances": [{"recency": Infinity}]}', "application/json", 422, "finite"),
     (b'{"customer_ids": []}', "application/json", 422, "empty"),
     (json.dumps({"customer_ids": list(range(1001))}).encode(), "application/json", 413, "batch limit"),
-    (b'{"customer_ids": [1', "application/json", 422, "JSON"),
+    (b'{"customer_ids": [1', "application/json", 422, "the body is not valid JSON"),
     (b'{"customer_ids": [1]}', "text/plain", 415, "application/json"),
     (b"{}", "application/json", 422, "exactly one"),
 ]
@@ -142,6 +145,19 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(
     assert response.status_code == status, response.text
     assert words.lower() in response.json()["error"].lower()
     assert httpx.get(f"{server}/v2/health/ready").status_code == 200  # still serving
+
+
+def test_the_openapi_document_describes_the_error_bodies_sent(server: str) -> None:
+    """Clients generated from the document read `{"error": ...}` for every refusal, as sent."""
+    document = httpx.get(f"{server}/openapi.json").json()
+    for path in ("/predict", "/invocations", "/v2/models/{name}/infer"):
+        responses = document["paths"][path]["post"]["responses"]
+        for status in ("422", "413", "415", "503"):
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema["$ref"].endswith("/ErrorResponse"), (path, status)
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    refused = httpx.post(f"{server}/predict", json={"customer_ids": "x"})
+    assert set(refused.json()) == set(document["components"]["schemas"]["ErrorResponse"]["properties"])
 
 
 def test_a_number_too_large_for_a_float_is_a_422(server: str) -> None:

@@ -83,6 +83,34 @@ class PredictRequest(_Body):
         return self
 
 
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer: what is wrong, in words."""
+
+    error: str = Field(description="What is wrong with the request, or why it cannot be answered now.")
+
+
+# What a scoring endpoint may answer besides 200 (documented in the OpenAPI document; FastAPI's
+# own 422 body, `{"detail": [...]}`, is never sent: `_errors` answers every refusal this way).
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "The request is not valid; the error says what is wrong."}
+}
+SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorResponse,
+        "description": "The body is not valid: not JSON, a wrong type, a missing or unknown field.",
+    },
+    413: {
+        "model": ErrorResponse,
+        "description": "The body or the batch is over the limit (serving.max_body_bytes, serving.max_batch).",
+    },
+    415: {"model": ErrorResponse, "description": "The content type is not application/json."},
+    503: {
+        "model": ErrorResponse,
+        "description": "No model is loaded yet, the server is draining, or the online store cannot serve.",
+    },
+}
+
+
 class Prediction(BaseModel):
     """One scored item."""
 
@@ -131,6 +159,7 @@ class ScoringRequest(BaseModel):
     dataframe_split: dict[str, Any] | None = None
     dataframe_records: list[dict[str, Number]] | None = None
     inputs: list[list[Number]] | dict[str, list[Number]] | None = None
+    instances: list[dict[str, Number]] | list[list[Number]] | None = None  # TF Serving's rows, as MLflow takes them
     params: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -145,7 +174,7 @@ class ScoringRequest(BaseModel):
                 for v in value:
                     walk(v)
 
-        walk([self.dataframe_split, self.dataframe_records, self.inputs])
+        walk([self.dataframe_split, self.dataframe_records, self.inputs, self.instances])
         return self
 
 
@@ -476,6 +505,11 @@ def _errors(app: FastAPI, state: ServerState) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for error in exc.errors():
+            if error.get("type") == "json_invalid":  # its loc is the character where parsing stopped
+                at = error.get("loc", ("body", "?"))[-1]
+                reason = (error.get("ctx") or {}).get("error", "")
+                problems.append(f"the body is not valid JSON: {reason or 'cannot parse'} at character {at}")
+                continue
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {error.get('msg')}")
         state.refused(request.url.path, 422)
@@ -565,9 +599,9 @@ def _matrix(model: ServedModel, vectors: list[dict[str, Number]]) -> np.ndarray:
 
 
 def _predict_router(state: ServerState) -> APIRouter:
-    router = APIRouter(tags=["predict"])
+    router = APIRouter(tags=["predict"], responses=INVALID)
 
-    @router.post("/predict", response_model=PredictResponse)
+    @router.post("/predict", response_model=PredictResponse, responses=SCORING_ERRORS)
     async def predict(body: PredictRequest) -> JSONResponse:
         started = time.perf_counter()
         champion = _model_or_503(state)
@@ -866,7 +900,7 @@ def _score_rows(state: ServerState, endpoint: str, rows: np.ndarray) -> tuple[Se
 
 
 def _v2_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=INVALID)
 
     @router.get("/health/live")
     async def live() -> dict[str, bool]:
@@ -914,7 +948,7 @@ def _v2_router(state: ServerState) -> APIRouter:
             )
         return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
-    @router.post("/models/{name}/infer")
+    @router.post("/models/{name}/infer", responses=SCORING_ERRORS)
     async def infer(name: str, body: InferRequest) -> dict[str, Any]:
         model = named(name)
         rows = _tensor_rows(model, body.inputs)
@@ -1002,16 +1036,23 @@ def _tensor_rows(model: ServedModel, inputs: list[InferTensor]) -> np.ndarray:
 
 
 def _mlflow_router(state: ServerState) -> APIRouter:
-    router = APIRouter(tags=["mlflow scoring protocol"])
+    router = APIRouter(tags=["mlflow scoring protocol"], responses=INVALID)
 
-    @router.post("/invocations")
+    @router.post("/invocations", responses=SCORING_ERRORS)
     async def invocations(body: ScoringRequest) -> dict[str, Any]:
         model = _model_or_503(state)
-        given = [k for k in ("dataframe_split", "dataframe_records", "inputs") if getattr(body, k) is not None]
+        forms = ("dataframe_split", "dataframe_records", "inputs", "instances")
+        given = [k for k in forms if getattr(body, k) is not None]
         if len(given) != 1:
-            raise HTTPException(422, "give exactly one of dataframe_split, dataframe_records or inputs")
-        if body.dataframe_records is not None:
-            rows = _matrix(model, body.dataframe_records) if body.dataframe_records else np.empty((0, 0))
+            raise HTTPException(422, "give exactly one of dataframe_split, dataframe_records, inputs or instances")
+        records, inputs = body.dataframe_records, body.inputs
+        if body.instances is not None:  # rows as records, or as values in the model's feature order
+            if body.instances and isinstance(body.instances[0], dict):
+                records = body.instances
+            else:
+                inputs = body.instances  # type: ignore[assignment]
+        if records is not None:
+            rows = _matrix(model, records) if records else np.empty((0, 0))
         elif body.dataframe_split is not None:
             split = body.dataframe_split
             columns, data = split.get("columns"), split.get("data")
@@ -1024,21 +1065,19 @@ def _mlflow_router(state: ServerState) -> APIRouter:
             if any(len(r) != len(columns) for r in data):
                 raise HTTPException(422, "every row of dataframe_split.data needs one value per column")
             rows = _matrix(model, [dict(zip(columns, r, strict=True)) for r in data]) if data else np.empty((0, 0))
-        elif isinstance(body.inputs, dict):
-            lengths = {len(v) for v in body.inputs.values()}
+        elif isinstance(inputs, dict):
+            lengths = {len(v) for v in inputs.values()}
             if len(lengths) > 1:
                 raise HTTPException(422, "the input columns have different lengths")
             n = lengths.pop() if lengths else 0
-            rows = (
-                _matrix(model, [{k: v[i] for k, v in body.inputs.items()} for i in range(n)]) if n else np.empty((0, 0))
-            )
+            rows = _matrix(model, [{k: v[i] for k, v in inputs.items()} for i in range(n)]) if n else np.empty((0, 0))
         else:
-            assert body.inputs is not None
-            if any(len(r) != len(model.features) for r in body.inputs):
+            assert inputs is not None
+            if any(len(r) != len(model.features) for r in inputs):
                 raise HTTPException(
-                    422, f"every row of inputs needs {len(model.features)} values, in the model's feature order"
+                    422, f"every row of {given[0]} needs {len(model.features)} values, in the model's feature order"
                 )
-            rows = np.array([[math.nan if v is None else float(v) for v in r] for r in body.inputs], dtype=np.float64)
+            rows = np.array([[math.nan if v is None else float(v) for v in r] for r in inputs], dtype=np.float64)
         _, proba = _score_rows(state, "/invocations", rows)
         return {"predictions": proba.tolist()}
 
@@ -1049,7 +1088,7 @@ def _mlflow_router(state: ServerState) -> APIRouter:
 
 
 def _ops_router(state: ServerState, reload: Callable[[str], Any]) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], responses=INVALID)
 
     @router.get("/metrics")
     async def metrics() -> Response:
