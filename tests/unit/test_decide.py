@@ -80,6 +80,22 @@ def test_status_names_the_alarms_the_monitoring_history_is_in(tmp_path: Path) ->
     assert f"monitoring: 4 day(s) checked, the last {_day(3)}; alarms: data_drift since {_day(1)}" in shown.output
 
 
+def test_a_new_champion_starts_its_own_streaks_and_is_alerted_anew(tmp_path: Path) -> None:
+    """Version 1 drifted since day 0; version 2, champion from day 4, drifts too: its alarm is its
+    own (since day 4, after two checks of it), alerted as a new occurrence."""
+    settings = _settings(tmp_path)
+    for i in range(8):
+        record_and_decide(settings, _day(i), {"data_drift": True}, champion="1" if i < 4 else "2")
+    history = json.loads((settings.paths.root / "monitoring" / "history.json").read_text())
+    assert derive(history, _day(3), 2, 7).alarms == {"data_drift": _day(0).isoformat()}
+    assert derive(history, _day(4), 2, 7).alarms == {}  # one check of version 2
+    assert derive(history, _day(5), 2, 7).alarms == {"data_drift": _day(4).isoformat()}
+    keys = [a["key"] for a in _alerts(settings)]
+    assert keys == [f"monitor-data_drift-since-{_day(0)}", f"monitor-data_drift-since-{_day(4)}"]
+    # days recorded without a champion (before this was kept) do not break a streak
+    assert derive(_history([True] * 4), _day(3), 2, 7).alarms == {"data_drift": _day(0).isoformat()}
+
+
 def test_the_decision_depends_on_the_history_not_on_the_order_days_were_checked() -> None:
     values = [True, False, True, True, True, False, True]
     forward = _history(values)

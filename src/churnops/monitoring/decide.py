@@ -9,6 +9,8 @@ out of order, gives the same decisions:
   row; a False day ends the streak, a None day neither extends nor ends it;
 - each occurrence of an alarm is alerted once (its key names the day the streak began), and an
   alarm that clears and comes back later is a new occurrence, alerted again;
+- a day records the champion it judged (`CHAMPION`); when the champion changes, every streak
+  starts again: the new model's alarms are its own, alerted as new occurrences;
 - a retrain is triggered by an alarm, at most once per `monitoring.retrain_cooldown_days`;
   a trigger the training steps declined (a challenger's A/B test decides first) is marked
   `DECLINED` on its day and starts no cooldown, so the next check in alarm triggers again.
@@ -31,6 +33,7 @@ from churnops.settings import Settings
 
 CONDITIONS = ("data_drift", "newcomer_drift", "realized_f1", "estimated_f1", "champion_age")
 DECLINED = "retrain_declined"  # on a checked day: the retrain it triggered was not run
+CHAMPION = "champion"  # on a checked day: the version judged (the day's champion)
 
 
 @dataclass
@@ -78,15 +81,20 @@ def history_path(settings: Settings) -> Path:
     return settings.paths.root / "monitoring" / "history.json"
 
 
-def record_and_decide(settings: Settings, day: date, holds: dict[str, bool | None]) -> Decision:
-    """Record the day's conditions, derive the decision from the whole history, send new alerts."""
+def record_and_decide(
+    settings: Settings, day: date, holds: dict[str, bool | None], champion: str | None = None
+) -> Decision:
+    """Record the day's conditions (and the champion judged), derive the decision from the whole
+    history, send new alerts."""
     from churnops.alerts import Alert, raise_alert
     from churnops.data.lake import write_local_atomic
 
     path = history_path(settings)
-    history: dict[str, dict[str, bool | None]] = json.loads(path.read_text()) if path.exists() else {}
+    history: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
     declined = history.get(day.isoformat(), {}).get(DECLINED)
-    history[day.isoformat()] = holds | ({DECLINED: True} if declined else {})
+    history[day.isoformat()] = (
+        dict(holds) | ({CHAMPION: champion} if champion else {}) | ({DECLINED: True} if declined else {})
+    )
     write_local_atomic(str(path), json.dumps(history, indent=1, sort_keys=True).encode())
     decision = derive(history, day, settings.monitoring.consecutive_checks, settings.monitoring.retrain_cooldown_days)
     for condition, since in decision.alarms.items():
@@ -151,14 +159,20 @@ _TITLES = {
 }
 
 
-def derive(history: dict[str, dict[str, bool | None]], day: date, needed: int, cooldown_days: int) -> Decision:
+def derive(history: dict[str, dict[str, Any]], day: date, needed: int, cooldown_days: int) -> Decision:
     """The decision for `day` from the history of days up to it (a pure function of both)."""
     streak = dict.fromkeys(CONDITIONS, 0)
     began: dict[str, str | None] = dict.fromkeys(CONDITIONS, None)
     last_retrain: date | None = None
+    judged: str | None = None  # the champion of the days before
     decision = Decision(day=day.isoformat())
     for name in sorted(k for k in history if date.fromisoformat(k) <= day):
         holds = history[name]
+        champion = holds.get(CHAMPION)
+        if champion is not None:
+            if judged is not None and champion != judged:  # another model: its streaks are its own
+                streak, began = dict.fromkeys(CONDITIONS, 0), dict.fromkeys(CONDITIONS, None)
+            judged = champion
         for condition in CONDITIONS:
             value = holds.get(condition)
             if value is None:
@@ -174,7 +188,7 @@ def derive(history: dict[str, dict[str, bool | None]], day: date, needed: int, c
         if retrain and not holds.get(DECLINED):
             last_retrain = current
         if name == day.isoformat():
-            decision.holds = {c: v for c, v in holds.items() if c != DECLINED}
+            decision.holds = {c: v for c, v in holds.items() if c in CONDITIONS}
             decision.alarms = alarms
             decision.retrain = retrain
             if alarms and not retrain and last_retrain is not None:

@@ -375,7 +375,7 @@ def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
         tags = dict(registry.client.get_model_version(registry.model_name, result.champion).tags)
         champion_day = date.fromisoformat(tags["logical_date"]) if tags.get("logical_date") else None
     holds = conditions(settings, result, champion_day)
-    result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds).as_dict()
+    result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds, result.champion).as_dict()
 
 
 def _target_drift(settings: Settings, registry: Any, version: str, groups: list[dict[str, Any]]) -> dict[str, Any]:
