@@ -42,6 +42,7 @@ def _log_reference(
     scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
     table = feature_table(settings)
     snapshot = pd.read_parquet(table.path_of(table.manifest().snapshots[trained_for]))
+    snapshot = snapshot[snapshot["frequency"] > 0]  # the server scores (and logs) only customers with an order
     # Every row as often as n allows, the rest drawn without replacement: the traffic's
     # distribution is the reference's, not a resample of it (800 customers resampled would
     # differ by noise near the threshold on the heavy-tailed gap features).

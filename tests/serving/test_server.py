@@ -58,6 +58,18 @@ def test_served_predictions_equal_the_offline_model_on_the_same_features(server:
     np.testing.assert_allclose([i["probability"] for i in by_vector], got, atol=1e-12)
 
 
+def test_a_customer_without_an_order_gets_a_status_not_a_score(server: str, shop: Shop) -> None:
+    """Training labels only customers who had ordered; the model has no answer for one who has not."""
+    frame = pd.read_parquet(feature_table(shop.settings).files()[-1], columns=["customer_id", "frequency"])
+    never = int(frame.loc[frame["frequency"] == 0, "customer_id"].iloc[0])
+    ordered = int(frame.loc[frame["frequency"] > 0, "customer_id"].iloc[0])
+    items = httpx.post(f"{server}/predict", json={"customer_ids": [never, ordered]}).json()["predictions"]
+    assert [i["status"] for i in items] == ["no_orders", "ok"]
+    assert items[0]["probability"] is None
+    assert items[0]["label"] is None
+    assert "no order yet" in items[0]["detail"]
+
+
 def test_unknown_customers_get_a_status_not_a_default(server: str) -> None:
     items = httpx.post(f"{server}/predict", json={"customer_ids": [1, 987654321]}).json()["predictions"]
     assert items[1]["status"] == "unknown_customer"

@@ -65,6 +65,9 @@ BASE_FEATURES: tuple[FeatureSpec, ...] = (
 
 
 AGEING_FEATURES = frozenset(s.name for s in BASE_FEATURES if s.ages)
+# Orders before the snapshot: 0 marks a customer who never ordered, whom training never labels
+# (so the server answers them with a status, not a score, and monitoring leaves them out).
+ORDER_COUNT = "frequency"
 
 
 def window_features(windows: tuple[int, ...]) -> tuple[FeatureSpec, ...]:

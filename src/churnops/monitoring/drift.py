@@ -399,8 +399,10 @@ def _target_drift(settings: Settings, registry: Any, version: str, groups: list[
 
 
 def _reference_rows(settings: Settings, registry: Any, version: str) -> tuple[pd.DataFrame, Any]:
-    """The features of the day the champion was trained for (every customer), or its holdout
-    when that snapshot is no longer in the feature table; and the champion's scorer."""
+    """The features of the day the champion was trained for (every customer with an order, as
+    the server scores), or its holdout when that snapshot is no longer in the feature table; and
+    the champion's scorer."""
+    from churnops.features.definitions import ORDER_COUNT
     from churnops.pipelines.features import feature_table
     from churnops.training import tracking
 
@@ -413,6 +415,8 @@ def _reference_rows(settings: Settings, registry: Any, version: str) -> tuple[pd
         rows = pd.read_parquet(table.path_of(snapshot), columns=list(scorer.features))
     else:
         rows = tracking.load_holdout(str(record.run_id))
+    if ORDER_COUNT in rows:  # the server answers customers without an order with a status, not a score
+        rows = rows[rows[ORDER_COUNT] > 0]
     return rows[list(scorer.features)], scorer
 
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churnops.alerts import Alert, raise_alert
+from churnops.features.definitions import ORDER_COUNT
 from churnops.serving.ab import CHALLENGER, SHADOW, challenger_mask
 from churnops.serving.metrics import ServerMetrics, endpoint_label
 from churnops.serving.model import ModelLoadError, ServedModel, load_served_model
@@ -114,7 +115,7 @@ SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
 class Prediction(BaseModel):
     """One scored item."""
 
-    status: Literal["ok", "unknown_customer", "stale_features"]
+    status: Literal["ok", "unknown_customer", "stale_features", "no_orders"]
     customer_id: int | None = None
     probability: float | None = None
     label: int | None = None
@@ -665,6 +666,10 @@ OFF_LOOP_ITEMS = 64
 
 _STATUS_DETAIL = {
     "unknown_customer": "the online store has no features for this customer",
+    "no_orders": (
+        "the customer has no order yet: the model learned churn from customers who had ordered, so it has no "
+        "answer for one who has not"
+    ),
     "stale_features": (
         "the customer's features are older than the feature view's TTL (feast.ttl_days) at the server's clock; "
         "serving data of the past? set serving.as_of to its day"
@@ -818,6 +823,9 @@ def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]
             for name, j in taken:
                 value = values.get(name)
                 rows[i, j] = math.nan if value is None else _number(value)
+    if ORDER_COUNT in model.features:  # training labels only customers with an order: no answer for the rest
+        counts = rows[:, model.features.index(ORDER_COUNT)]
+        statuses = ["no_orders" if s == "ok" and c == 0 else s for s, c in zip(statuses, counts, strict=True)]
     return rows, statuses
 
 
