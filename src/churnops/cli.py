@@ -150,8 +150,7 @@ _given_config: list[Path] = []  # the --config of this command, which its next-s
 
 
 def _settings(config: Path | None) -> Settings:
-    if config is not None:
-        _given_config[:] = [config]
+    _given_config[:] = [config] if config is not None else []
     return load_settings(config)
 
 
@@ -1100,13 +1099,14 @@ def registry_list(config: ConfigOption = None) -> None:
         console.print(f"no versions of {settings.mlflow.model_name} yet")
         _next("`churnops train` (or `churnops run`) trains and registers one")
         return
+    from churnops.registry.mlflow_registry import holdout_metrics
     from churnops.serving.deploy import INTEGRATION_PASSED
 
     rows = []
     for v in versions:
         complete = v["tags"].get("churnops.complete") == "true"
         failed = v["tags"].get(INTEGRATION_PASSED) == "false"
-        holdout = json.loads(v["tags"].get("holdout_metrics") or "{}")
+        holdout = holdout_metrics(v["tags"])
         rows.append(
             [
                 v["version"],
@@ -1190,19 +1190,22 @@ def registry_promote(
         if chosen is not None and chosen == registry.holder(to):
             console.print(f"{registry.model_name}: {to} holds version {chosen} already; nothing moved")
             return
-        if to == "champion" and chosen is not None and not force:
-            tags = registry.version_tags(chosen)
-            if tags.get(INTEGRATION_PASSED) == "false":
+        challenger = registry.holder("challenger")
+        try:
+            tested = registry.version_tags(str(chosen)).get(INTEGRATION_PASSED) if chosen else None
+            if to == "champion" and tested == "false" and not force:
                 raise _fail(
                     f"version {chosen} failed its integration tests on staging (`churnops registry list` "
                     "shows them); pass --force to make it champion anyway"
                 )
-        challenger = registry.holder("challenger")
-        try:
             move = registry.promote(to, version, reason)
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
     console.print(f"{registry.model_name}: {to} -> version {move.version} (was {move.previous or 'unset'})")
+    if to == "champion" and tested is None:
+        console.print(
+            Text(f"version {move.version} has not been through staging's integration tests (`churnops deploy staging`)")
+        )
     _say_released(registry, challenger)
     if to in ("champion", "challenger"):
         _reload_production(settings)
@@ -1274,8 +1277,9 @@ def monitor(
 ) -> None:
     """Data drift and prediction drift of one day's production predictions, with Evidently.
 
-    The reference is the features of the day the champion was trained for (every customer; its
-    holdout when that snapshot is gone), scored by it. Drift is an effect size (normed
+    The reference is the features of the day the champion was trained for (every customer with an
+    order; its holdout when that snapshot is gone), scored by it, against the answers of the
+    version that answered the day as champion. Drift is an effect size (normed
     Wasserstein distance over monitoring.drift_threshold), judged only with at least
     monitoring.min_sample predictions, on at most monitoring.sample_size rows per side. Writes
     <workspace>/monitoring/<day>/report.html and summary.json, and the index page beside them.

@@ -548,7 +548,11 @@ class DeploySettings(_Strict):
 class MonitoringSettings(_Strict):
     """Drift of the served features and predictions (`churnops monitor`, the `monitor` step)."""
 
-    min_sample: int = Field(500, gt=0, description="Production predictions a day needs before drift is judged.")
+    min_sample: int = Field(
+        500,
+        gt=0,
+        description="Answers of the day's champion a day needs before drift is judged (a challenger's do not count).",
+    )
     sample_size: int = Field(
         5000, gt=0, description="Rows of the day and of the reference compared, at most (cost stays flat)."
     )

@@ -25,6 +25,7 @@ from churnops.serving.deploy import (
     deploy_production,
     deploy_staging,
     pid_file,
+    port_owner,
     run_integration_tests,
     serve_production,
     server_status,
@@ -271,6 +272,7 @@ def test_a_taken_port_is_a_clear_error(road: Shop) -> None:
         settings = _with(road.settings, "deploy", staging_port=port)
         with pytest.raises(DeployError, match=f"port {port} on 127.0.0.1 is in use.*deploy.staging_port"):
             deploy_staging(settings, DAY)
+        assert port_owner("::", 0) is None  # an IPv6 host is probed as one (it was a crash)
         served = runner.invoke(app, ["serve", "-c", str(road.config), "--port", str(port)])
         assert served.exit_code == 1
         assert f"port {port} on 127.0.0.1 is in use by another process" in served.output

@@ -192,6 +192,11 @@ def test_too_few_predictions_get_no_verdict(shop: Shop, tmp_path: Path) -> None:
     other = monitor_day(settings, DAY + timedelta(days=1))
     assert other.predictions == 0
     assert "0 production predictions" in other.skipped
+    # the history names the champion a day judged only when it answered that day: the alias's
+    # holder on a quiet day is today's, which would restart another model's streaks
+    history = json.loads((settings.paths.root / "monitoring" / "history.json").read_text())
+    assert history[DAY.isoformat()]["champion"] == result.champion == model_registry(settings).holder("champion")
+    assert "champion" not in history[(DAY + timedelta(days=1)).isoformat()]
     np.testing.assert_equal(
         other.system, {"predictions": 0, "requests": 0, "errors": 0, "errors_by_status": {}, "error_rate": None}
     )

@@ -121,6 +121,8 @@ def test_mlflow_scoring_payloads_are_accepted(server: str, shop: Shop) -> None:
     by_columns = httpx.post(
         f"{server}/invocations", json={"inputs": {c: [r[c] for r in records] for c in columns}}
     ).json()
+    typed = {"dataframe_split": {"columns": columns[:1], "data": [[True]]}}  # not the value 1
+    assert httpx.post(f"{server}/invocations", json=typed).status_code == 422
     # TF Serving's "instances", which MLflow's server also takes: records, or rows in feature order
     by_instance_records = httpx.post(f"{server}/invocations", json={"instances": records}).json()
     by_instance_rows = httpx.post(f"{server}/invocations", json={"instances": data}).json()

@@ -281,6 +281,7 @@ def test_registry_promote_history_and_a_rollback_that_never_goes_forth(shop: Set
         assert registry.holder("staging") == new
         promoted = runner.invoke(app, ["registry", "promote", "--to", "champion", "-c", cfg])
         assert promoted.exit_code == 0, promoted.output
+        assert f"version {new} has not been through staging's integration tests" in promoted.output
         assert registry.holder("champion") == new
     assert registry.holder("champion") == "3"
     assert registry.holder("challenger") == "3"  # registered last; champion now, so not A/B-tested
@@ -341,6 +342,10 @@ def test_a_version_that_failed_staging_is_made_champion_only_with_force(shop: Se
     assert registry.holder("champion") == failed
     back = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", champion, "-c", cfg])
     assert back.exit_code == 0, back.output
+    missing = runner.invoke(app, ["registry", "promote", "--to", "champion", "--version", "99", "-c", cfg])
+    assert missing.exit_code == 1
+    assert "has no version 99" in missing.output
+    registry.client.delete_model_version_tag(registry.model_name, failed, INTEGRATION_PASSED)  # as it was
 
 
 def test_a_half_recorded_version_is_refused_then_removed(shop: Settings, registered: Any) -> None:

@@ -46,20 +46,22 @@ def test_a_retrain_is_triggered_at_most_once_per_cooldown() -> None:
 def test_a_declined_retrain_starts_no_cooldown(tmp_path: Path) -> None:
     """A trigger the training steps did not act on (an A/B test decided first) is not a retrain:
     the next check in alarm triggers again, and the cooldown runs from the retrain that ran."""
-    from churnops.monitoring.decide import decline_retrain, retrain_trigger
+    from churnops.monitoring.decide import mark_retrain, retrain_trigger
 
     settings = _settings(tmp_path)  # two checks in a row make an alarm; cooldown 7 days
     for i in range(12):
         record_and_decide(settings, _day(i), {"data_drift": True})
     assert retrain_trigger(settings, _day(3))  # the check of day 1
     assert retrain_trigger(settings, _day(4)) is None  # cooling down
-    decline_retrain(settings, _day(3))
+    mark_retrain(settings, _day(3), declined=True)
     record_and_decide(settings, _day(1), {"data_drift": True})  # a rerun of that check keeps the mark
     triggered = [i for i in range(14) if retrain_trigger(settings, _day(i))]
     assert triggered == [3, 4, 11]  # day 2's check triggers again; then the cooldown runs from it
     held = derive(json.loads((settings.paths.root / "monitoring" / "history.json").read_text()), _day(5), 2, 7)
     assert f"triggered on {_day(2)}" in held.reason
     assert held.holds == {"data_drift": True}
+    mark_retrain(settings, _day(3), declined=False)  # a rerun of that date found no test and trained
+    assert [i for i in range(14) if retrain_trigger(settings, _day(i))] == [3, 10]
 
 
 def test_status_names_the_alarms_the_monitoring_history_is_in(tmp_path: Path) -> None:

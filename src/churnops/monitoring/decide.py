@@ -60,11 +60,15 @@ class Decision:
 def conditions(settings: Settings, monitored: Any, champion_day: date | None) -> dict[str, bool | None]:
     """Whether each condition held on the monitored day (None: it could not be judged)."""
     cfg = settings.monitoring
-    realized = [g["f1"] for g in (monitored.realized or {}).get("groups", [])]
+
+    def judged(group: dict[str, Any]) -> bool:  # the day's champion's own, once it is known
+        return monitored.champion is None or group.get("version") == monitored.champion
+
+    realized = [g["f1"] for g in (monitored.realized or {}).get("groups", []) if judged(g)]
     estimated = [
         e["estimated_f1"]
         for e in monitored.estimated
-        if e["estimated_f1"] is not None and e["predictions"] >= cfg.min_sample
+        if e["estimated_f1"] is not None and e["predictions"] >= cfg.min_sample and judged(e)
     ]
     day = date.fromisoformat(monitored.day)
     return {
@@ -123,7 +127,7 @@ def retrain_trigger(settings: Settings, day: date) -> str | None:
     if not path.exists():
         return None
     history = json.loads(path.read_text())
-    checked = day - timedelta(days=2)
+    checked = checked_for(day)
     if checked.isoformat() not in history:
         return None
     cfg = settings.monitoring
@@ -133,15 +137,24 @@ def retrain_trigger(settings: Settings, day: date) -> str | None:
     return f"monitoring triggered a retrain on its check of {checked}: {', '.join(sorted(decision.alarms))}"
 
 
-def decline_retrain(settings: Settings, day: date) -> None:
-    """Mark the retrain `retrain_trigger(settings, day)` reported as not run: it starts no cooldown."""
+def checked_for(day: date) -> date:
+    """The checked day whose decision the training steps of logical date `day` act on."""
+    return day - timedelta(days=2)
+
+
+def mark_retrain(settings: Settings, day: date, declined: bool) -> None:
+    """Record whether the retrain `retrain_trigger(settings, day)` reported was declined (it then
+    starts no cooldown) or run (a rerun that now trains takes a mark of an earlier run back)."""
     from churnops.data.lake import write_local_atomic
 
     path = history_path(settings)
     history = json.loads(path.read_text()) if path.exists() else {}
-    checked = (day - timedelta(days=2)).isoformat()
-    if checked in history and not history[checked].get(DECLINED):
-        history[checked][DECLINED] = True
+    checked = checked_for(day).isoformat()
+    if checked in history and bool(history[checked].get(DECLINED)) != declined:
+        if declined:
+            history[checked][DECLINED] = True
+        else:
+            history[checked].pop(DECLINED)
         write_local_atomic(str(path), json.dumps(history, indent=1, sort_keys=True).encode())
 
 

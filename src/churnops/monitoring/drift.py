@@ -54,6 +54,7 @@ class Monitored:
     predictions: int = 0
     sampled: int = 0
     champion: str | None = None
+    champion_answers: int = 0  # the day's answers by that version as champion (what drift judges)
     dataset_drift: bool | None = None
     drifted_share: float | None = None
     drifted_features: list[str] = field(default_factory=list)
@@ -188,6 +189,7 @@ def monitor_day(settings: Settings, day: date, decide: bool = True) -> Monitored
     # the champion's own answers: the reference is its, and a challenger's probabilities beside
     # them would make the prediction drift measure the difference between the two models
     judged = current[(current["variant"] == "champion") & (current["version"] == result.champion)]
+    result.champion_answers = len(judged)
     if result.champion is not None and result.realized.get("groups"):
         result.target_drift = _target_drift(settings, registry, result.champion, result.realized["groups"])
     if result.champion is None:
@@ -367,7 +369,9 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list[s
 
 
 def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
-    """Record the day's conditions and decide: alarms (with hysteresis), alerts, a retrain."""
+    """Record the day's conditions and decide: alarms (with hysteresis), alerts, a retrain. The
+    champion goes into the history only when it answered the day: the alias's holder of a quiet
+    day is today's, and would restart the streaks of the model that did answer."""
     from churnops.monitoring.decide import conditions, record_and_decide
 
     champion_day = None
@@ -375,7 +379,8 @@ def _decide(settings: Settings, result: Monitored, registry: Any) -> None:
         tags = dict(registry.client.get_model_version(registry.model_name, result.champion).tags)
         champion_day = date.fromisoformat(tags["logical_date"]) if tags.get("logical_date") else None
     holds = conditions(settings, result, champion_day)
-    result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds, result.champion).as_dict()
+    judged = result.champion if result.champion_answers else None
+    result.decision = record_and_decide(settings, date.fromisoformat(result.day), holds, judged).as_dict()
 
 
 def _target_drift(settings: Settings, registry: Any, version: str, groups: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from churnops.data.lake import write_local_atomic
 from churnops.data.tables import order_span, read_customers
+from churnops.features.definitions import ORDER_COUNT
 from churnops.features.store import SnapshotFeatures
 from churnops.features.table import FeatureTable
 from churnops.pipelines.features import compute_table, plan_snapshots
@@ -158,7 +159,7 @@ def evaluation_rows(table: FeatureTable, files: list[str], cutoff: date, horizon
     snapshot = pd.Timestamp(cutoff)
     path = table.files()[-1]
     features = pd.read_parquet(path)
-    features = features[features["frequency"] > 0].copy()
+    features = features[features[ORDER_COUNT] > 0].copy()
     features["event_timestamp"] = pd.to_datetime(features["event_timestamp"]).dt.tz_convert(None)
     labels = label_customers(
         files, [snapshot.to_pydatetime()], horizon_days, (snapshot + pd.Timedelta(days=horizon_days)).to_pydatetime()

@@ -188,7 +188,7 @@ def due_step(settings: Settings, day: date, _: Results, say: Progress) -> Traini
     """Train when there is no champion yet, when monitoring triggered a retrain (unless a
     challenger is in an A/B test), or to redo the day the champion was trained on; otherwise the
     champion stays and training waits."""
-    from churnops.monitoring.decide import decline_retrain, retrain_trigger
+    from churnops.monitoring.decide import mark_retrain, retrain_trigger
     from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
@@ -204,8 +204,9 @@ def due_step(settings: Settings, day: date, _: Results, say: Progress) -> Traini
 
         tested = ab_challenger(registry, settings)
         if tested is not None:  # the answer to the alarm is already being tested: a new one would restart it
-            decline_retrain(settings, day)  # no cooldown from it: once the test is decided, the alarm retrains
+            mark_retrain(settings, day, declined=True)  # no cooldown from it: once the test is decided, it retrains
             return TrainingDue(False, f"{trigger}; but version {tested} is in an A/B test, whose decision comes first")
+        mark_retrain(settings, day, declined=False)
         return TrainingDue(True, trigger)
     return TrainingDue(
         False,

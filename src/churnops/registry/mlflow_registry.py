@@ -523,6 +523,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def holdout_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """The holdout metrics recorded on a version's tags (empty when none or unreadable)."""
+    return _json_metrics(tags.get("holdout_metrics"))
+
+
 def _json_metrics(text: str | None) -> dict[str, float]:
     import json
 

@@ -151,13 +151,23 @@ class InferRequest(_Body):
     parameters: dict[str, Any] | None = None
 
 
-class ScoringRequest(BaseModel):
-    """MLflow's scoring protocol (give one of the three). As in MLflow, NaN marks a missing value;
-    infinity is refused."""
+class DataframeSplit(BaseModel):
+    """pandas' `split` orientation, as MLflow writes a serving input example."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
 
-    dataframe_split: dict[str, Any] | None = None
+    columns: list[str]
+    data: list[list[Number]]
+    index: list[Any] | None = None
+
+
+class ScoringRequest(BaseModel):
+    """MLflow's scoring protocol (give one of the four forms). As in MLflow, NaN marks a missing
+    value; infinity is refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
+
+    dataframe_split: DataframeSplit | None = None
     dataframe_records: list[dict[str, Number]] | None = None
     inputs: list[list[Number]] | dict[str, list[Number]] | None = None
     instances: list[dict[str, Number]] | list[list[Number]] | None = None  # TF Serving's rows, as MLflow takes them
@@ -175,7 +185,8 @@ class ScoringRequest(BaseModel):
                 for v in value:
                     walk(v)
 
-        walk([self.dataframe_split, self.dataframe_records, self.inputs, self.instances])
+        split = self.dataframe_split.data if self.dataframe_split else None
+        walk([split, self.dataframe_records, self.inputs, self.instances])
         return self
 
 
@@ -600,7 +611,7 @@ def _matrix(model: ServedModel, vectors: list[dict[str, Number]]) -> np.ndarray:
 
 
 def _predict_router(state: ServerState) -> APIRouter:
-    router = APIRouter(tags=["predict"], responses=INVALID)
+    router = APIRouter(tags=["predict"])
 
     @router.post("/predict", response_model=PredictResponse, responses=SCORING_ERRORS)
     async def predict(body: PredictRequest) -> JSONResponse:
@@ -908,7 +919,7 @@ def _score_rows(state: ServerState, endpoint: str, rows: np.ndarray) -> tuple[Se
 
 
 def _v2_router(state: ServerState) -> APIRouter:
-    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], responses=INVALID)
+    router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
     @router.get("/health/live")
     async def live() -> dict[str, bool]:
@@ -928,7 +939,7 @@ def _v2_router(state: ServerState) -> APIRouter:
             raise HTTPException(404, f"no model named {name!r}; this server serves {model.name!r}")
         return model
 
-    @router.get("/models/{name}")
+    @router.get("/models/{name}", responses=INVALID)
     async def model_metadata(name: str) -> dict[str, Any]:
         model = named(name)
         return {
@@ -948,7 +959,7 @@ def _v2_router(state: ServerState) -> APIRouter:
             },
         }
 
-    @router.get("/models/{name}/ready")
+    @router.get("/models/{name}/ready", responses=INVALID)
     async def model_ready(name: str) -> JSONResponse:
         if name != state.settings.mlflow.model_name:
             raise HTTPException(
@@ -1044,7 +1055,7 @@ def _tensor_rows(model: ServedModel, inputs: list[InferTensor]) -> np.ndarray:
 
 
 def _mlflow_router(state: ServerState) -> APIRouter:
-    router = APIRouter(tags=["mlflow scoring protocol"], responses=INVALID)
+    router = APIRouter(tags=["mlflow scoring protocol"])
 
     @router.post("/invocations", responses=SCORING_ERRORS)
     async def invocations(body: ScoringRequest) -> dict[str, Any]:
@@ -1062,14 +1073,7 @@ def _mlflow_router(state: ServerState) -> APIRouter:
         if records is not None:
             rows = _matrix(model, records) if records else np.empty((0, 0))
         elif body.dataframe_split is not None:
-            split = body.dataframe_split
-            columns, data = split.get("columns"), split.get("data")
-            if (
-                not isinstance(columns, list)
-                or not isinstance(data, list)
-                or not all(isinstance(r, list) for r in data)
-            ):
-                raise HTTPException(422, "dataframe_split needs a list of columns and a list of rows (data)")
+            columns, data = body.dataframe_split.columns, body.dataframe_split.data
             if any(len(r) != len(columns) for r in data):
                 raise HTTPException(422, "every row of dataframe_split.data needs one value per column")
             rows = _matrix(model, [dict(zip(columns, r, strict=True)) for r in data]) if data else np.empty((0, 0))
@@ -1096,7 +1100,7 @@ def _mlflow_router(state: ServerState) -> APIRouter:
 
 
 def _ops_router(state: ServerState, reload: Callable[[str], Any]) -> APIRouter:
-    router = APIRouter(tags=["operations"], responses=INVALID)
+    router = APIRouter(tags=["operations"])
 
     @router.get("/metrics")
     async def metrics() -> Response:
@@ -1105,7 +1109,7 @@ def _ops_router(state: ServerState, reload: Callable[[str], Any]) -> APIRouter:
         body, kind = state.metrics.render()
         return Response(body, media_type=kind)
 
-    @router.post("/admin/reload")
+    @router.post("/admin/reload", responses=INVALID)
     async def admin_reload(
         body: ReloadRequest | None = None, authorization: str | None = Header(None)
     ) -> dict[str, str]:

@@ -166,20 +166,22 @@ def _churnops_on(host: str, port: int) -> bool:
     metadata names it)."""
     import httpx
 
+    address = f"[{host}]" if ":" in host else host  # an IPv6 address is bracketed in a URL
     try:
-        answer = httpx.get(f"http://{host}:{port}/v2", timeout=1.0)
+        answer = httpx.get(f"http://{address}:{port}/v2", timeout=1.0)
         return bool(answer.status_code == 200 and answer.json().get("name") == "churnops")
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
         return False
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # "::" and the like are IPv6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        except OSError:
-            return False
+    except OSError:
+        return False
     return True
 
 

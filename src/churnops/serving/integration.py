@@ -86,6 +86,7 @@ def _health(client: Any, settings: Settings, version: str) -> str:
 
 
 def _skew(client: Any, settings: Settings, version: str, sample: dict[str, Any]) -> str:
+    from churnops.features.definitions import ORDER_COUNT
     from churnops.features.feast_repo import FeastFeatureStore
     from churnops.pipelines.features import feature_table
     from churnops.training.tracking import load_scorer
@@ -95,8 +96,8 @@ def _skew(client: Any, settings: Settings, version: str, sample: dict[str, Any])
     if not manifest.snapshots:
         raise CheckFailedError("the feature table has no snapshot to compare with")
     newest = sorted(manifest.snapshots)[-1]
-    snapshot = pd.read_parquet(table.path_of(manifest.snapshots[newest]), columns=["customer_id", "frequency"])
-    ids = snapshot[snapshot["frequency"] > 0]["customer_id"]
+    snapshot = pd.read_parquet(table.path_of(manifest.snapshots[newest]), columns=["customer_id", ORDER_COUNT])
+    ids = snapshot[snapshot[ORDER_COUNT] > 0]["customer_id"]  # the others are answered no_orders
     if ids.empty:
         raise CheckFailedError(f"snapshot {newest} has no customer with an order")
     chosen = ids.sample(min(len(ids), settings.deploy.skew_customers), random_state=settings.training.seed)
