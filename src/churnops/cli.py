@@ -1135,23 +1135,37 @@ def registry_history(
     config: ConfigOption = None,
     alias: Annotated[str | None, typer.Option(help="Only moves of this alias.")] = None,
 ) -> None:
-    """Every alias move: when, which alias, from which version to which, who and why."""
+    """Every alias move: when (and for which logical date, when the pipeline made it), which alias,
+    from which version to which, who and why."""
     settings = _settings(config)
     registry = _open_registry(settings)
     moves = registry.history(alias) if registry else []
     if not moves:
         console.print("no alias moves yet")
         return
+    actors = {m.actor for m in moves}
+    one_actor = len(actors) == 1  # then named once, in the title, and the reasons get its width
     rows = [
-        [m.at[:16].replace("T", " "), m.alias, m.version, m.previous or "", m.actor, m.reason, _f(m.metrics.get("f1"))]
+        [
+            m.at[:16].replace("T", " "),
+            m.logical_date or "-",
+            m.alias,
+            m.version,
+            m.previous or "",
+            *([] if one_actor else [m.actor]),
+            m.reason,
+            _f(m.metrics.get("f1")),
+        ]
         for m in moves
     ]
+    by = f"; all by {next(iter(actors))}" if one_actor else ""
     console.print(
         _table(
-            f"alias history of {registry.model_name}",
-            ["at (UTC)", "alias", "to", "from", "actor", "reason", "F1"],
+            f"alias history of {registry.model_name} (for: the logical date a step moved it for; - by hand{by})",
+            ["at (UTC)", "for", "alias", "to", "from", *([] if one_actor else ["actor"]), "reason", "F1"],
             rows,
-            [False, False, True, True, False, False, True],
+            [False, False, False, True, True, *([] if one_actor else [False]), False, True],
+            whole=[True, True, False, False, False, *([] if one_actor else [False]), False, False],
         )
     )
 
@@ -1519,7 +1533,9 @@ def status(config: ConfigOption = None) -> None:
             ]
             for r in state.runs
         ]
-        console.print(_table("last runs", ["ran at (UTC)", "step", "logical date", "status"], rows, [False] * 4))
+        console.print(
+            _table("the newest run of each step", ["ran at (UTC)", "step", "logical date", "status"], rows, [False] * 4)
+        )
     else:
         console.print("no runs yet")
 
@@ -1670,6 +1686,7 @@ def serve(
         if alias not in ("champion", "challenger", "staging"):
             raise _fail("--alias must be champion, challenger or staging", 2)
         settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"alias": alias})})
+    logging.getLogger("churnops.serving").setLevel(logging.INFO)  # each model swap, and why, in the server's log
     bound, number = host or settings.serving.host, port or settings.serving.port
     owner = port_owner(bound, number)
     if owner is not None:

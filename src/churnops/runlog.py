@@ -18,6 +18,11 @@ def append_run(workspace: Workspace, record: dict[str, Any]) -> None:
     append_line(workspace.runs_log, {"logged_at": datetime.now(UTC).isoformat(timespec="seconds"), **record})
 
 
-def read_runs(workspace: Workspace, last: int = 10) -> list[dict[str, Any]]:
-    """The last `last` run records, oldest first."""
-    return read_lines(workspace.runs_log)[-last:]
+def newest_runs(workspace: Workspace) -> list[dict[str, Any]]:
+    """The newest record of each step, oldest first: a daily ingest does not push the last
+    training out of view."""
+    newest: dict[str, dict[str, Any]] = {}
+    for record in read_lines(workspace.runs_log):
+        newest.pop(str(record.get("command", "")), None)  # re-insert: the order is the newest's
+        newest[str(record.get("command", ""))] = record
+    return list(newest.values())

@@ -181,6 +181,8 @@ def test_staging_ab_test_promotion_rollback_status_and_stop(road: Shop) -> None:
     assert f"production: version {second} (promoted now)" in promoted.output
     assert registry.holder("champion") == second
     assert _served_version(url, settings) == second  # hot-swapped, same process
+    served_log = (pid_file(settings, "production").parent / "production.log").read_text()
+    assert f"serving version {second} (" in served_log  # the server's log says what it served, and why
     items = httpx.post(f"{url}/predict", json={"customer_ids": ids[:50]}).json()["predictions"]
     assert {(i["variant"], i["version"]) for i in items} == {("champion", second)}  # the test is over
 

@@ -288,6 +288,7 @@ def test_registry_promote_history_and_a_rollback_that_never_goes_forth(shop: Set
     history = runner.invoke(app, ["registry", "history", "-c", cfg, "--alias", "champion"])
     assert history.exit_code == 0
     assert "tests" not in history.output
+    assert DAY.isoformat() in history.output  # the first champion's move was the pipeline's, for DAY
     back = [runner.invoke(app, ["registry", "rollback", "-c", cfg, "--reason", "bad canary"]) for _ in range(3)]
     assert [b.exit_code for b in back] == [0, 0, 1]
     assert "nothing earlier to roll back to" in back[2].output
@@ -311,6 +312,13 @@ def test_registry_promote_history_and_a_rollback_that_never_goes_forth(shop: Set
     assert same.exit_code == 0, same.output
     assert "holds version 1 already; nothing moved" in same.output
     assert len(registry.history()) == moves  # a move to where the alias is is not audited as one
+    by_alice = runner.invoke(
+        app, ["registry", "promote", "--to", "champion", "--version", "2", "-c", cfg], env={"CHURNOPS_ACTOR": "alice"}
+    )
+    assert by_alice.exit_code == 0, by_alice.output
+    shown = runner.invoke(app, ["registry", "history", "-c", cfg, "--alias", "champion"])
+    assert "actor" in shown.output  # two actors: a column of its own
+    assert "alice" in shown.output
 
 
 def test_a_version_that_failed_staging_is_made_champion_only_with_force(shop: Settings, registered: Any) -> None:

@@ -1,4 +1,4 @@
-"""What the workspace holds: sources, raw partitions, row counts, last runs."""
+"""What the workspace holds: sources, raw partitions, row counts, each step's newest run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from churnops.pipelines.features import feature_table
 from churnops.pipelines.ingest import make_lake
 from churnops.pipelines.simulate import SimulationPaths, published_until
-from churnops.runlog import read_runs
+from churnops.runlog import newest_runs
 from churnops.settings import Settings
 
 
@@ -40,11 +40,11 @@ class WorkspaceStatus:
     sources: list[dict[str, Any]]
     simulated_until: str | None
     tables: list[TableStatus]
-    runs: list[dict[str, Any]]
+    runs: list[dict[str, Any]]  # the newest run of each step
     features: dict[str, Any] | None = None
 
 
-def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
+def workspace_status(settings: Settings) -> WorkspaceStatus:
     """Collect the workspace's state without changing anything."""
     lake = make_lake(settings)
     tables = []
@@ -88,7 +88,7 @@ def workspace_status(settings: Settings, last_runs: int = 5) -> WorkspaceStatus:
         sources=sources,
         simulated_until=until.isoformat() if until else None,
         tables=tables,
-        runs=read_runs(settings.paths, last_runs),
+        runs=newest_runs(settings.paths),
         features=features,
     )
 

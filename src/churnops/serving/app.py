@@ -265,7 +265,9 @@ def create_app(
             state.model, state.challenger = new, challenger
             state.load_error = ""
             state.metrics.model_loaded(new, challenger)
-            return f"serving version {new.version} ({new.backend}), was {old.version if old else 'none'}{note}"
+            result = f"serving version {new.version} ({new.backend}), was {old.version if old else 'none'}{note}"
+            log.info("%s (%s)", result, reason)  # the server's log is the history of what it served
+            return result
 
     async def follow_alias() -> None:
         from churnops.pipelines.promotion import existing_registry
