@@ -96,6 +96,7 @@ def test_without_a_model_the_server_is_live_but_not_ready(shop: Shop, tmp_path: 
     with TestClient(create_app(settings, loader=broken, start_polling=False)) as client:
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 503
+        assert client.get("/ping").status_code == 503  # MLflow's check says the same
         refused = client.post("/predict", json={"customer_ids": [1]})
         assert refused.status_code == 503
         assert "no model is loaded" in refused.json()["error"]

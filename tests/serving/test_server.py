@@ -35,6 +35,7 @@ def test_health_and_the_model_endpoint_report_what_serves(server: str, shop: Sho
     assert "agrees with the native model" in meta["parameters"]["backend_reason"]
     assert httpx.get(f"{server}/v2/models/churn_predictor/ready").status_code == 200
     assert httpx.get(f"{server}/v2/models/other").status_code == 404
+    assert httpx.get(f"{server}/ping").status_code == httpx.get(f"{server}/health").status_code == 200  # MLflow's
 
 
 def test_served_predictions_equal_the_offline_model_on_the_same_features(server: str, shop: Shop) -> None:

@@ -1059,6 +1059,12 @@ def _tensor_rows(model: ServedModel, inputs: list[InferTensor]) -> np.ndarray:
 def _mlflow_router(state: ServerState) -> APIRouter:
     router = APIRouter(tags=["mlflow scoring protocol"])
 
+    @router.get("/ping")
+    @router.get("/health")
+    async def ping() -> Response:
+        """MLflow's health check: 200 once a model serves (like /v2/health/ready), else 503."""
+        return Response(status_code=200 if state.ready else 503)
+
     @router.post("/invocations", responses=SCORING_ERRORS)
     async def invocations(body: ScoringRequest) -> dict[str, Any]:
         model = _model_or_503(state)

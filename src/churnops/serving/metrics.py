@@ -10,7 +10,17 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 ENDPOINTS = frozenset(
-    {"/predict", "/invocations", "/metrics", "/admin/reload", "/v2", "/v2/health/live", "/v2/health/ready"}
+    {
+        "/predict",
+        "/invocations",
+        "/ping",
+        "/health",
+        "/metrics",
+        "/admin/reload",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
 )
 
 
