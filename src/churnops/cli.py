@@ -1143,8 +1143,9 @@ def registry_history(
     if not moves:
         console.print("no alias moves yet")
         return
-    actors = {m.actor for m in moves}
-    one_actor = len(actors) == 1  # then named once, in the title, and the reasons get its width
+    headers = ["at (UTC)", "for", "alias", "to", "from", "actor", "reason", "F1"]
+    numeric = [False, False, False, True, True, False, False, True]
+    whole = [True, True, False, False, False, False, False, False]
     rows = [
         [
             m.at[:16].replace("T", " "),
@@ -1152,20 +1153,26 @@ def registry_history(
             m.alias,
             m.version,
             m.previous or "",
-            *([] if one_actor else [m.actor]),
+            m.actor,
             m.reason,
             _f(m.metrics.get("f1")),
         ]
         for m in moves
     ]
-    by = f"; all by {next(iter(actors))}" if one_actor else ""
+    actors = sorted({m.actor for m in moves})
+    by = ""
+    if len(actors) == 1:  # named once, in the title, and the reasons get the column's width
+        by = f"; all by {actors[0]}"
+        keep = [i for i, header in enumerate(headers) if header != "actor"]
+        headers, numeric, whole = [headers[i] for i in keep], [numeric[i] for i in keep], [whole[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
     console.print(
         _table(
             f"alias history of {registry.model_name} (for: the logical date a step moved it for; - by hand{by})",
-            ["at (UTC)", "for", "alias", "to", "from", *([] if one_actor else ["actor"]), "reason", "F1"],
+            headers,
             rows,
-            [False, False, False, True, True, *([] if one_actor else [False]), False, True],
-            whole=[True, True, False, False, False, *([] if one_actor else [False]), False, False],
+            numeric,
+            whole=whole,
         )
     )
 

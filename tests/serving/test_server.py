@@ -141,7 +141,8 @@ BAD = [
     (b'{"customer_ids": ["x"]}', "application/json", 422, "customer_ids"),
     (b'{"customer_ids": [true]}', "application/json", 422, "valid integer"),  # not customer 1
     (b'{"customer_ids": ["7"]}', "application/json", 422, "valid integer"),
-    (b'{"instances": [{"recency": true}]}', "application/json", 422, "valid number"),
+    (b'{"instances": [{"recency": true}]}', "application/json", 422, "a feature value is a number or null, not true"),
+    (b'{"instances": [{"recency": "3"}]}', "application/json", 422, 'a feature value is a number or null, not "3"'),
     (b'{"instances": [{"recency": NaN}]}', "application/json", 422, "finite"),
     (b'{"instances": [{"recency": Infinity}]}', "application/json", 422, "finite"),
     (b'{"customer_ids": []}', "application/json", 422, "empty"),

@@ -232,13 +232,18 @@ def _champion_of_day(current: pd.DataFrame, registry: Any) -> str | None:
     """The version that answered the day as champion (the one with most answers: a day with a
     promotion has two), so a day is judged against its own model's reference however often it
     is checked again; the alias's holder now when it answered nothing, or is gone (a rewind)."""
+    from churnops.registry.mlflow_registry import RegistryError
+
     if registry is None:
         return None
-    answered = current.loc[current["variant"] == "champion", "version"] if not current.empty else current
+    answered = current.loc[current["variant"] == "champion", "version"].astype(str)
     if len(answered):
-        version = str(answered.astype(str).value_counts().idxmax())
-        if version in {str(v["version"]) for v in registry.versions()}:
+        version = str(answered.value_counts().idxmax())
+        try:
+            registry.version_tags(version)
             return version
+        except RegistryError:
+            pass
     holder: str | None = registry.holder("champion")
     return holder
 

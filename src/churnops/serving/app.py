@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import math
 import threading
@@ -36,7 +37,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churnops.alerts import Alert, raise_alert
@@ -51,7 +52,16 @@ log = logging.getLogger(__name__)
 
 # Strict: a JSON true is not the number 1, nor "7" or 7.0 a customer id (the answer would be a
 # different customer's, or a feature of 1 the client never sent); a 422 says so instead.
-Number = Annotated[float, Strict()] | Annotated[int, Strict()] | None
+
+
+def _plain_number(value: Any) -> Any:
+    """A feature value is a JSON number or null: said once, not once per member of the union."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"a feature value is a number or null, not {json.dumps(value)[:40]}")
+    return value
+
+
+Number = Annotated[float | int | None, BeforeValidator(_plain_number)]
 CustomerId = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]  # the entity key is an int64
 
 
@@ -487,8 +497,6 @@ _BINARY_TYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "I
 
 def _binary_to_json(body: bytes, header_length: int) -> bytes:
     """A request in the v2 binary tensor extension as the same request in plain JSON."""
-    import json
-
     header = json.loads(body[:header_length])
     offset = header_length
     for tensor in header.get("inputs", []):
