@@ -71,6 +71,44 @@ def test_a_customer_without_an_order_gets_a_status_not_a_score(server: str, shop
     assert "no order yet" in items[0]["detail"]
 
 
+def test_a_model_trained_without_the_order_count_still_answers_no_orders(shop: Shop, tmp_path: Path) -> None:
+    """With `frequency` left out of training (`training.exclude_features`), the server still reads
+    each customer's order count from the online store, and drift's reference still leaves out the
+    customers the server does not score. The gate compares it with a champion that takes the count."""
+    import shutil
+
+    from churnops.monitoring.drift import _reference_rows
+    from churnops.pipelines.promotion import gate, model_registry, register
+    from churnops.pipelines.train import train
+    from churnops.settings import load_settings
+
+    shutil.copytree(shop.settings.workspace, tmp_path / "ws")
+    body = json.loads(shop.config.read_text())
+    body["workspace"] = str(tmp_path / "ws")
+    body["training"] = {**body["training"], "exclude_features": ["frequency"]}
+    body["gate"] = {**body["gate"], "non_inferiority_margin": 1.0}  # judged on its own, not against the champion
+    config = tmp_path / "churnops.json"
+    config.write_text(json.dumps(body))
+    settings = load_settings(config)
+    day = date(2025, 1, 1)
+    run = train(settings, day)
+    verdict = gate(settings, day, run.run_id)  # the champion takes frequency: read from the feature table
+    assert (verdict.passed, verdict.champion_version) == (True, shop.versions[0])
+    version = register(settings, day, run.run_id).version
+    registry = model_registry(settings)
+    registry.move("champion", version, "tests: a model without the order count")
+    reference, scorer = _reference_rows(settings, registry, version)
+    assert "frequency" not in scorer.features
+
+    frame = pd.read_parquet(feature_table(settings).files()[-1], columns=["customer_id", "frequency"])
+    assert len(reference) == int((frame["frequency"] > 0).sum()) < len(frame)
+    never = int(frame.loc[frame["frequency"] == 0, "customer_id"].iloc[0])
+    ordered = int(frame.loc[frame["frequency"] > 0, "customer_id"].iloc[0])
+    with running_server(config) as (url, _):
+        items = httpx.post(f"{url}/predict", json={"customer_ids": [never, ordered]}).json()["predictions"]
+    assert [(i["status"], i["version"]) for i in items] == [("no_orders", version), ("ok", version)]
+
+
 def test_unknown_customers_get_a_status_not_a_default(server: str) -> None:
     items = httpx.post(f"{server}/predict", json={"customer_ids": [1, 987654321]}).json()["predictions"]
     assert items[1]["status"] == "unknown_customer"

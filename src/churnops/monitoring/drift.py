@@ -420,9 +420,11 @@ def _reference_rows(settings: Settings, registry: Any, version: str) -> tuple[pd
     record = registry.client.get_model_version(registry.model_name, version)
     scorer = tracking.load_scorer(f"models:/{registry.model_name}/{version}")
     table = feature_table(settings)
-    snapshot = table.manifest().snapshots.get(dict(record.tags).get("logical_date", ""))
+    manifest = table.manifest()
+    snapshot = manifest.snapshots.get(dict(record.tags).get("logical_date", ""))
     if snapshot is not None:
-        rows = pd.read_parquet(table.path_of(snapshot), columns=list(scorer.features))
+        counted = [ORDER_COUNT] if ORDER_COUNT in manifest.features and ORDER_COUNT not in scorer.features else []
+        rows = pd.read_parquet(table.path_of(snapshot), columns=[*scorer.features, *counted])
     else:
         rows = tracking.load_holdout(str(record.run_id))
     if ORDER_COUNT in rows:  # the server answers customers without an order with a status, not a score

@@ -17,6 +17,7 @@ from datetime import date
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from churnops.alerts import Alert, raise_alert
 from churnops.registry.mlflow_registry import ModelRegistry, RegistryError
@@ -133,13 +134,19 @@ def gate(
                 champion = (holdout["proba"].to_numpy(), threshold)
             else:
                 scorer = tracking.load_scorer(f"models:/{registry.model_name}@champion")
+                inputs = holdout
                 missing = sorted(set(scorer.features) - set(holdout.columns))
-                if missing:
-                    raise RegistryError(
-                        f"the champion (version {champion_version}) needs features this holdout lacks: "
-                        f"{', '.join(missing)}; compare them by hand and move the alias with `registry promote`"
-                    )
-                champion = (scorer.predict_proba(holdout), scorer.threshold)
+                if missing:  # the challenger was trained without them (`training.exclude_features`)
+                    completed = _with_features(settings, holdout, missing)
+                    if completed is None:
+                        raise RegistryError(
+                            f"the champion (version {champion_version}) needs {', '.join(missing)}, which neither "
+                            "this model's holdout nor the feature table's snapshots of its days hold; put them "
+                            "back in the feature table (the `features` settings) to compare the two"
+                        )
+                    inputs = completed
+                    say(f"the champion takes {', '.join(missing)}, which this model leaves out: from the feature table")
+                champion = (scorer.predict_proba(inputs), scorer.threshold)
             say(f"comparing with the champion, version {champion_version}, on the same {len(labels):,} holdout rows")
         result = evaluate_gate(
             settings.gate,
@@ -164,6 +171,32 @@ def gate(
             },
         )
         return verdict
+
+
+def _with_features(settings: Settings, holdout: pd.DataFrame, wanted: list[str]) -> pd.DataFrame | None:
+    """The holdout rows with features the challenger left out, read from the feature table's
+    snapshots at the rows' times; None when the table lacks one of them or a row's snapshot."""
+    from churnops.pipelines.features import feature_table
+
+    table = feature_table(settings)
+    manifest = table.manifest()
+    times = pd.to_datetime(holdout["event_timestamp"], utc=True)
+    days = sorted(set(times.dt.strftime("%Y-%m-%d")))
+    if not set(wanted) <= set(manifest.features) or not set(days) <= set(manifest.snapshots):
+        return None
+    held = pd.concat(
+        [
+            pd.read_parquet(table.path_of(manifest.snapshots[day]), columns=["customer_id", "event_timestamp", *wanted])
+            for day in days
+        ]
+    )
+    held["event_timestamp"] = pd.to_datetime(held["event_timestamp"], utc=True).astype(times.dtype)
+    joined = holdout.assign(event_timestamp=times).merge(
+        held, on=["customer_id", "event_timestamp"], how="left", validate="many_to_one", indicator=True
+    )
+    if (joined.pop("_merge") != "both").any():
+        return None
+    return joined
 
 
 def _record(run_id: str, settings: Settings, result: GateResult) -> None:

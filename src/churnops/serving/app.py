@@ -787,12 +787,22 @@ def _lookup_plan(state: ServerState, model: ServedModel) -> _Lookup:
     missing = [f for f in model.features if f not in found]
     if missing:
         raise ModelLoadError(f"feature service {model.feature_service!r} lacks {', '.join(missing)}")
-    if not any(ttls):  # a model of order features only: the time view still says how fresh they are
-        from churnops.features.feast_repo import TIME_VIEW
+    from churnops.features.feast_repo import TIME_VIEW, view_of
 
+    if not any(ttls):  # a model of order features only: the time view still says how fresh they are
         view = store.get_feature_view(TIME_VIEW)
         views.append((view, view.entity_columns[0].name, []))
         ttls.append(view.ttl.total_seconds() if view.ttl else 0.0)
+    counted = view_of(ORDER_COUNT)
+    if not any(view.name == counted for view, _, _ in views):  # a model without the order count still needs it
+        try:
+            view = store.get_feature_view(counted)
+        except Exception:  # Feast raises its own not-found type per registry kind
+            log.warning("the feature store has no %s view: customers without an order cannot be told apart", counted)
+        else:
+            if any(f.name == ORDER_COUNT for f in view.features):
+                views.append((view, view.entity_columns[0].name, []))
+                ttls.append(view.ttl.total_seconds() if view.ttl else 0.0)
     return _Lookup(views, ttls)
 
 
@@ -825,6 +835,7 @@ def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]
             ) from exc
     store = state.online
     rows = np.full((len(customer_ids), len(model.features)), math.nan)
+    counts = np.full(len(customer_ids), math.nan)  # orders before the snapshot, whether the model takes them or not
     statuses = ["ok"] * len(customer_ids)
     now = _clock(state).replace(tzinfo=UTC).timestamp()
     keys_by_join_key: dict[str, list[Any]] = {}  # the views share the customer entity: its keys are made once
@@ -844,9 +855,10 @@ def _online_rows(state: ServerState, model: ServedModel, customer_ids: list[int]
             for name, j in taken:
                 value = values.get(name)
                 rows[i, j] = math.nan if value is None else _number(value)
-    if ORDER_COUNT in model.features:  # training labels only customers with an order: no answer for the rest
-        counts = rows[:, model.features.index(ORDER_COUNT)]
-        statuses = ["no_orders" if s == "ok" and c == 0 else s for s, c in zip(statuses, counts, strict=True)]
+            if ORDER_COUNT in values:
+                counts[i] = _number(values[ORDER_COUNT])
+    # training labels only customers with an order: no answer for the rest
+    statuses = ["no_orders" if s == "ok" and c == 0 else s for s, c in zip(statuses, counts, strict=True)]
     return rows, statuses
 
 
