@@ -256,6 +256,22 @@ class FeastSettings(_Strict):
     ttl_days: int = Field(30, gt=0, description="A feature row older than this is not served.")
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "127.0.0.1:6379"
+    registry: str | None = Field(
+        None,
+        description="Feast's registry: none keeps it in the workspace (feature_repo/registry.db); a SQLAlchemy URL "
+        "(postgresql+psycopg://user@host/db) keeps it in that database, where servers with workspaces of their own "
+        "(Kubernetes pods) find each version's features.",
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                f"{value!r} is not a database URL: leave feast.registry out to keep the registry in the workspace, "
+                "or give a SQLAlchemy URL such as postgresql+psycopg://user@host:5432/feast"
+            )
+        return value or None
 
 
 Algorithm = Literal["lightgbm", "logistic_regression", "hist_gradient_boosting", "random_forest", "gradient_boosting"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
 from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from churnops.features import feast_repo
 from churnops.features.definitions import feature_specs
@@ -423,6 +425,63 @@ def test_redis_online_store_serves_the_same_values(shop: Settings, redis_url: st
     for customer in customers:
         assert from_redis.loc[customer, "frequency"] == latest.loc[customer, "frequency"]
         assert from_redis.loc[customer, "monetary"] == pytest.approx(latest.loc[customer, "monetary"])
+
+
+def test_a_registry_in_a_database_serves_a_workspace_of_its_own(
+    shop: Settings, redis_url: str, postgres_url: str
+) -> None:
+    """With `feast.registry` a database (PostgreSQL) and Redis online, an empty workspace of its
+    own (a server's pod) finds the services and values the pipeline's workspace published."""
+    import sqlalchemy as sa
+
+    name = f"feast_{time.time_ns()}"
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    feast = {
+        "project": "pods",
+        "online_store": "redis",
+        "redis_connection_string": redis_url.removeprefix("redis://").split("/")[0],
+        "registry": f"{postgres_url.rsplit('/', 1)[0]}/{name}",
+    }
+    pipeline = shop.model_copy(update={"feast": shop.feast.model_copy(update=feast)})
+    build_features(pipeline)
+    assert not (shop.workspace / "feature_repo" / "registry.db").exists()
+
+    pod = load_settings(None, workspace=str(shop.workspace.parent / "pod"), feast=feast)
+    store = feast_repo.FeastFeatureStore(pod)
+    assert store.exists()
+    assert feast_repo.CURRENT_SERVICE in store.services()
+    customers = [1, 2, 3, 500]
+    served = _online(pod, customers).set_index("customer_id")
+    latest = pd.read_parquet(feature_table(shop).files()[-1]).set_index("customer_id")
+    for customer in customers:
+        assert served.loc[customer, "frequency"] == latest.loc[customer, "frequency"]
+        assert served.loc[customer, "monetary"] == pytest.approx(latest.loc[customer, "monetary"])
+    assert not (pod.workspace / "feature_repo" / "registry.db").exists()
+
+
+def test_a_registry_urls_password_stays_out_of_the_repository_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """feature_store.yaml names the environment variable Feast expands; the store itself gets the URL."""
+    from feast.repo_config import load_repo_config
+
+    url = "postgresql+psycopg://churnops:s3cret@db.example:5432/feast"
+    settings = load_settings(None, workspace=str(tmp_path / "ws"), feast={"registry": url})
+    on_disk = feast_repo.repo_config(settings, secrets=False)["registry"]["path"]
+    assert on_disk == "${CHURNOPS_FEAST__REGISTRY}"
+    assert feast_repo.repo_config(settings)["registry"]["path"] == url
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(feast_repo.repo_config(settings, secrets=False)))
+    monkeypatch.setenv("CHURNOPS_FEAST__REGISTRY", url)
+    assert load_repo_config(repo, repo / "feature_store.yaml").registry.path == url  # as `feast` by hand reads it
+    without = load_settings(None, workspace=str(tmp_path / "ws"), feast={"registry": "sqlite:///registry.sqlite"})
+    assert feast_repo.repo_config(without, secrets=False)["registry"]["path"] == "sqlite:///registry.sqlite"
+    with pytest.raises(ValueError, match="not a database URL"):
+        load_settings(None, workspace=str(tmp_path / "ws"), feast={"registry": "registry.db"})
 
 
 def _redis_dump(url: str) -> dict[bytes, dict[bytes, bytes]]:

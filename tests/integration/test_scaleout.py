@@ -5,7 +5,7 @@ and Spark, each a real server on loopback."""
 from __future__ import annotations
 
 import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def _scaleout_config(
     orders["url"] = redis_url
     orders["stream"] = f"orders-{time.time_ns()}"
     body["feast"]["redis_connection_string"] = host_port
+    body["feast"]["registry"] = databases["feast"]
     body["mlflow"]["tracking_uri"] = tracking
     body["serving"] = {"prediction_log_url": databases["predictions"], "port": free_port()}
     body["deploy"] = {"staging_port": free_port(), "latency_budget_ms": 500}
@@ -92,7 +93,7 @@ def test_the_daily_pipeline_on_every_scale_out_backend_equals_the_embedded_run(
     from churnops.pipelines.simulate import simulate
     from churnops.pipelines.steps import run_steps
     from churnops.pipelines.train import TrainResult
-    from churnops.serving.deploy import Production, stop_server
+    from churnops.serving.deploy import Production, serving_as_of, stop_server
 
     endpoint = s3_options["client_kwargs"]["endpoint_url"]
     suffix = time.time_ns()
@@ -100,7 +101,7 @@ def test_the_daily_pipeline_on_every_scale_out_backend_equals_the_embedded_run(
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket=lake_bucket)
     s3.create_bucket(Bucket=mlflow_bucket)
-    databases = _create_databases(postgres_url, "shop", "mlflow", "predictions")
+    databases = _create_databases(postgres_url, "shop", "mlflow", "predictions", "feast")
     with mlflow_server(
         databases["mlflow"], f"s3://{mlflow_bucket}/artifacts", {"MLFLOW_S3_ENDPOINT_URL": endpoint}
     ) as credentials:
@@ -126,6 +127,8 @@ def test_the_daily_pipeline_on_every_scale_out_backend_equals_the_embedded_run(
             assert production.champion == results.get(Registered).version
             answer = httpx.post(f"{production.url}/predict", json={"customer_ids": [1, 2, 3]}, timeout=30)
             assert answer.status_code == 200, answer.text
+            as_of = serving_as_of(scaled, DAY)  # the production server's clock
+            assert _answered_by_a_pod(tmp_path, body, as_of, [1, 2, 3]) == _scores(answer.json())
         finally:
             stop_server(scaled, "production")
             stop_server(scaled, "staging")
@@ -161,6 +164,33 @@ def test_the_daily_pipeline_on_every_scale_out_backend_equals_the_embedded_run(
     assert theirs.holdout
     for metric, value in theirs.holdout.items():
         assert ours.holdout[metric] == pytest.approx(value, abs=1e-9), metric
+
+
+def _scores(body: dict[str, Any]) -> list[tuple[int, str, float | None]]:
+    return [(item["customer_id"], item["status"], item["probability"]) for item in body["predictions"]]
+
+
+def _answered_by_a_pod(
+    tmp_path: Path, body: dict[str, Any], as_of: datetime | None, customers: list[int]
+) -> list[tuple[int, str, float | None]]:
+    """What a server answers from an empty workspace of its own with the settings of
+    deploy/k8s/production.yaml's ConfigMap: the model from the MLflow server, each version's
+    features through the Feast registry in PostgreSQL and the Redis online store."""
+    from tests.serving.conftest import running_server
+
+    pod = {
+        "workspace": str(tmp_path / "pod"),
+        "mlflow": body["mlflow"],
+        "feast": body["feast"],
+        "serving": {"prediction_log_url": f"sqlite:///{tmp_path / 'pod-log.db'}", "as_of": as_of},
+    }
+    config = tmp_path / "pod.yaml"
+    config.write_text(yaml.safe_dump(pod))
+    with running_server(config) as (url, _):
+        answer = httpx.post(f"{url}/predict", json={"customer_ids": customers}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert not (tmp_path / "pod" / "feature_repo" / "registry.db").exists()
+    return _scores(answer.json())
 
 
 def _publish_stream(settings: Settings, stream: str, redis_url: str) -> None:

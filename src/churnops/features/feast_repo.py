@@ -5,7 +5,9 @@ the folder, so a moved workspace keeps working) and `definitions.py`, Feast's ow
 file, written from the feature declarations. Applying loads that file and applies exactly
 what it defines, so `feast plan` in the folder reports no changes after a run, and the `feast`
 CLI works there. Offline store: Feast's `duckdb` store (its `file` store drops entity rows in
-point-in-time joins). Online store: SQLite by default, Redis by configuration.
+point-in-time joins). Online store: SQLite by default, Redis by configuration. Registry: a file
+in the folder by default; `feast.registry` puts it in a database (Feast's SQL registry), where
+a server with a workspace of its own finds each version's feature service.
 
 Two feature views read the one feature table. `customer_time_features` holds what moves with
 the clock alone (recency, customer age, the overdue ratio: `FeatureSpec.ages`), which changes
@@ -53,15 +55,37 @@ DEFINITIONS_FILE = "definitions.py"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def repo_config(settings: Settings) -> dict[str, Any]:
-    """The content of feature_store.yaml for these settings."""
+REGISTRY_VARIABLE = "CHURNOPS_FEAST__REGISTRY"  # what feature_store.yaml names for a registry URL with a password
+
+
+def repo_config(settings: Settings, secrets: bool = True) -> dict[str, Any]:
+    """The content of feature_store.yaml for these settings.
+
+    Args:
+        settings: The loaded settings.
+        secrets: Write a registry URL's password as it is (False: as `${CHURNOPS_FEAST__REGISTRY}`,
+            which Feast expands from the environment, for the file on disk).
+    """
     online: dict[str, Any] = {"type": "sqlite", "path": "online_store.db"}
     if settings.feast.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.feast.redis_connection_string}
+    registry: str | dict[str, Any] = "registry.db"
+    if settings.feast.registry:
+        url = settings.feast.registry
+        if not secrets and _has_password(url):
+            url = f"${{{REGISTRY_VARIABLE}}}"
+        # a server re-reads what it serves from the database (`allow_cache=False`); the rest may
+        # see an apply a minute late
+        registry = {
+            "registry_type": "sql",
+            "path": url,
+            "cache_ttl_seconds": 60,
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        }
     return {
         "project": settings.feast.project,
         "provider": "local",
-        "registry": "registry.db",
+        "registry": registry,
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
@@ -70,6 +94,15 @@ def repo_config(settings: Settings) -> dict[str, Any]:
         # customers. churnops itself writes the newest snapshot directly (`publish_newest`).
         "materialization": {"pull_latest_features": True, "online_write_batch_size": ONLINE_WRITE_BATCH},
     }
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:  # not SQLAlchemy's form: Feast will say what is wrong with it
+        return False
 
 
 def definitions_source(
@@ -213,18 +246,27 @@ class FeastFeatureStore:
         """Feast's FeatureStore for the repository (writes feature_store.yaml if it changed)."""
         if self._store is None:
             from feast import FeatureStore as Feast
+            from feast.repo_config import RepoConfig
 
             self.repo.mkdir(parents=True, exist_ok=True)
             config_file = self.repo / "feature_store.yaml"
-            text = yaml.safe_dump(repo_config(self.settings), sort_keys=False)
+            text = yaml.safe_dump(repo_config(self.settings, secrets=False), sort_keys=False)
             if not config_file.exists() or config_file.read_text() != text:
                 config_file.write_text(text)
-            self._store = Feast(repo_path=str(self.repo))
+            config = RepoConfig(**repo_config(self.settings))  # the file's, with the password it leaves out
+            config.repo_path = self.repo
+            self._store = Feast(repo_path=str(self.repo), config=config)
         return self._store
 
     def exists(self) -> bool:
-        """Whether anything was applied yet."""
-        return (self.repo / "registry.db").exists()
+        """Whether anything was applied yet (to the workspace's registry file, or to the project in
+        the registry database)."""
+        if not self.settings.feast.registry:
+            return (self.repo / "registry.db").exists()
+        try:
+            return bool(self.store.registry.list_feature_views(self.settings.feast.project, allow_cache=False))
+        except Exception:  # Feast raises its own types for a project it does not know
+            return False
 
     def services(self) -> dict[str, list[str] | None]:
         """Registered feature services: name -> features (None: the whole view)."""
