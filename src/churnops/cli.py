@@ -1685,7 +1685,7 @@ def serve(
     /admin/reload with the serving.admin_token) and logs every prediction. SIGTERM or Ctrl-C
     drains it: readiness turns false, in-flight requests finish, the log is flushed.
     """
-    from churnops.serving.deploy import port_owner
+    from churnops.serving.deploy import clock_by_hand, port_owner
     from churnops.serving.server import serve as run_server
 
     settings = _settings(config)
@@ -1693,6 +1693,13 @@ def serve(
         if alias not in ("champion", "challenger", "staging"):
             raise _fail("--alias must be champion, challenger or staging", 2)
         settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"alias": alias})})
+    clock = clock_by_hand(settings)
+    if clock != settings.serving.as_of:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"as_of": clock})})
+        console.print(
+            f"the simulated shop's clock: features are judged fresh as of {clock:%Y-%m-%d %H:%M}, its newest "
+            "snapshot (serving.as_of sets another)"
+        )
     logging.getLogger("churnops.serving").setLevel(logging.INFO)  # each model swap, and why, in the server's log
     bound, number = host or settings.serving.host, port or settings.serving.port
     owner = port_owner(bound, number)

@@ -124,6 +124,23 @@ def test_features_past_their_ttl_are_stale(shop: Shop) -> None:
     assert "TTL" in items[0]["detail"]
 
 
+def test_a_server_started_by_hand_on_the_simulated_shop_keeps_the_shops_clock(shop: Shop, tmp_path: Path) -> None:
+    """Without serving.as_of, `churnops serve` on the simulated shop judges freshness as of its
+    newest snapshot, as the pipeline's servers do, not the wall clock (years after its calendar)."""
+    body = json.loads(shop.config.read_text())
+    body["serving"] = {k: v for k, v in body["serving"].items() if k != "as_of"}
+    config = tmp_path / "churnops.json"
+    config.write_text(json.dumps(body))
+    frame = _newest_snapshot(shop)
+    ordered = int(frame.loc[frame["frequency"] > 0, "customer_id"].iloc[0])
+    with running_server(config) as (url, process):
+        items = httpx.post(f"{url}/predict", json={"customer_ids": [ordered]}).json()["predictions"]
+        process.send_signal(signal.SIGTERM)
+        out = process.communicate(timeout=60)[0].decode()
+    assert [i["status"] for i in items] == ["ok"]
+    assert "features are judged fresh as of 2025-01-01 00:00" in " ".join(out.split())  # however the console wraps
+
+
 def test_a_standard_open_inference_client_works_unchanged(server: str, shop: Shop) -> None:
     import tritonclient.http as triton
 

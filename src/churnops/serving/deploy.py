@@ -401,6 +401,18 @@ def serving_as_of(settings: Settings, day: date) -> datetime | None:
     return None
 
 
+def clock_by_hand(settings: Settings) -> datetime | None:
+    """The time a server started by hand (`churnops serve`) judges feature freshness against:
+    the configured `serving.as_of`; for the simulated shop, whose calendar is not the wall clock,
+    its newest feature snapshot (the logical date of its last run); else None (the wall clock)."""
+    from churnops.pipelines.features import feature_table
+
+    if settings.serving.as_of is not None:
+        return settings.serving.as_of
+    snapshots = feature_table(settings).manifest().snapshots
+    return serving_as_of(settings, date.fromisoformat(max(snapshots))) if snapshots else None
+
+
 def deploy_staging(settings: Settings, day: date, say: Callable[[str], None] | None = None) -> IntegrationTested:
     """Move `staging` to the challenger, serve it on the staging server, run the integration tests.
 
