@@ -112,6 +112,34 @@ def _read_record(settings: Settings, env: str) -> ServerRecord | None:
         return None
 
 
+def _foreign(settings: Settings, record: ServerRecord) -> str | None:
+    """The workspace a pid file's server belongs to when that is not this one (the file came
+    with a copied or moved workspace): its log is in the servers/ folder of the workspace that
+    started it. None when it is this workspace's."""
+    if not record.log:
+        return None
+    folder = Path(record.log).parent
+    if folder.resolve() == servers_dir(settings).resolve():
+        return None
+    return str(folder.parent)
+
+
+def _not_ours(settings: Settings, env: str, record: ServerRecord, remove: bool) -> ServerStatus | None:
+    """The status of a pid file that names another workspace's server (None if it is ours); the
+    copy's file is removed when `remove`, and that server is left alone."""
+    other = _foreign(settings, record)
+    if other is None:
+        return None
+    if remove:
+        pid_file(settings, env).unlink(missing_ok=True)
+    removed = "; the copy of its pid file was removed" if remove else ""
+    return ServerStatus(
+        env,
+        "stopped",
+        note=f"pid {record.pid} is the server of {other} (a copied or moved workspace), left alone{removed}",
+    )
+
+
 def _alive(pid: int) -> bool:
     """The process exists and is a churnops server (a reused pid is not ours)."""
     try:
@@ -140,6 +168,9 @@ def server_status(settings: Settings, env: str, remove_stale: bool = True) -> Se
     record = _read_record(settings, env)
     if record is None:
         return ServerStatus(env, "stopped", note="no server started")
+    foreign = _not_ours(settings, env, record, remove_stale)
+    if foreign is not None:
+        return foreign
     if not _alive(record.pid):
         if remove_stale:
             pid_file(settings, env).unlink(missing_ok=True)
@@ -285,7 +316,7 @@ def start_server(
         alias=alias,
         started=datetime.now(UTC).isoformat(timespec="seconds"),
         settings_sha256=digest,
-        log=str(log_path),
+        log=str(log_path.resolve()),  # also says which workspace the server is of (`_foreign`)
     )
     write_local_atomic(str(pid_file(settings, env)), json.dumps(asdict(record)).encode())
     say(f"{env}: started the server (pid {process.pid}) on {record.url}")
@@ -327,6 +358,9 @@ def stop_server(settings: Settings, env: str, timeout: float = 60.0) -> ServerSt
     record = _read_record(settings, env)
     if record is None:
         return ServerStatus(env, "stopped", note="was not running")
+    foreign = _not_ours(settings, env, record, remove=True)
+    if foreign is not None:
+        return foreign
     note = "stopped"
     if _alive(record.pid):
         with contextlib.suppress(ProcessLookupError):
