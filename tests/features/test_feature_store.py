@@ -511,8 +511,8 @@ def test_the_bulk_redis_writer_writes_exactly_the_hashes_feast_writes(
     if key_ttl:
         real_config = feast_repo.repo_config
 
-        def with_ttl(s: Settings) -> dict[str, object]:
-            config = real_config(s)
+        def with_ttl(s: Settings, secrets: bool = True) -> dict[str, object]:
+            config = real_config(s, secrets)
             return {**config, "online_store": {**config["online_store"], "key_ttl_seconds": key_ttl}}
 
         monkeypatch.setattr(feast_repo, "repo_config", with_ttl)

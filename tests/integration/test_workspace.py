@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -240,3 +241,22 @@ def test_a_run_resumes_at_a_step_with_the_kept_results_of_the_steps_before(origi
     fresh = _settings(tmp_path / "empty")
     with pytest.raises(StepsError, match="step simulate has not run for"):
         run_steps(fresh, DAY, resume_from="train")
+
+
+def test_a_run_resumes_after_a_branch_an_airflow_run_did_not_take(original: Settings, tmp_path: Path) -> None:
+    """Airflow's gate branch skips the way not taken without running it, so that step leaves no
+    result: a resumption reads it as skipped, but a step that should have run is still missing."""
+    from churnops.pipelines.steps import StepsError, results_dir, run_steps
+
+    copy = tmp_path / "ws"
+    shutil.copytree(original.workspace, copy)
+    settings = _settings(copy)
+    kept = results_dir(settings, DAY)
+    assert json.loads((kept / "notify.json").read_text())["skipped"]  # the gate passed
+    (kept / "notify.json").unlink()
+    ran: list[str] = []
+    run_steps(settings, DAY, resume_from="monitor", on_start=lambda step: ran.append(step.name))
+    assert ran == ["monitor", "trigger"]
+    (kept / "register.json").unlink()
+    with pytest.raises(StepsError, match="step register has not run for"):
+        run_steps(settings, DAY, resume_from="monitor")

@@ -438,8 +438,9 @@ def _keep(settings: Settings, day: date, step: Step, result: object | None) -> N
     write_local_atomic(str(results_dir(settings, day) / f"{step.name}.json"), json.dumps(body).encode())
 
 
-def _kept(settings: Settings, day: date, step: Step) -> object | None:
-    """A step's recorded result for the date (None: it was skipped).
+def _kept(settings: Settings, day: date, step: Step, earlier: Results) -> object | None:
+    """A step's recorded result for the date (None: it was skipped, or it is a branch that the
+    earlier steps' results do not take, which an Airflow run skips without running it).
 
     Raises:
         StepsError: It never ran for that date.
@@ -448,6 +449,8 @@ def _kept(settings: Settings, day: date, step: Step) -> object | None:
     try:
         body = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
+        if step.runs_if is not None and not step.runs_if(earlier):
+            return None
         raise StepsError(
             f"step {step.name} has not run for {day}, so the run cannot resume after it; run the whole day"
         ) from exc
@@ -544,10 +547,13 @@ def run_steps(
         if replay:
             replays.check_pending(settings, day)
         if resume_from is not None:  # a resumption that cannot start fails before anything is rewound
+            earlier = Results()
             for step in steps():
                 if step.name == resume_from:
                     break
-                _kept(settings, day, step)
+                kept = _kept(settings, day, step, earlier)
+                if kept is not None:
+                    earlier.add(kept)
         later = replays.later_days(settings, day) if replay and chosen is None else []
         if later:
             say(
@@ -561,7 +567,7 @@ def run_steps(
         resuming = resume_from is not None
         for step in steps():
             if resuming and step.name != resume_from:
-                kept = _kept(settings, day, step)
+                kept = _kept(settings, day, step, results)
                 if kept is not None:
                     results.add(kept)
                 continue
