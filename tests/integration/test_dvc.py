@@ -50,8 +50,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("git") is None:
         missing("git")
     folder = tmp_path_factory.mktemp("dvc")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, folder / name)
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (folder / "params.yaml").write_text(yaml.safe_dump({**params, "date": "2025-01-01"}))  # the small shop's next day
     config = {**CONFIG, "workspace": ".churnops", "features": {"cadence_days": 7}}  # dvc.yaml reads `features`
     (folder / "churnops.yaml").write_text(yaml.safe_dump(config))
     (folder / ".gitignore").write_text(".churnops/\n")  # as in the project: DVC tracks the workspace's data

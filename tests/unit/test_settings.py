@@ -84,12 +84,14 @@ def test_workspace_placeholder_expands_in_source_paths(tmp_path: Path) -> None:
         s.source("g")
 
 
-def test_the_example_config_file_loads() -> None:
-    """The shipped example stays valid as settings evolve."""
+def test_the_example_config_file_loads_and_holds_the_defaults(tmp_path: Path) -> None:
+    """The shipped example stays valid as settings evolve, and copying it changes nothing: its
+    values are the defaults (its sources are the simulated shop's, spelled out)."""
     example = Path(__file__).parents[2] / "churnops.example.yaml"
     s = load_settings(example)
     assert [src.name for src in s.sources] == ["shop_customers", "catalog", "order_files"]
-    assert s.simulation.scenarios[0].kind == "price_shift"
+    copied = load_settings(example, workspace=str(tmp_path)).model_dump(mode="json", exclude={"sources"})
+    assert copied == load_settings(None, workspace=str(tmp_path)).model_dump(mode="json", exclude={"sources"})
 
 
 def test_documented_variables_that_are_not_settings_are_not_read_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
