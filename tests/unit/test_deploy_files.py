@@ -64,6 +64,10 @@ def test_the_deployment_is_the_designs(path: Path) -> None:
     assert drain[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > int(drain[1]) + 10
     assert pod["securityContext"]["runAsNonRoot"] is True
+    from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert {"CHURNOPS_FEAST__REGISTRY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(from_secrets)
+    # the manifest applies before the backends' secret exists: only the admin token is required
+    assert [n for n, ref in from_secrets.items() if not ref.get("optional")] == ["CHURNOPS_SERVING__ADMIN_TOKEN"]
     config = yaml.safe_load(documents["ConfigMap"]["data"]["churnops.yaml"])
     from churnops.settings import Settings
 
