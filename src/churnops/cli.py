@@ -787,8 +787,10 @@ def run(
 
     The steps are the declared list in `churnops.pipelines.steps`, the same one the Airflow DAG
     is built from. Training runs when there is no champion yet or monitoring triggered a retrain;
-    the production step decides a running A/B test. The run stops at the first failing step; a
-    failing gate stops before register.
+    the production step decides a running A/B test. The run stops at the first failing step
+    (exit 1). A challenger the gate or staging refuses is no failure of the day: the team is
+    alerted, the champion keeps serving, monitoring runs, and the exit status is 0, as an
+    Airflow run of the day ends in success.
 
     When later dates have run already (a date run out of order, or an older one again), the
     registry is first rewound to the day before this date, and after it the later dates run
@@ -819,8 +821,9 @@ def run(
             raise _fail(str(exc)) from exc
     results = _run_steps(settings, day, None, resume_from, replay)
     verdict = results.find(GateVerdict)
+    refused = ""
     if verdict is not None and not verdict.passed:
-        raise _fail("the challenger failed the gate; nothing was registered (see the conditions above)")
+        refused = "the challenger failed the gate; nothing was registered (see the conditions above)"
     registry = existing_registry(settings)
     champion = registry.holder("champion") if registry else None
     console.rule("done")
@@ -829,7 +832,9 @@ def run(
 
     staged = results.find(IntegrationTested)
     if staged is not None and staged.version and not staged.skipped and not staged.passed:
-        raise _fail(f"version {staged.version} failed its integration tests on staging; it goes no further")
+        refused = f"version {staged.version} failed its integration tests on staging; it goes no further"
+    if refused:
+        console.print(Text(f"refused: {refused}; the team was alerted", style="bold yellow"))
     if settings.deploy.servers and champion:
         _next("`churnops deploy status` shows the servers, `churnops deploy stop` stops them")
     _next("`churnops status` shows the workspace; `churnops ui` opens MLflow's UI on it (http://127.0.0.1:5000)")

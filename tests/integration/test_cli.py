@@ -123,6 +123,13 @@ def test_run_does_the_whole_existing_pipeline(tmp_path: Path) -> None:
     assert "simulate: already published up to 2025-04-30" in again.output
     assert "unchanged inputs: reused" in again.output
     assert "already registered as churn_predictor version 1" in again.output
+    # a gate nothing passes: the day still runs to its end, as an Airflow run of it succeeds
+    strict = runner.invoke(app, ["run", "-c", str(cfg)], env={"CHURNOPS_GATE__MIN_F1": "0.99"})
+    assert strict.exit_code == 0, strict.output
+    said = " ".join(strict.output.split())
+    assert "refused: the challenger failed the gate; nothing was registered" in said
+    assert "the team was alerted" in said
+    assert "champion: churn_predictor version 1" in strict.output
 
 
 def test_run_stops_with_a_clear_message_when_nothing_can_be_labelled_yet(tmp_path: Path) -> None:
