@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -290,7 +290,8 @@ def simulate(
         f"{report.orders_written:,} orders in {report.order_files:,} daily files"
         + (f", {report.stream_entries:,} stream entries" if stream else "")
     )
-    _next(f"`churnops ingest --date {report.until}` loads them into the raw lake")
+    day_after = date.fromisoformat(str(report.until)) + timedelta(days=1)  # a date ingests the orders before it
+    _next(f"`churnops ingest --date {day_after}` loads them into the raw lake")
 
 
 @app.command("serve-orders-api")

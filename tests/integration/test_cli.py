@@ -82,6 +82,7 @@ def test_simulate_ingest_status_day_by_day(tmp_path: Path) -> None:
     sim = runner.invoke(app, ["simulate", "-c", cfg, "--until", "2024-03-01"])
     assert sim.exit_code == 0, sim.output
     assert "published up to 2024-03-01" in sim.output
+    assert "`churnops ingest --date 2024-03-02" in " ".join(sim.output.split())  # the day after: it reads 03-01's
     assert runner.invoke(app, ["ingest", "-c", cfg, "--date", "2024-03-01"]).exit_code == 0
     nxt = runner.invoke(app, ["simulate", "-c", cfg, "--until", "2024-03-02"])
     assert "published 2024-03-01 .. 2024-03-02" in nxt.output

@@ -255,7 +255,7 @@ def notify_gate_failure(settings: Settings, as_of: date, verdict: GateVerdict) -
     alerted = _alert(settings, tracking.run_data(verdict.run_id), verdict)
     append_run(
         settings.paths,
-        {"command": "notify", "date": as_of.isoformat(), "run_id": verdict.run_id, "alerted": alerted},
+        {"command": "notify", "date": as_of.isoformat(), "status": "ok", "run_id": verdict.run_id, "alerted": alerted},
     )
     return GateNotice(verdict.run_id, alerted, list(verdict.gate.reasons))
 

@@ -88,9 +88,37 @@ def workspace_status(settings: Settings) -> WorkspaceStatus:
         sources=sources,
         simulated_until=until.isoformat() if until else None,
         tables=tables,
-        runs=newest_runs(settings.paths),
+        runs=_newest_runs(settings),
         features=features,
     )
+
+
+def _newest_runs(settings: Settings) -> list[dict[str, Any]]:
+    """The newest run of each step, oldest first: from the run log for the steps that write it
+    (alone or in a day), and for the others (validate, due, staging, production, monitor, ...)
+    from the results the daily steps keep in `runs/<date>/`, whether `churnops run` or Airflow
+    ran them. A step's newest run that did something is shown before a newer skip of it."""
+    import json
+    from datetime import UTC, datetime
+
+    logged = {str(r.get("command", "")): r for r in newest_runs(settings.paths)}
+    kept: dict[str, dict[str, Any]] = {}
+    for path in (settings.paths.root / "runs").glob("*/*.json"):
+        try:
+            body = json.loads(path.read_text())
+            ran = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+        except (OSError, ValueError):
+            continue
+        step = str(body.get("step", path.stem))
+        if step in logged:
+            continue
+        record = {"logged_at": ran, "command": step, "date": path.parent.name}
+        record["status"] = "skipped" if body.get("skipped") else "ok"
+        held = kept.get(step)
+        # a run that did something wins over a skip, then the newer
+        if held is None or (held["status"] == "ok", held["logged_at"]) < (record["status"] == "ok", ran):
+            kept[step] = record
+    return sorted([*logged.values(), *kept.values()], key=lambda r: str(r.get("logged_at", "")))
 
 
 def quarantined_rows(settings: Settings, table: str | None = None, ingest_date: str | None = None) -> pd.DataFrame:
