@@ -206,6 +206,28 @@ def test_unchanged_inputs_reuse_the_run_and_the_version(shop: Settings, trained:
     assert len(model_registry(shop).versions()) == 1
 
 
+def test_a_training_attempt_deletes_the_runs_an_interrupted_one_on_the_same_inputs_left(
+    shop: Settings, registered: Any
+) -> None:
+    """A run killed before its attempt was tagged complete is deleted (not reused, not kept
+    beside the new attempt's runs); complete attempts on other inputs stay."""
+    from mlflow import MlflowClient
+
+    from churnops.pipelines.train import input_key
+    from churnops.training import tracking
+
+    reseeded = shop.model_copy(update={"training": shop.training.model_copy(update={"seed": 21})})
+    key = input_key(reseeded, build_training_set(reseeded, DAY))
+    experiment = tracking.use_tracking(reseeded)
+    client = MlflowClient()
+    killed = client.create_run(experiment, tags={tracking.INPUT_KEY: key, "candidate": "lightgbm"}).info.run_id
+    result = train(reseeded, DAY)
+    assert not result.reused
+    assert client.get_run(killed).info.lifecycle_stage == "deleted"
+    assert client.get_run(result.run_id).info.lifecycle_stage == "active"
+    assert client.get_run(registered.run_id).info.lifecycle_stage == "active"  # another attempt's
+
+
 def test_model_behaviour_recent_orders_lower_churn_and_customer_id_is_ignored(shop: Settings, registered: Any) -> None:
     scorer = load_scorer(f"models:/{shop.mlflow.model_name}@champion")
     training = build_training_set(shop, DAY)

@@ -522,6 +522,9 @@ def train(settings: Settings, as_of: date | None = None, progress: Callable[[str
             result = _from_runs(previous, training, day)
             say(f"inputs unchanged since the training of {result.logical_date}: reusing its runs")
         else:
+            left = tracking.delete_unfinished_training(experiment, key)
+            if left:
+                say(f"deleted {len(left)} run(s) an interrupted training on these inputs left: {', '.join(left)}")
             result = _train_new(settings, training, experiment, key, day, say)
         result.seconds = time.perf_counter() - started
         append_run(

@@ -303,6 +303,20 @@ def completed_training(experiment_id: str, input_key: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
+def delete_unfinished_training(experiment_id: str, input_key: str) -> list[str]:
+    """Delete the runs an interrupted training attempt on these inputs left (MLflow keeps them,
+    marked deleted, until `mlflow gc`): every candidate of an attempt is tagged complete last,
+    so a run on these inputs without that tag belongs to no usable attempt. Returns their ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{INPUT_KEY}` = '{input_key}'", max_results=1000)
+    unfinished = [r.info.run_id for r in runs if r.data.tags.get(TRAINING_COMPLETE) != "true"]
+    for run_id in unfinished:
+        client.delete_run(run_id)
+    return unfinished
+
+
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
     """Tag a finished run."""
     from mlflow import MlflowClient
