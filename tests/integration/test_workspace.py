@@ -260,24 +260,3 @@ def test_a_run_resumes_after_a_branch_an_airflow_run_did_not_take(original: Sett
     (kept / "register.json").unlink()
     with pytest.raises(StepsError, match="step register has not run for"):
         run_steps(settings, DAY, resume_from="monitor")
-
-
-def test_a_day_that_does_not_train_computes_only_its_own_snapshot(original: Settings, tmp_path: Path) -> None:
-    """The history snapshots are for training: the next day, with the champion staying, adds its
-    own snapshot to the table and nothing else (it recomputed some 50 snapshots a day before)."""
-    from datetime import timedelta
-
-    from churnops.pipelines.features import FeatureReport, feature_table
-    from churnops.pipelines.steps import TrainingDue, run_steps
-
-    copy = tmp_path / "ws"
-    shutil.copytree(original.workspace, copy)
-    settings = _settings(copy)
-    before = set(feature_table(settings).manifest().snapshots)
-    assert len(before) > 10  # the first day trained: its history is there
-    said: list[str] = []
-    results = run_steps(settings, DAY + timedelta(days=1), progress=said.append)
-    assert not results.get(TrainingDue).due
-    assert results.get(FeatureReport).snapshots == ["2025-01-02"]
-    assert set(feature_table(settings).manifest().snapshots) == before | {"2025-01-02"}
-    assert any("no training is due: the day's snapshot only" in line for line in said)

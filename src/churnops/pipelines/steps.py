@@ -171,16 +171,10 @@ def ingest_step(settings: Settings, day: date, _: Results, say: Progress) -> Ing
 
 
 def features_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
-    """Features as of the logical date, validated, in Feast; and the history snapshots training
-    reads, on a day that may train (a day that does not would recompute a history nobody reads:
-    at a million customers, some 70 snapshots and 20 s a day, each day's grid kept beside the
-    others')."""
+    """Features as of the logical date (and the history), validated, in Feast."""
     from churnops.pipelines.features import build_features
 
-    reason = _why_train(settings, day)[0]
-    if not reason:
-        say("no training is due: the day's snapshot only (a day that trains computes the history)")
-    return build_features(settings, day, history=bool(reason), progress=say)
+    return build_features(settings, day, progress=say)
 
 
 def validate_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
@@ -194,40 +188,30 @@ def due_step(settings: Settings, day: date, _: Results, say: Progress) -> Traini
     """Train when there is no champion yet, when monitoring triggered a retrain (unless a
     challenger is in an A/B test), or to redo the day the champion was trained on; otherwise the
     champion stays and training waits."""
-    from churnops.monitoring.decide import mark_retrain
-    from churnops.pipelines.promotion import existing_registry
-
-    reason, triggered, stays = _why_train(settings, day)
-    if not triggered:
-        return TrainingDue(bool(reason), reason or stays)
-    from churnops.serving.deploy import ab_challenger
-
-    registry = existing_registry(settings)
-    tested = ab_challenger(registry, settings) if registry else None
-    if tested is not None:  # the answer to the alarm is already being tested: a new one would restart it
-        mark_retrain(settings, day, declined=True)  # no cooldown from it: once the test is decided, it retrains
-        return TrainingDue(False, f"{reason}; but version {tested} is in an A/B test, whose decision comes first")
-    mark_retrain(settings, day, declined=False)
-    return TrainingDue(True, reason)
-
-
-def _why_train(settings: Settings, day: date) -> tuple[str, bool, str]:
-    """Why logical date `day` trains ("" if it does not), read without recording anything:
-    no champion yet, the day the champion was trained for again, or monitoring's trigger; whether
-    it is the trigger (which an A/B test under way still defers); and what stays otherwise."""
-    from churnops.monitoring.decide import retrain_trigger
+    from churnops.monitoring.decide import mark_retrain, retrain_trigger
     from churnops.pipelines.promotion import existing_registry
 
     registry = existing_registry(settings)
     champion = registry.holder("champion") if registry else None
     if registry is None or champion is None:
-        return "no champion yet", False, ""
+        return TrainingDue(True, "no champion yet")
     trained_on = registry.version_tags(champion).get("logical_date")
     if trained_on == day.isoformat():
-        return f"the champion (version {champion}) was trained for this date: a rerun", False, ""
+        return TrainingDue(True, f"the champion (version {champion}) was trained for this date: a rerun")
     trigger = retrain_trigger(settings, day)
-    stays = f"version {champion} (trained for {trained_on}) stays champion; monitoring has not triggered a retrain"
-    return (trigger, True, "") if trigger else ("", False, stays)
+    if trigger:
+        from churnops.serving.deploy import ab_challenger
+
+        tested = ab_challenger(registry, settings)
+        if tested is not None:  # the answer to the alarm is already being tested: a new one would restart it
+            mark_retrain(settings, day, declined=True)  # no cooldown from it: once the test is decided, it retrains
+            return TrainingDue(False, f"{trigger}; but version {tested} is in an A/B test, whose decision comes first")
+        mark_retrain(settings, day, declined=False)
+        return TrainingDue(True, trigger)
+    return TrainingDue(
+        False,
+        f"version {champion} (trained for {trained_on}) stays champion; monitoring has not triggered a retrain",
+    )
 
 
 def train_step(settings: Settings, day: date, _: Results, say: Progress) -> Any:
