@@ -482,6 +482,19 @@ def test_a_registry_urls_password_stays_out_of_the_repository_file(
     assert feast_repo.repo_config(without, secrets=False)["registry"]["path"] == "sqlite:///registry.sqlite"
     with pytest.raises(ValueError, match="not a database URL"):
         load_settings(None, workspace=str(tmp_path / "ws"), feast={"registry": "registry.db"})
+    # the store writes its file without the password and is configured with it (Feast connects lazily)
+    monkeypatch.delenv("CHURNOPS_FEAST__REGISTRY")
+    store = feast_repo.FeastFeatureStore(settings).store
+    written = (settings.workspace / "feature_repo" / "feature_store.yaml").read_text()
+    assert "s3cret" not in written
+    assert "${CHURNOPS_FEAST__REGISTRY}" in written
+    assert store.config.registry.path == url
+    in_query = load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        feast={"registry": "postgresql+psycopg://db.example/feast?password=s3cret"},
+    )
+    assert "s3cret" not in str(feast_repo.repo_config(in_query, secrets=False))
 
 
 def _redis_dump(url: str) -> dict[bytes, dict[bytes, bytes]]:

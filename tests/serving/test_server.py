@@ -140,6 +140,21 @@ def test_a_server_started_by_hand_on_the_simulated_shop_keeps_the_shops_clock(sh
     assert [i["status"] for i in items] == ["ok"]
     assert "features are judged fresh as of 2025-01-01 00:00" in " ".join(out.split())  # however the console wraps
 
+    import shutil
+
+    from churnops.serving.deploy import clock_by_hand
+    from churnops.settings import load_settings
+
+    # settings that name no sources (a server's) over a workspace that holds no simulation: the wall clock
+    shutil.copytree(shop.settings.workspace / "features", tmp_path / "real" / "features")
+    assert clock_by_hand(load_settings(None, workspace=str(tmp_path / "real"))) is None
+    assert (
+        clock_by_hand(
+            shop.settings.model_copy(update={"serving": shop.settings.serving.model_copy(update={"as_of": None})})
+        )
+        is not None
+    )
+
 
 def test_a_standard_open_inference_client_works_unchanged(server: str, shop: Shop) -> None:
     import tritonclient.http as triton

@@ -35,6 +35,7 @@ def test_a_copys_pid_file_is_reported_as_the_originals_and_its_server_is_left_al
     # a live process standing in for the original's server
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        _write(original, _record_of(original, server.pid))
         _write(copy, _record_of(original, server.pid))  # as `cp -a` leaves it
 
         looked = server_status(copy, "production", remove_stale=False)
@@ -62,3 +63,18 @@ def test_a_workspaces_own_pid_file_is_still_its_own(tmp_path: Path) -> None:
     status = server_status(settings, "production")
     assert status.state == "stale"
     assert not pid_file(settings, "production").exists()
+
+
+def test_a_moved_workspaces_pid_file_is_still_its_own(tmp_path: Path) -> None:
+    """After `mv`, the folder the record names is gone: the server is the moved workspace's to stop."""
+    moved = load_settings(None, workspace=str(tmp_path / "moved"))
+    gone = load_settings(None, workspace=str(tmp_path / "before-the-move"))
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write(moved, _record_of(gone, server.pid))
+        status = server_status(moved, "production", remove_stale=False)
+        assert "left alone" not in status.note
+        assert status.state == "stale"  # not a churnops server here, so gone for its purposes; but its own
+    finally:
+        server.kill()
+        server.wait()

@@ -97,12 +97,14 @@ def repo_config(settings: Settings, secrets: bool = True) -> dict[str, Any]:
 
 
 def _has_password(url: str) -> bool:
+    """Whether a database URL holds a password (in its user part or its query)."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).password is not None
+        parsed = make_url(url)
     except Exception:  # not SQLAlchemy's form: Feast will say what is wrong with it
-        return False
+        return "password" in url.lower()
+    return parsed.password is not None or any("password" in key.lower() for key in parsed.query)
 
 
 def definitions_source(
@@ -263,10 +265,9 @@ class FeastFeatureStore:
         the registry database)."""
         if not self.settings.feast.registry:
             return (self.repo / "registry.db").exists()
-        try:
-            return bool(self.store.registry.list_feature_views(self.settings.feast.project, allow_cache=False))
-        except Exception:  # Feast raises its own types for a project it does not know
-            return False
+        # an unknown project lists nothing; a database out of reach raises (read as "nothing
+        # applied", an apply would delete every model's feature service from the shared registry)
+        return bool(self.store.registry.list_feature_views(self.settings.feast.project, allow_cache=False))
 
     def services(self) -> dict[str, list[str] | None]:
         """Registered feature services: name -> features (None: the whole view)."""

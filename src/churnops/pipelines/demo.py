@@ -214,6 +214,10 @@ class Demo:
 
         body = self.settings.model_dump(mode="json", exclude={"sources"})
         body["serving"].pop("admin_token", None)
+        # database passwords stay out of the file: the environment gives them (CHURNOPS_FEAST__REGISTRY, ...)
+        for section, key in (("feast", "registry"), ("serving", "prediction_log_url")):
+            if body[section].get(key):
+                body[section][key] = _without_password(body[section][key])
         text = "# The settings `churnops demo` ran with; pass them to other commands: -c " + str(self.config_path)
         write_local_atomic(str(self.config_path), (text + "\n" + yaml.safe_dump(body, sort_keys=False)).encode())
 
@@ -407,3 +411,13 @@ def _production_url(results: Any) -> str:
 
     production = results.find(Production)
     return production.url if production is not None and production.url and not production.skipped else ""
+
+
+def _without_password(url: str) -> str:
+    """A database URL with its password shown as ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not SQLAlchemy's form: written as given
+        return url

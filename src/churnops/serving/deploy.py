@@ -113,15 +113,20 @@ def _read_record(settings: Settings, env: str) -> ServerRecord | None:
 
 
 def _foreign(settings: Settings, record: ServerRecord) -> str | None:
-    """The workspace a pid file's server belongs to when that is not this one (the file came
-    with a copied or moved workspace): its log is in the servers/ folder of the workspace that
-    started it. None when it is this workspace's."""
+    """The workspace a pid file's server belongs to when that is not this one: its log is in the
+    servers/ folder of the workspace that started it, and a copied workspace's file names the
+    original's, whose own pid file names the same process. None when it is this workspace's,
+    also after a move (the folder it names is gone, or holds no record of that process)."""
     if not record.log:
         return None
     folder = Path(record.log).parent
     if folder.resolve() == servers_dir(settings).resolve():
         return None
-    return str(folder.parent)
+    try:
+        theirs = json.loads((folder / pid_file(settings, record.env).name).read_text())
+    except (OSError, ValueError):
+        return None  # moved: the server is this workspace's to stop or restart
+    return str(folder.parent) if theirs.get("pid") == record.pid else None
 
 
 def _not_ours(settings: Settings, env: str, record: ServerRecord, remove: bool) -> ServerStatus | None:
@@ -438,11 +443,16 @@ def serving_as_of(settings: Settings, day: date) -> datetime | None:
 def clock_by_hand(settings: Settings) -> datetime | None:
     """The time a server started by hand (`churnops serve`) judges feature freshness against:
     the configured `serving.as_of`; for the simulated shop, whose calendar is not the wall clock,
-    its newest feature snapshot (the logical date of its last run); else None (the wall clock)."""
+    its newest feature snapshot (the logical date of its last run); else None (the wall clock).
+    The shop is the simulated one when the workspace holds a published simulation, not merely
+    when the settings name no sources of their own (a server's settings often name none)."""
     from churnops.pipelines.features import feature_table
+    from churnops.pipelines.simulate import SimulationPaths, published_until
 
     if settings.serving.as_of is not None:
         return settings.serving.as_of
+    if published_until(SimulationPaths.from_settings(settings).sources_dir)[1] is None:
+        return None
     snapshots = feature_table(settings).manifest().snapshots
     return serving_as_of(settings, date.fromisoformat(max(snapshots))) if snapshots else None
 
