@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+
+import pytest
 
 from churnops.serving.deploy import ServerRecord, pid_file, server_status, servers_dir, stop_server
 from churnops.settings import Settings, load_settings
@@ -29,30 +32,35 @@ def _write(settings: Settings, record: ServerRecord) -> None:
     pid_file(settings, "production").write_text(json.dumps(asdict(record)))
 
 
-def test_a_copys_pid_file_is_reported_as_the_originals_and_its_server_is_left_alone(tmp_path: Path) -> None:
+@pytest.fixture
+def server() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process standing in for a server."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_copys_pid_file_is_reported_as_the_originals_and_its_server_is_left_alone(
+    tmp_path: Path, server: subprocess.Popen[bytes]
+) -> None:
     original = load_settings(None, workspace=str(tmp_path / "original"))
     copy = load_settings(None, workspace=str(tmp_path / "copy"))
-    # a live process standing in for the original's server
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _write(original, _record_of(original, server.pid))
-        _write(copy, _record_of(original, server.pid))  # as `cp -a` leaves it
+    _write(original, _record_of(original, server.pid))
+    _write(copy, _record_of(original, server.pid))  # as `cp -a` leaves it
 
-        looked = server_status(copy, "production", remove_stale=False)
-        assert looked.state == "stopped"
-        assert str(tmp_path / "original") in looked.note
-        assert "left alone" in looked.note
-        assert pid_file(copy, "production").exists()  # a read-only look removes nothing
+    looked = server_status(copy, "production", remove_stale=False)
+    assert looked.state == "stopped"
+    assert str(tmp_path / "original") in looked.note
+    assert "left alone" in looked.note
+    assert pid_file(copy, "production").exists()  # a read-only look removes nothing
 
-        stopped = stop_server(copy, "production")
-        assert "left alone" in stopped.note
-        assert server.poll() is None  # still running: not the copy's to stop
-        os.kill(server.pid, 0)
-        assert not pid_file(copy, "production").exists()
-        assert server_status(copy, "production").note == "no server started"
-    finally:
-        server.kill()
-        server.wait()
+    stopped = stop_server(copy, "production")
+    assert "left alone" in stopped.note
+    assert server.poll() is None  # still running: not the copy's to stop
+    os.kill(server.pid, 0)
+    assert not pid_file(copy, "production").exists()
+    assert server_status(copy, "production").note == "no server started"
 
 
 def test_a_workspaces_own_pid_file_is_still_its_own(tmp_path: Path) -> None:
@@ -65,16 +73,11 @@ def test_a_workspaces_own_pid_file_is_still_its_own(tmp_path: Path) -> None:
     assert not pid_file(settings, "production").exists()
 
 
-def test_a_moved_workspaces_pid_file_is_still_its_own(tmp_path: Path) -> None:
+def test_a_moved_workspaces_pid_file_is_still_its_own(tmp_path: Path, server: subprocess.Popen[bytes]) -> None:
     """After `mv`, the folder the record names is gone: the server is the moved workspace's to stop."""
     moved = load_settings(None, workspace=str(tmp_path / "moved"))
     gone = load_settings(None, workspace=str(tmp_path / "before-the-move"))
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _write(moved, _record_of(gone, server.pid))
-        status = server_status(moved, "production", remove_stale=False)
-        assert "left alone" not in status.note
-        assert status.state == "stale"  # not a churnops server here, so gone for its purposes; but its own
-    finally:
-        server.kill()
-        server.wait()
+    _write(moved, _record_of(gone, server.pid))
+    status = server_status(moved, "production", remove_stale=False)
+    assert "left alone" not in status.note
+    assert status.state == "stale"  # not a churnops server here, so gone for its purposes; but its own
