@@ -462,7 +462,7 @@ def test_a_registry_in_a_database_serves_a_workspace_of_its_own(
     assert not (pod.workspace / "feature_repo" / "registry.db").exists()
 
 
-def test_a_registry_urls_password_stays_out_of_the_repository_file(
+def test_database_and_redis_passwords_stay_out_of_the_repository_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """feature_store.yaml names the environment variable Feast expands; the store itself gets the URL."""
@@ -495,6 +495,15 @@ def test_a_registry_urls_password_stays_out_of_the_repository_file(
         feast={"registry": "postgresql+psycopg://db.example/feast?password=s3cret"},
     )
     assert "s3cret" not in str(feast_repo.repo_config(in_query, secrets=False))
+    redis = load_settings(
+        None,
+        workspace=str(tmp_path / "ws"),
+        feast={"online_store": "redis", "redis_connection_string": "redis.example:6379,password=s3cret,ssl=true"},
+    )
+    assert feast_repo.repo_config(redis, secrets=False)["online_store"]["connection_string"] == (
+        "${CHURNOPS_FEAST__REDIS_CONNECTION_STRING}"
+    )
+    assert "s3cret" in feast_repo.repo_config(redis)["online_store"]["connection_string"]
 
 
 def _redis_dump(url: str) -> dict[bytes, dict[bytes, bytes]]:

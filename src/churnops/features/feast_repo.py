@@ -56,6 +56,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 REGISTRY_VARIABLE = "CHURNOPS_FEAST__REGISTRY"  # what feature_store.yaml names for a registry URL with a password
+REDIS_VARIABLE = "CHURNOPS_FEAST__REDIS_CONNECTION_STRING"  # and for a Redis connection string with one
 
 
 def repo_config(settings: Settings, secrets: bool = True) -> dict[str, Any]:
@@ -63,12 +64,16 @@ def repo_config(settings: Settings, secrets: bool = True) -> dict[str, Any]:
 
     Args:
         settings: The loaded settings.
-        secrets: Write a registry URL's password as it is (False: as `${CHURNOPS_FEAST__REGISTRY}`,
+        secrets: Write a registry URL or Redis connection string that holds a password as it is
+            (False: as `${CHURNOPS_FEAST__REGISTRY}` or `${CHURNOPS_FEAST__REDIS_CONNECTION_STRING}`,
             which Feast expands from the environment, for the file on disk).
     """
     online: dict[str, Any] = {"type": "sqlite", "path": "online_store.db"}
     if settings.feast.online_store == "redis":
-        online = {"type": "redis", "connection_string": settings.feast.redis_connection_string}
+        connection = settings.feast.redis_connection_string
+        if not secrets and "password=" in connection.lower():  # Feast's form: host:port,password=...,ssl=true
+            connection = f"${{{REDIS_VARIABLE}}}"
+        online = {"type": "redis", "connection_string": connection}
     registry: str | dict[str, Any] = "registry.db"
     if settings.feast.registry:
         url = settings.feast.registry
