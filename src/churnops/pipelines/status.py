@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -99,26 +101,32 @@ def _newest_runs(settings: Settings) -> list[dict[str, Any]]:
     from the results the daily steps keep in `runs/<date>/`, whether `churnops run` or Airflow
     ran them. A step's newest run that did something is shown before a newer skip of it."""
     import json
+    from collections import defaultdict
     from datetime import UTC, datetime
 
     logged = {str(r.get("command", "")): r for r in newest_runs(settings.paths)}
-    kept: dict[str, dict[str, Any]] = {}
+    files: dict[str, list[tuple[float, Path]]] = defaultdict(list)  # step -> (written, file); `<step>.json`
     for path in (settings.paths.root / "runs").glob("*/*.json"):
-        try:
-            body = json.loads(path.read_text())
-            ran = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
-        except (OSError, ValueError):
-            continue
-        step = str(body.get("step", path.stem))
-        if step in logged:
-            continue
-        record = {"logged_at": ran, "command": step, "date": path.parent.name}
-        record["status"] = "skipped" if body.get("skipped") else "ok"
-        held = kept.get(step)
-        # a run that did something wins over a skip, then the newer
-        if held is None or (held["status"] == "ok", held["logged_at"]) < (record["status"] == "ok", ran):
-            kept[step] = record
-    return sorted([*logged.values(), *kept.values()], key=lambda r: str(r.get("logged_at", "")))
+        if path.stem not in logged:
+            with contextlib.suppress(OSError):
+                files[path.stem].append((path.stat().st_mtime, path))
+    kept = []
+    for step, found in files.items():
+        newest = None
+        for written, path in sorted(found, reverse=True):  # newest first; read until one that did something
+            try:
+                skipped = bool(json.loads(path.read_text()).get("skipped"))
+            except (OSError, ValueError):
+                continue
+            ran = datetime.fromtimestamp(written, UTC).isoformat(timespec="seconds")
+            record = {"logged_at": ran, "command": step, "date": path.parent.name}
+            record["status"] = "skipped" if skipped else "ok"
+            newest = record if newest is None or not skipped else newest
+            if not skipped:
+                break
+        if newest is not None:
+            kept.append(newest)
+    return sorted([*logged.values(), *kept], key=lambda r: str(r.get("logged_at", "")))
 
 
 def quarantined_rows(settings: Settings, table: str | None = None, ingest_date: str | None = None) -> pd.DataFrame:
